@@ -1,0 +1,12 @@
+"""Default config: the seed notebook's dimensions (256-wide, GPT-2 vocabulary).
+
+Every field and its meaning: jaxembed/config.py (`base_config`).
+Run: jaxembed train --config configs/default.py --workdir runs/default
+"""
+
+from jaxembed.config import base_config
+
+
+def get_config():
+    """Romeo and Juliet (downloaded once, or --text), 256-wide, context 64, 1000 steps."""
+    return base_config()

@@ -1,0 +1,243 @@
+"""The ``jaxembed`` command: a thin layer over the library's functions.
+
+Commands:
+  train        train the embeddings and write a report (the main job)
+  neighbors    nearest tokens by cosine similarity, from a run's checkpoint
+  export       the token table as .npy plus TensorBoard-projector TSVs
+  walkthrough  the seed notebook's walk-through: ids, decoded text, shapes
+
+Example:
+  $ jaxembed train --config configs/tiny.py --workdir runs/tiny --config.train.steps=300
+  $ jaxembed neighbors --workdir runs/tiny " the" " return"
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib.util
+import pathlib
+import sys
+
+from jaxembed import corpus
+
+#: configs/ of a source checkout; `--config` defaults to its tiny.py.
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
+
+class UsageError(ValueError):
+    """A command-line mistake; printed without a traceback."""
+
+
+def _add_text_source(parser: argparse.ArgumentParser, default: str) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--corpus", choices=corpus.CORPORA, default=None,
+                       help=f"a named corpus (default: {default})")
+    group.add_argument("--text", metavar="PATH", help="any UTF-8 text file")
+
+
+# --- walkthrough -----------------------------------------------------------
+
+
+def _walkthrough(args: argparse.Namespace, extra: list[str]) -> int:
+    from jaxembed.walkthrough import walkthrough
+
+    _no_extra(extra)
+    text = corpus.load_text(args.text or args.corpus or "romeo-juliet")
+    print(walkthrough(text, batch_size=args.batch_size, max_length=args.max_length,
+                      features=args.features).format())
+    return 0
+
+
+# --- train -----------------------------------------------------------------
+
+
+def load_config(path: str, overrides: list[str]):
+    """Loads an ml_collections config file and applies ``--config.a.b=v`` overrides."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    if not pathlib.Path(path).is_file():
+        raise UsageError(f"--config {path}: no such config file.")
+    valid = _flat_keys(_load_config_module(path).get_config())
+    for arg in overrides:
+        key = arg.split("=", 1)[0].removeprefix("--config.")
+        if not arg.startswith("--config.") or key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean --config.{close[0]}?" if close else ""
+            raise UsageError(
+                f"unrecognised argument {arg!r}.{hint} Config overrides look like --config.FIELD=VALUE; "
+                "valid fields: " + ", ".join(valid)
+            )
+    flag_values = flags.FlagValues()
+    argv = ["jaxembed", f"--config={path}", *overrides]
+    config_flags.DEFINE_config_file("config", path, flag_values=flag_values, lock_config=True, sys_argv=argv)
+    try:
+        flag_values(argv)
+    except flags.Error as e:
+        raise UsageError(str(e)) from None
+    return flag_values.config
+
+
+def _load_config_module(path: str):
+    spec = importlib.util.spec_from_file_location("jaxembed_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _flat_keys(config, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in config.items():
+        if hasattr(value, "items"):
+            keys += _flat_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _initialize_distributed(args: argparse.Namespace) -> None:
+    import jax
+
+    if args.coordinator is None:
+        if args.num_processes is not None or args.process_id is not None:
+            raise UsageError("--num-processes and --process-id need --coordinator HOST:PORT.")
+        return
+    if args.num_processes is None or args.process_id is None:
+        raise UsageError("--coordinator needs --num-processes and --process-id too.")
+    if jax.devices()[0].platform == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=args.coordinator,
+        num_processes=args.num_processes,
+        process_id=args.process_id,
+        initialization_timeout=args.init_timeout,
+    )
+
+
+def _train(args: argparse.Namespace, extra: list[str]) -> int:
+    config = load_config(args.config, extra)
+    if args.text:
+        config.data.text = args.text
+    elif args.corpus:
+        config.data.corpus, config.data.text = args.corpus, None
+    _initialize_distributed(args)
+
+    import jax
+    from jaxembed import report, tokenizer, train
+    from jaxembed.model import embedding_tables
+
+    result = train.train_and_evaluate(config, args.workdir, progress=not args.no_progress)
+    before_VxD, _ = embedding_tables(result.initial_params)
+    after_VxD, pos_LxD = embedding_tables(result.state.params)
+    if jax.process_index() != 0:
+        return 0
+    path = report.training_report(
+        result.workdir,
+        enc=tokenizer.get_encoding(config.data.tokenizer),
+        metrics=result.metrics,
+        before_VxD=before_VxD,
+        after_VxD=after_VxD,
+        pos_LxD=pos_LxD,
+        token_counts_V=report.token_frequencies(result.splits.train_ids, result.splits.vocab_size),
+        probe_tokens=config.report.probe_tokens,
+        num_neighbors=config.report.num_neighbors,
+        pca_tokens=config.report.pca_tokens,
+        projector_tokens=config.report.projector_tokens,
+    )
+    val = [m["val_loss"] for m in result.metrics if "val_loss" in m]
+    print(f"Validation loss {val[0]:.3f} -> {val[-1]:.3f}. Report: {path}")
+    return 0
+
+
+# --- neighbors / export ----------------------------------------------------
+
+
+def _neighbors(args: argparse.Namespace, extra: list[str]) -> int:
+    from jaxembed import report, train
+
+    _no_extra(extra)
+    run = train.load_run(args.workdir)
+    ids = report.resolve_tokens(run.enc, args.tokens)
+    candidates = report.most_frequent(run.token_counts_V, args.candidates)
+    neighbors = report.nearest_neighbors(run.token_VxD, ids, args.k, candidates)
+    print(f"Step {run.step} of {run.workdir}:")
+    print(report.format_neighbors(run.enc, ids, neighbors))
+    return 0
+
+
+def _export(args: argparse.Namespace, extra: list[str]) -> int:
+    from jaxembed import report, train
+
+    _no_extra(extra)
+    run = train.load_run(args.workdir)
+    out = pathlib.Path(args.out) if args.out else run.workdir / "projector"
+    paths = report.export_projector(run.enc, run.token_VxD, report.most_frequent(run.token_counts_V, args.tokens), out)
+    for name, path in paths.items():
+        print(f"{name:>10}: {path}")
+    print("Load vectors.tsv and metadata.tsv at projector.tensorflow.org.")
+    return 0
+
+
+def _no_extra(extra: list[str]) -> None:
+    if extra:
+        raise UsageError(f"unrecognised arguments: {' '.join(extra)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (sub-commands: train, neighbors, export, walkthrough)."""
+    parser = argparse.ArgumentParser(prog="jaxembed", description="Token and positional embeddings in JAX/Flax.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train the embeddings and write a report (the main job)",
+                                epilog="Override any config field with --config.FIELD=VALUE, "
+                                       "e.g. --config.train.steps=300.")
+    train.add_argument("--config", default=str(CONFIG_DIR / "tiny.py"), help="ml_collections config file")
+    train.add_argument("--workdir", required=True, help="metrics, checkpoints and report go here; rerun to resume")
+    _add_text_source(train, "the config's data.corpus")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    multi = train.add_argument_group("multi-process (one command per process)")
+    multi.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator")
+    multi.add_argument("--num-processes", type=int)
+    multi.add_argument("--process-id", type=int)
+    multi.add_argument("--init-timeout", type=int, default=300, help="seconds to wait for all processes")
+    train.set_defaults(run=_train)
+
+    neighbors = commands.add_parser("neighbors", help="nearest tokens by cosine similarity")
+    neighbors.add_argument("--workdir", required=True)
+    neighbors.add_argument("tokens", nargs="+", help='single GPT-2 tokens, e.g. " Romeo" (mind the space)')
+    neighbors.add_argument("-k", type=int, default=8, help="neighbours per token")
+    neighbors.add_argument("--candidates", type=int, default=5000,
+                           help="rank among the N most frequent training tokens")
+    neighbors.set_defaults(run=_neighbors)
+
+    export = commands.add_parser("export", help="token table as .npy and projector TSVs")
+    export.add_argument("--workdir", required=True)
+    export.add_argument("--tokens", type=int, default=5000, help="export the N most frequent tokens")
+    export.add_argument("--out", help="output folder (default: WORKDIR/projector)")
+    export.set_defaults(run=_export)
+
+    walk = commands.add_parser("walkthrough", help="print the seed notebook's walk-through")
+    _add_text_source(walk, "romeo-juliet")
+    walk.add_argument("--batch-size", type=int, default=8)
+    walk.add_argument("--max-length", type=int, default=4)
+    walk.add_argument("--features", type=int, default=256)
+    walk.set_defaults(run=_walkthrough)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``jaxembed`` console script."""
+    args, extra = build_parser().parse_known_args(argv)
+    from jaxembed.checkpoint import CheckpointError
+    from jaxembed.train import TrainingError
+
+    try:
+        return args.run(args, extra)
+    except (corpus.CorpusUnavailableError, CheckpointError, TrainingError, OSError, ValueError) as e:
+        print(f"jaxembed {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

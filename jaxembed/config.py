@@ -1,0 +1,71 @@
+"""Training configuration: the ml_collections schema every config file builds on.
+
+Config files in ``configs/`` define ``get_config()`` (the Flax/nanodo
+convention) and start from ``base_config()``, overriding what they change.
+
+Example:
+  >>> from jaxembed.config import base_config
+  >>> c = base_config()
+  >>> c.data.max_length, c.model.features
+  (64, 256)
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The default training config (the seed's dimensions); every field commented.
+
+    Example:
+      >>> base_config().model.features
+      256
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # PRNG seed for initialisation and data order.
+
+    c.data = ml_collections.ConfigDict()
+    c.data.corpus = "romeo-juliet"  # Named corpus: romeo-juliet (downloaded once) or python-docs.
+    c.data.text = config_dict.placeholder(str)  # A UTF-8 file to train on instead (--text).
+    c.data.tokenizer = "gpt2"  # tiktoken encoding; its n_vocab sizes the token table.
+    c.data.max_length = 64  # Context length L: tokens per window (rows of the positional table).
+    c.data.stride = 64  # Tokens between window starts (= max_length: no overlap).
+    c.data.batch_size = 16  # Global batch size (split over processes and the `data` mesh axis).
+    c.data.val_fraction = 0.1  # Fraction of the corpus's tokens held out, taken from its end.
+    c.data.num_workers = 0  # Grain worker processes (0: batches are gathered in-process).
+
+    c.model = ml_collections.ConfigDict()
+    c.model.features = 256  # Embedding width D (GPT-2 small: 768).
+    c.model.init_stddev = 0.02  # Both tables start as N(0, init_stddev^2) (GPT-2's choice).
+    c.model.dtype = "float32"  # Computation dtype: float32 or bfloat16 (params stay param_dtype).
+    c.model.param_dtype = "float32"  # Storage dtype of parameters and optimiser state.
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.learning_rate = 1e-2  # Peak learning rate after warmup.
+    c.optim.warmup_steps = 50  # Linear warmup from 0 to the peak.
+    c.optim.final_lr_fraction = 0.1  # Cosine decay ends at this fraction of the peak.
+    c.optim.b1 = 0.9  # Adam beta1.
+    c.optim.b2 = 0.99  # Adam beta2.
+    c.optim.weight_decay = 0.0  # AdamW decoupled weight decay.
+    c.optim.grad_clip = 1.0  # Global-norm gradient clipping threshold.
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 1000  # Total optimiser steps.
+    c.train.log_every = 20  # Steps between metrics rows (train loss, lr, tokens/s).
+    c.train.eval_every = 100  # Steps between validation losses (and at the end).
+    c.train.eval_batches = 16  # Validation batches per evaluation (fixed, in order).
+    c.train.checkpoint_every = 200  # Steps between orbax checkpoints (and at the end).
+    c.train.keep_checkpoints = 3  # Checkpoints kept; older ones are deleted.
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # Devices on the data-parallel axis (-1: all remaining).
+    c.mesh.model = 1  # Devices the token table's vocabulary axis is split over.
+
+    c.report = ml_collections.ConfigDict()
+    c.report.probe_tokens = (" Romeo", " Juliet", " thou", " love", " night", " death")  # Tokens whose neighbours the report shows.
+    c.report.num_neighbors = 5  # Neighbours listed per probe token.
+    c.report.pca_tokens = 150  # Most frequent tokens drawn on the PCA map.
+    c.report.projector_tokens = 2000  # Most frequent tokens exported for the TensorBoard projector.
+    return c

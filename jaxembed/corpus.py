@@ -1,0 +1,265 @@
+"""Text corpora for the embedding demos.
+
+Two named corpora are available, plus any UTF-8 file on disk:
+
+* ``"romeo-juliet"`` -- Project Gutenberg eBook #1513, downloaded once into the
+  cache directory (``$JAXEMBED_CACHE``, else the platform user cache dir).
+  ``$JAXEMBED_CORPUS=PATH`` substitutes a local copy and skips the network.
+* ``"python-docs"`` -- the docstrings of the running interpreter's standard
+  library, extracted with :mod:`ast`; needs no network at all.
+
+>>> from jaxembed.corpus import CORPORA
+>>> CORPORA
+('romeo-juliet', 'python-docs')
+"""
+
+from __future__ import annotations
+
+import ast
+import http.client
+import os
+import re
+import socket
+import sys
+import sysconfig
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import platformdirs
+
+__all__ = [
+    "CORPORA", "DEFAULT_TIMEOUT", "ROMEO_JULIET_URL", "CorpusUnavailableError",
+    "cache_dir", "cached_path", "has_gutenberg_markers", "load_text",
+    "python_docs_text", "strip_gutenberg",
+]
+
+CORPORA: tuple[str, ...] = ("romeo-juliet", "python-docs")
+ROMEO_JULIET_URL = "https://www.gutenberg.org/cache/epub/1513/pg1513.txt"
+DEFAULT_TIMEOUT = 30.0  # seconds, for the whole download
+
+# Test data and tooling, not prose; site-packages is not the stdlib at all.
+_SKIP_DIRS = frozenset(
+    {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idlelib", "lib2to3"}
+)
+_DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+_START = re.compile(r"^\*\*\* ?START OF.*$", re.MULTILINE)
+_END = re.compile(r"^\*\*\* ?END OF", re.MULTILINE)
+
+
+class CorpusUnavailableError(RuntimeError):
+    """A named corpus is neither cached nor downloadable right now."""
+
+
+def cache_dir() -> Path:
+    """Directory holding downloaded and generated corpora (not created here).
+
+    >>> cached_path("romeo-juliet").parent == cache_dir()
+    True
+    """
+    env = os.environ.get("JAXEMBED_CACHE")
+    return Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("jaxembed"))
+
+
+def cached_path(name: str) -> Path:
+    """Where the named corpus ``name`` is (or will be) cached.
+
+    >>> cached_path("romeo-juliet").name
+    'romeo-juliet.txt'
+    """
+    if name == "romeo-juliet":
+        return cache_dir() / "romeo-juliet.txt"
+    if name == "python-docs":
+        # The text depends on the interpreter, so each version gets its own file.
+        return cache_dir() / f"python-docs-{sys.version_info[0]}.{sys.version_info[1]}.txt"
+    raise ValueError(f"unknown corpus {name!r}; choose one of {', '.join(CORPORA)}")
+
+
+def load_text(
+    source: str | os.PathLike[str] = "romeo-juliet",
+    *,
+    strip: bool = False,
+    url: str = ROMEO_JULIET_URL,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> str:
+    """Return the text of a named corpus (see ``CORPORA``) or of a UTF-8 file.
+
+    A string equal to a corpus name means that corpus; anything else is a path
+    (write ``./romeo-juliet`` for a file with that name). ``strip=True`` keeps
+    only the body between Gutenberg's START/END lines. ``url`` and ``timeout``
+    only matter when ``romeo-juliet`` has to be downloaded.
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "tiny.txt"
+    >>> _ = path.write_bytes(b"\\xef\\xbb\\xbfTo be, or not to be\\r\\n")
+    >>> load_text(path)
+    'To be, or not to be\\n'
+    >>> play = load_text("romeo-juliet", strip=True)  # doctest: +SKIP
+    """
+    if isinstance(source, str) and source in CORPORA:
+        if source == "romeo-juliet" and os.environ.get("JAXEMBED_CORPUS"):
+            text = _read_text_file(Path(os.environ["JAXEMBED_CORPUS"]), via="$JAXEMBED_CORPUS")
+        else:
+            path = cached_path(source)
+            if not path.is_file():
+                if source == "romeo-juliet":
+                    _download(url, path, timeout=timeout)
+                else:
+                    _write_atomic(path, python_docs_text().encode("utf-8"))
+            text = _read_text_file(path)
+    else:
+        text = _read_text_file(Path(source))
+    return strip_gutenberg(text) if strip else text
+
+
+def python_docs_text() -> str:
+    """Build the ``python-docs`` corpus afresh (no cache; takes a few seconds).
+
+    Modules are parsed, never imported, in sorted path order, so the result
+    only depends on the interpreter's installed sources.
+
+    >>> "Return" in python_docs_text()
+    True
+    """
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _SKIP_DIRS]  # prune, don't walk
+        files += [Path(dirpath, f).relative_to(root) for f in filenames if f.endswith(".py")]
+    files.sort()
+    docs: list[str] = []
+    for rel in files:
+        try:
+            with warnings.catch_warnings():  # e.g. SyntaxWarning: invalid escape sequence
+                warnings.simplefilter("ignore")
+                tree = ast.parse((root / rel).read_bytes(), filename=str(rel))
+        except (SyntaxError, ValueError, OSError):  # ValueError covers decode errors
+            continue
+        docs.extend(_docstrings(tree))
+    if not docs:
+        raise CorpusUnavailableError(f"no Python sources with docstrings found under {root}")
+    return "\n\n".join(docs)
+
+
+def has_gutenberg_markers(text: str) -> bool:
+    """True if ``text`` has Gutenberg's ``*** START OF`` and ``*** END OF`` lines.
+
+    >>> has_gutenberg_markers("x\\n*** START OF IT ***\\nbody\\n*** END OF IT ***\\n")
+    True
+    """
+    start = _START.search(text)
+    return start is not None and _END.search(text, start.end()) is not None
+
+
+def strip_gutenberg(text: str) -> str:
+    """Return the body between Gutenberg's START and END lines, else ``text``.
+
+    >>> strip_gutenberg("licence\\n*** START OF IT ***\\nbody\\n*** END OF IT ***\\nmore")
+    'body\\n'
+    """
+    start = _START.search(text)
+    end = _END.search(text, start.end()) if start else None
+    if start is None or end is None:
+        return text
+    return text[start.end() + 1 : end.start()]
+
+
+def _docstrings(node: ast.AST) -> Iterator[str]:
+    # Depth-first keeps each module's docstrings in source order, unlike ast.walk.
+    if isinstance(node, _DOC_NODES) and (doc := ast.get_docstring(node)):
+        yield doc
+    for child in ast.iter_child_nodes(node):
+        yield from _docstrings(child)
+
+
+def _read_text_file(path: Path, via: str = "") -> str:
+    where = f"{path} (from {via})" if via else str(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"corpus path is a directory, not a text file: {where}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"corpus file not found: {where} (named corpora: {', '.join(CORPORA)})"
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"corpus file is not UTF-8: {where}: byte 0x{data[e.start]:02x} at offset {e.start}"
+        ) from None
+    # Same result as open(..., encoding="utf-8-sig"): no BOM, universal newlines,
+    # so a CRLF download and an LF copy of the same book give identical text.
+    text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    if not text.strip():
+        raise ValueError(f"corpus file is empty (or only whitespace): {where}")
+    return text
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    # Readers must never see a half-written cache file: write aside, then rename.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _download(url: str, dest: Path, *, timeout: float) -> None:
+    try:
+        data = _fetch(url, timeout)
+        data.decode("utf-8")  # an HTML error page from a portal must not be cached
+    except urllib.error.HTTPError as e:
+        reason = f"HTTP {e.code} {e.reason}"
+    except (TimeoutError, socket.timeout):
+        reason = f"timed out after {timeout:g} s"
+    except urllib.error.URLError as e:
+        reason = _describe(e.reason, timeout)
+    except UnicodeDecodeError:
+        reason = "the response is not UTF-8 text"
+    except (OSError, http.client.HTTPException) as e:
+        reason = _describe(e, timeout)
+    else:
+        _write_atomic(dest, data)
+        return
+    raise CorpusUnavailableError(
+        f"could not download the romeo-juliet corpus from {url}: {reason}.\n"
+        f"Either save that file by hand to\n    {dest}\n"
+        f"or use a local copy with --text PATH (or $JAXEMBED_CORPUS=PATH),\n"
+        f"or use --corpus python-docs, which needs no network."
+    ) from None
+
+
+def _fetch(url: str, timeout: float) -> bytes:
+    # The socket timeout bounds each stalled read; the deadline bounds a trickle.
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        while chunk := resp.read(1 << 16):
+            chunks.append(chunk)
+            if time.monotonic() > deadline:
+                raise TimeoutError
+        expected = resp.headers.get("Content-Length")
+    data = b"".join(chunks)
+    if expected is not None and expected.isdigit() and len(data) != int(expected):
+        # http.client returns a short body here instead of raising IncompleteRead.
+        raise ConnectionError(f"connection closed after {len(data)} of {expected} bytes")
+    return data
+
+
+def _describe(reason: object, timeout: float) -> str:
+    if isinstance(reason, (TimeoutError, socket.timeout)):
+        return f"timed out after {timeout:g} s"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(reason, socket.gaierror):
+        return f"could not resolve the host ({reason.strerror or reason})"
+    return str(getattr(reason, "strerror", None) or reason)

@@ -1,0 +1,352 @@
+"""Strided sliding windows over a token stream, served by Grain.
+
+The seed's dataset cuts a token stream into windows: for every
+``i in range(0, len(ids) - max_length, stride)`` the input is
+``ids[i:i + max_length]`` and the target is the same window shifted by one
+token. jaxembed keeps the token stream once, as a flat int32 array, and
+gathers a whole batch of windows with one vectorised numpy indexing
+operation. Each Grain element is therefore a *batch*, not a window: Grain's
+per-element cost (tens of microseconds) is paid once per batch.
+
+Pipeline: ``WindowBatches`` (random access: batch index -> batch) ->
+``grain.MapDataset.source`` -> ``to_iter_dataset`` -> optional
+``mp_prefetch`` worker processes. Iterators are checkpointable with
+``get_state()`` / ``set_state()``.
+
+Example:
+  >>> from jaxembed.data import create_dataloader
+  >>> loader = create_dataloader("to be or not to be " * 20, batch_size=2,
+  ...                            max_length=4, stride=4, shuffle=False)
+  >>> inputs_BxL, targets_BxL = next(iter(loader))
+  >>> inputs_BxL.shape, inputs_BxL.dtype
+  ((2, 4), dtype('int32'))
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Sequence
+
+import grain
+import numpy as np
+
+from jaxembed import tokenizer as tokenizer_lib
+
+Batch = tuple[np.ndarray, np.ndarray]
+
+
+def _check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}={value!r} is not allowed; {name} must be an integer >= 1.")
+    return int(value)
+
+
+def tokenize(text: str, tokenizer: str = "gpt2") -> np.ndarray:
+    """Encodes ``text`` into a flat int32 array of token ids.
+
+    ``<|endoftext|>`` is allowed in the text and maps to its special id, as in
+    the seed's dataset.
+
+    Example:
+      >>> tokenize("Hello world").tolist()
+      [15496, 995]
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}.")
+    enc = tokenizer_lib.get_encoding(tokenizer)
+    return np.asarray(enc.encode(text, allowed_special={"<|endoftext|>"}), dtype=np.int32)
+
+
+def as_token_ids(text_or_ids: str | Sequence[int] | np.ndarray, tokenizer: str = "gpt2") -> np.ndarray:
+    """Returns a flat int32 id array: tokenizes text, validates given ids.
+
+    Raises:
+      ValueError: ids are not 1-D, or lie outside the tokenizer's vocabulary.
+      TypeError: the input is neither text nor integer ids.
+
+    Example:
+      >>> as_token_ids([464, 4935]).dtype
+      dtype('int32')
+    """
+    if isinstance(text_or_ids, str):
+        return tokenize(text_or_ids, tokenizer)
+    ids = np.asarray(text_or_ids)
+    if ids.dtype == bool or not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"text_or_ids must be a str or integer token ids, got dtype {ids.dtype}.")
+    if ids.ndim != 1:
+        raise ValueError(f"text_or_ids must be a flat (1-D) id array, got shape {ids.shape}.")
+    n_vocab = tokenizer_lib.get_encoding(tokenizer).n_vocab
+    bad = np.flatnonzero((ids < 0) | (ids >= n_vocab))
+    if bad.size:
+        raise ValueError(
+            f"text_or_ids[{bad[0]}]={ids[bad[0]]} is outside tokenizer={tokenizer!r}'s vocabulary; "
+            f"ids must lie in [0, {n_vocab}) ({bad.size} ids out of range)."
+        )
+    return ids.astype(np.int32, copy=False)
+
+
+def num_windows(num_tokens: int, max_length: int, stride: int) -> int:
+    """Number of windows ``range(0, num_tokens - max_length, stride)`` yields.
+
+    Example:
+      >>> num_windows(10, max_length=4, stride=4)  # starts 0 and 4
+      2
+    """
+    return len(range(0, num_tokens - max_length, stride))
+
+
+class StridedWindows:
+    """Random-access windows over one flat token array (no per-window copies).
+
+    ``windows[i]`` is ``(ids[s:s+L], ids[s+1:s+L+1])`` with ``s = i * stride``;
+    ``windows.gather(indices)`` returns a whole batch in one numpy gather.
+
+    Example:
+      >>> w = StridedWindows(np.arange(10, dtype=np.int32), max_length=4, stride=4)
+      >>> len(w), w[1][0].tolist(), w[1][1].tolist()
+      (2, [4, 5, 6, 7], [5, 6, 7, 8])
+    """
+
+    def __init__(self, ids: np.ndarray, max_length: int, stride: int):
+        self.max_length = _check_positive_int("max_length", max_length)
+        self.stride = _check_positive_int("stride", stride)
+        self.ids = np.ascontiguousarray(ids, dtype=np.int32)
+        if self.ids.ndim != 1:
+            raise ValueError(f"ids must be 1-D, got shape {self.ids.shape}.")
+        self._num_windows = num_windows(len(self.ids), self.max_length, self.stride)
+        if self._num_windows == 0:
+            raise ValueError(
+                f"the text has {len(self.ids)} tokens, too few for one window of "
+                f"max_length={self.max_length}: it needs at least {self.max_length + 1} "
+                "tokens (inputs plus the shifted target)."
+            )
+        # A read-only (L+1)-wide view of every start position; fancy indexing it
+        # copies just the requested windows in one vectorised operation.
+        self._spans = np.lib.stride_tricks.sliding_window_view(self.ids, self.max_length + 1)
+
+    def __len__(self) -> int:
+        return self._num_windows
+
+    def __getitem__(self, index: int) -> Batch:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"window index {index} is out of range for {len(self)} windows.")
+        span = self._spans[(index % len(self)) * self.stride]
+        return span[:-1].copy(), span[1:].copy()
+
+    def gather(self, window_indices: np.ndarray) -> Batch:
+        """Returns ``(inputs_BxL, targets_BxL)`` int32 for the given windows."""
+        spans_BxL1 = self._spans[np.asarray(window_indices) * self.stride]
+        return np.ascontiguousarray(spans_BxL1[:, :-1]), np.ascontiguousarray(spans_BxL1[:, 1:])
+
+
+class WindowBatches:
+    """Grain random-access source whose element ``k`` is the ``k``-th batch.
+
+    Each epoch visits every window of this shard exactly once, in a fresh
+    order drawn from ``(seed, epoch)`` when ``shuffle`` is set. Shards take
+    every ``shard_count``-th window of the epoch's order starting at
+    ``shard_index``, so shards are disjoint and together cover all windows.
+    The permutation costs 4 bytes per window and is cached per epoch.
+
+    Example:
+      >>> w = StridedWindows(np.arange(20, dtype=np.int32), max_length=2, stride=2)
+      >>> src = WindowBatches(w, batch_size=3, shuffle=False)
+      >>> len(src), src[0][0].tolist()
+      (3, [[0, 1], [2, 3], [4, 5]])
+    """
+
+    def __init__(
+        self,
+        windows: StridedWindows,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = True,
+        num_epochs: int | None = 1,
+        shard_index: int = 0,
+        shard_count: int = 1,
+    ):
+        self.windows = windows
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        if num_epochs is not None:
+            _check_positive_int("num_epochs", num_epochs)
+        shard_count = _check_positive_int("shard_count", shard_count)
+        if isinstance(shard_index, bool) or not isinstance(shard_index, (int, np.integer)) or not 0 <= shard_index < shard_count:
+            raise ValueError(
+                f"shard_index={shard_index!r} is not allowed; it must be an integer in [0, {shard_count})."
+            )
+        self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
+        self.num_epochs, self.shard_index, self.shard_count = num_epochs, int(shard_index), shard_count
+        self.windows_per_shard = len(range(self.shard_index, len(windows), shard_count))
+        full, rest = divmod(self.windows_per_shard, self.batch_size)
+        self.batches_per_epoch = full + (1 if rest and not self.drop_last else 0)
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"batch_size={batch_size} is larger than the {self.windows_per_shard} windows "
+                f"in this shard, so drop_last=True leaves no batch; use batch_size <= "
+                f"{self.windows_per_shard}, a smaller stride or max_length, or drop_last=False."
+            )
+        self._order_epoch, self._order = -1, np.empty(0, np.int32)
+
+    def __len__(self) -> int:
+        if self.num_epochs is None:
+            return sys.maxsize
+        return self.batches_per_epoch * self.num_epochs
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Window indices of this shard in the order epoch ``epoch`` visits them."""
+        if epoch != self._order_epoch:
+            n = len(self.windows)
+            dtype = np.int32 if n < 2**31 else np.int64
+            if self.shuffle:
+                order = np.random.default_rng((self.seed, epoch)).permutation(n).astype(dtype)
+            else:
+                order = np.arange(n, dtype=dtype)
+            self._order_epoch, self._order = epoch, order[self.shard_index :: self.shard_count]
+        return self._order
+
+    def __getitem__(self, index: int) -> Batch:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch index {index} is out of range for {len(self)} batches.")
+        epoch, k = divmod(index, self.batches_per_epoch)
+        order = self.epoch_order(epoch)
+        return self.windows.gather(order[k * self.batch_size : (k + 1) * self.batch_size])
+
+    def __getstate__(self):
+        # Worker processes rebuild the cached order themselves; don't ship it.
+        state = self.__dict__.copy()
+        state["_order_epoch"], state["_order"] = -1, np.empty(0, np.int32)
+        return state
+
+
+def _default_shard() -> tuple[int, int]:
+    import jax  # Deferred: importing jax is slow and the data path needs it only here.
+
+    return jax.process_index(), jax.process_count()
+
+
+def make_dataset(
+    text_or_ids: str | Sequence[int] | np.ndarray,
+    batch_size: int = 4,
+    max_length: int = 256,
+    stride: int = 128,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    seed: int = 0,
+    num_epochs: int | None = 1,
+    tokenizer: str = "gpt2",
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> grain.MapDataset:
+    """A Grain ``MapDataset`` of ``(inputs_BxL, targets_BxL)`` batches.
+
+    Random access by batch index; ``len()`` is the number of batches over all
+    epochs. See ``create_dataloader`` for the arguments.
+
+    Example:
+      >>> ds = make_dataset(np.arange(100), batch_size=4, max_length=8, stride=8,
+      ...                   shuffle=False)
+      >>> len(ds), ds[0][1][0].tolist()
+      (3, [1, 2, 3, 4, 5, 6, 7, 8])
+    """
+    if shard_index is None or shard_count is None:
+        default_index, default_count = _default_shard()
+        shard_index = default_index if shard_index is None else shard_index
+        shard_count = default_count if shard_count is None else shard_count
+    ids = as_token_ids(text_or_ids, tokenizer)
+    windows = StridedWindows(ids, max_length=max_length, stride=stride)
+    source = WindowBatches(
+        windows,
+        batch_size,
+        shuffle=shuffle,
+        seed=seed,
+        drop_last=drop_last,
+        num_epochs=num_epochs,
+        shard_index=shard_index,
+        shard_count=shard_count,
+    )
+    return grain.MapDataset.source(source)
+
+
+def create_dataloader(
+    text_or_ids: str | Sequence[int] | np.ndarray,
+    batch_size: int = 4,
+    max_length: int = 256,
+    stride: int = 128,
+    shuffle: bool = True,
+    drop_last: bool = True,
+    num_workers: int = 0,
+    seed: int = 0,
+    num_epochs: int | None = 1,
+    tokenizer: str = "gpt2",
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> grain.IterDataset:
+    """The seed's ``create_dataloader``, on Grain.
+
+    Args:
+      text_or_ids: text to tokenize, or token ids already made.
+      batch_size: windows per batch.
+      max_length: tokens per window (the context length L).
+      stride: tokens between the starts of consecutive windows.
+      shuffle: visit windows in a random order drawn from ``(seed, epoch)``.
+      drop_last: drop each epoch's final short batch.
+      num_workers: Grain worker processes (0: gather in this process).
+      seed: shuffling seed.
+      num_epochs: passes over the data; ``None`` repeats forever.
+      tokenizer: encoding name for ``jaxembed.tokenizer.get_encoding``.
+      shard_index, shard_count: this process's shard; default
+        ``jax.process_index()`` and ``jax.process_count()``.
+
+    Returns:
+      A Grain ``IterDataset``; ``iter()`` of it is a checkpointable iterator
+      (``get_state`` / ``set_state``) of ``(inputs_BxL, targets_BxL)``, both
+      int32 numpy arrays of shape ``[batch_size, max_length]`` (a final batch
+      is shorter when ``drop_last=False``), with
+      ``targets_BxL[:, :-1] == inputs_BxL[:, 1:]``.
+
+    Raises:
+      ValueError: a size argument is < 1, the text is shorter than one
+        window, no full batch fits, or ids lie outside the vocabulary.
+
+    Example:
+      >>> loader = create_dataloader("Romeo, Romeo! wherefore art thou Romeo?",
+      ...                            batch_size=2, max_length=4, stride=4,
+      ...                            shuffle=False)
+      >>> [inputs.shape for inputs, _ in loader]
+      [(2, 4)]
+    """
+    if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
+        raise ValueError(f"num_workers={num_workers!r} is not allowed; it must be an integer >= 0.")
+    dataset = make_dataset(
+        text_or_ids,
+        batch_size=batch_size,
+        max_length=max_length,
+        stride=stride,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        seed=seed,
+        num_epochs=num_epochs,
+        tokenizer=tokenizer,
+        shard_index=shard_index,
+        shard_count=shard_count,
+    )
+    # The tokens live in memory: reader threads would only contend for the GIL.
+    loader = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    if num_workers > 0:
+        loader = _with_worker_processes(loader, num_workers)
+    return loader
+
+
+def _with_worker_processes(loader: grain.IterDataset, num_workers: int) -> grain.IterDataset:
+    from absl import flags
+
+    # Grain's workers read absl flags; outside an absl app they are unparsed.
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    loader = loader.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    # Batches are small: copying them through the queue is cheaper than shared
+    # memory, and avoids SharedMemoryArray's noisy finalisers.
+    options = grain.experimental.DatasetOptions(min_shm_size=sys.maxsize)
+    return grain.experimental.WithOptionsIterDataset(loader, options)

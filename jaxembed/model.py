@@ -1,0 +1,102 @@
+"""The smallest model in which both embedding tables learn.
+
+``EmbeddingLM`` embeds ids (token + learned position) and predicts the next
+token through the *tied* token table: ``logits = h @ E_tok.T``. There is no
+attention, so each position sees only its own token and position; that is
+enough for the token table to learn which tokens follow which, and for the
+positional table to learn position-dependent statistics.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> lm = EmbeddingLM(vocab_size=50257, max_length=16, features=32)
+  >>> ids_BxL = jnp.zeros((2, 16), jnp.int32)
+  >>> params = lm.init(jax.random.key(0), ids_BxL)
+  >>> lm.apply(params, ids_BxL).shape
+  (2, 16, 50257)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxembed.modules import InputEmbedding
+
+
+class EmbeddingLM(nn.Module):
+    """Input embeddings with a tied next-token head.
+
+    Attributes:
+      vocab_size: rows of the token table.
+      max_length: rows of the positional table (the context length).
+      features: embedding width D.
+      init_stddev: both tables start as N(0, init_stddev^2); small values give
+        near-uniform first predictions (loss about ln(vocab_size)).
+      dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay in
+        ``param_dtype``.
+      param_dtype: storage dtype of the tables.
+    """
+
+    vocab_size: int
+    max_length: int
+    features: int
+    init_stddev: float = 0.02
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    def setup(self):
+        init = nn.initializers.normal(self.init_stddev)
+        self.embed = InputEmbedding(
+            vocab_size=self.vocab_size,
+            max_length=self.max_length,
+            features=self.features,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            token_init=init,
+            position_init=init,
+            token_axes=("vocab", "embed"),
+            position_axes=("position", "embed"),
+        )
+
+    def __call__(self, ids_BxL: jax.Array) -> jax.Array:
+        """Returns next-token logits ``[B, L, vocab_size]``."""
+        h_BxLxD = self.embed(ids_BxL)
+        return self.embed.attend(h_BxLxD)
+
+
+def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
+    """Mean next-token cross-entropy in float32 (nats per token).
+
+    Example:
+      >>> float(cross_entropy(jnp.zeros((1, 2, 4)), jnp.array([[0, 3]])))  # ln 4
+      1.3862943649291992
+    """
+    losses_BxL = optax.softmax_cross_entropy_with_integer_labels(
+        logits_BxLxV.astype(jnp.float32), targets_BxL
+    )
+    return losses_BxL.mean()
+
+
+def embedding_tables(params: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(token_VxD, position_LxD)`` of ``EmbeddingLM`` params as host numpy.
+
+    Gathers shards from every process, so call it on all processes.
+
+    Example:
+      >>> lm = EmbeddingLM(vocab_size=10, max_length=4, features=2)
+      >>> tok_VxD, pos_LxD = embedding_tables(lm.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))
+      >>> tok_VxD.shape, pos_LxD.shape
+      ((10, 2), (4, 2))
+    """
+    from jax.experimental import multihost_utils
+
+    embed = nn.unbox(params)["params"]["embed"]
+    tables = (embed["token"]["embedding"], embed["position"]["embedding"])
+    if jax.process_count() > 1:
+        tables = multihost_utils.process_allgather(tables, tiled=True)
+    return tuple(np.asarray(t, dtype=np.float32) for t in tables)

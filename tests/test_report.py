@@ -1,0 +1,319 @@
+"""Embedding reports, checked against plain-Python references and real files."""
+
+import ast
+import collections
+import math
+import os
+
+import matplotlib
+import matplotlib.image
+import numpy as np
+import pytest
+
+from jaxembed import report
+from jaxembed.tokenizer import get_encoding
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DOLLARS = 13702  # '$$': unescaped, matplotlib would parse it as (empty) mathtext and fail.
+
+
+@pytest.fixture(scope="module")
+def enc():
+    return get_encoding("gpt2")
+
+
+def reference_cosine(table, i, j):
+    dot = sum(a * b for a, b in zip(table[i], table[j]))
+    norm_i = math.sqrt(sum(a * a for a in table[i]))
+    norm_j = math.sqrt(sum(b * b for b in table[j]))
+    return 0.0 if norm_i == 0 or norm_j == 0 else dot / (norm_i * norm_j)
+
+
+def reference_neighbors(table, query, k, candidates):
+    scored = [(j, reference_cosine(table, query, j)) for j in candidates if j != query]
+    return sorted(scored, key=lambda pair: (-pair[1], pair[0]))[:k]
+
+
+def assert_no_temp_files(directory):
+    leftovers = [p.name for p in directory.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+# Frequencies.
+
+
+def test_token_frequencies_match_counter():
+    ids = np.random.default_rng(0).integers(0, 30, size=500)
+    counts = report.token_frequencies(ids, vocab_size=40)
+    counter = collections.Counter(ids.tolist())
+    assert counts.shape == (40,)
+    assert counts.tolist() == [counter[i] for i in range(40)]
+
+
+def test_token_frequencies_rejects_out_of_range_ids():
+    with pytest.raises(ValueError, match=r"\[0, 5\)"):
+        report.token_frequencies(np.array([1, 5]), vocab_size=5)
+
+
+@pytest.mark.parametrize("n", [1, 5, 12, 100])
+def test_frequent_token_ids_match_counter_with_tie_break(n):
+    # Few distinct values over many draws: lots of equal counts.
+    ids = np.random.default_rng(1).integers(0, 20, size=60)
+    counter = collections.Counter(ids.tolist())
+    assert len(counter.most_common()) == len(counter)
+    expected = [i for i, _ in sorted(counter.most_common(), key=lambda kv: (-kv[1], kv[0]))][:n]
+    assert report.frequent_token_ids(ids, n).tolist() == expected
+    assert report.frequent_token_ids(ids, n, vocab_size=50257).tolist() == expected
+
+
+def test_frequent_token_ids_on_corpus(enc, corpus_path):
+    ids = np.array(enc.encode(corpus_path.read_text(encoding="utf-8")[:20_000]))
+    top = report.frequent_token_ids(ids, 10, vocab_size=enc.n_vocab)
+    counts = collections.Counter(ids.tolist())
+    assert [counts[i] for i in top.tolist()] == sorted((c for c in counts.values()), reverse=True)[:10]
+
+
+# Similarity and neighbours.
+
+
+@pytest.fixture
+def table_VxD():
+    table = np.random.default_rng(2).normal(size=(20, 6))
+    table[5] = 0.0  # A row an untrained or pruned table might have.
+    table[7] = 2 * table[3] + 1e-4 * np.random.default_rng(3).normal(size=6)
+    return table
+
+
+def test_cosine_similarity_matches_python_reference(table_VxD):
+    queries = [0, 3, 5, 19]
+    sims = report.cosine_similarity(table_VxD, queries)
+    expected = [[reference_cosine(table_VxD.tolist(), q, j) for j in range(20)] for q in queries]
+    assert sims.shape == (4, 20)
+    np.testing.assert_allclose(sims, expected, atol=1e-12)
+
+
+def test_cosine_similarity_zero_row_gives_zero_not_nan(table_VxD):
+    sims = report.cosine_similarity(table_VxD, [5, 0])
+    assert not np.isnan(sims).any()
+    assert (sims[0] == 0).all() and sims[1, 5] == 0
+
+
+def test_cosine_similarity_keeps_float32(table_VxD):
+    assert report.cosine_similarity(table_VxD.astype(np.float32), [0]).dtype == np.float32
+
+
+def test_nearest_neighbors_match_reference(table_VxD):
+    rows = table_VxD.tolist()
+    got = report.nearest_neighbors(table_VxD, [0, 3, 11], k=4)
+    for query, neighbors in zip([0, 3, 11], got):
+        expected = reference_neighbors(rows, query, 4, range(20))
+        assert [i for i, _ in neighbors] == [i for i, _ in expected]
+        np.testing.assert_allclose([c for _, c in neighbors], [c for _, c in expected], atol=1e-12)
+
+
+def test_nearest_neighbor_known_by_design_and_query_excluded(table_VxD):
+    (neighbors,) = report.nearest_neighbors(table_VxD, [3], k=19)
+    assert neighbors[0][0] == 7 and neighbors[0][1] == pytest.approx(1.0, abs=1e-6)
+    assert 3 not in [i for i, _ in neighbors]
+    assert len(neighbors) == 19
+
+
+def test_nearest_neighbors_respect_candidates(table_VxD):
+    candidates = np.array([1, 2, 3, 5, 9, 12])  # 7, the true neighbour of 3, is not eligible.
+    (neighbors,) = report.nearest_neighbors(table_VxD, [3], k=10, candidate_ids=candidates)
+    ids = [i for i, _ in neighbors]
+    assert set(ids) == {1, 2, 5, 9, 12}  # All candidates but the query; k > pool is fine.
+    assert ids == [i for i, _ in reference_neighbors(table_VxD.tolist(), 3, 10, candidates.tolist())]
+    assert dict(neighbors)[5] == 0.0
+
+
+# Tokens.
+
+
+def test_resolve_tokens_single_tokens(enc):
+    assert report.resolve_tokens(enc, [" Romeo", " thou"]) == [enc.encode(" Romeo")[0], enc.encode(" thou")[0]]
+    assert len(enc.encode(" Romeo")) == 1
+
+
+def test_resolve_tokens_names_ids_of_multi_token_word(enc):
+    with pytest.raises(ValueError) as info:
+        report.resolve_tokens(enc, [" Romeo", "Romeo and"])
+    message = str(info.value)
+    assert "'Romeo and'" in message and str(enc.encode("Romeo and")) in message
+
+
+def test_resolve_tokens_hints_leading_space(enc):
+    words = ["thou", "Romeo", "Juliet", "wherefore", "love"]
+    word = next(w for w in words if len(enc.encode(w)) > 1 and len(enc.encode(" " + w)) == 1)
+    with pytest.raises(ValueError, match="leading space") as info:
+        report.resolve_tokens(enc, [word])
+    assert repr(" " + word) in str(info.value)
+
+
+def test_resolve_tokens_hints_removing_space(enc):
+    assert len(enc.encode("  the")) > 1 and len(enc.encode("the")) == 1
+    with pytest.raises(ValueError, match="without the leading space") as info:
+        report.resolve_tokens(enc, ["  the"])
+    assert "'the'" in str(info.value)
+
+
+def test_resolve_tokens_rejects_empty_word(enc):
+    with pytest.raises(ValueError, match="0 GPT-2 tokens"):
+        report.resolve_tokens(enc, [""])
+
+
+def test_format_neighbors_escapes_tokens(enc):
+    newline, thou = 198, enc.encode(" thou")[0]
+    text = report.format_neighbors(enc, [thou, newline], [[(newline, 0.5)], [(thou, -0.25)]])
+    assert text.splitlines() == ["' thou' -> '\\n' 0.50", "'\\n'    -> ' thou' -0.25"]
+    with pytest.raises(ValueError):  # One neighbour list per probe, or it is a caller bug.
+        report.format_neighbors(enc, [thou, newline], [[(newline, 0.5)]])
+
+
+# PCA and positions.
+
+
+def pairwise_distances(points):
+    return np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(-1))
+
+
+def test_pca_2d_preserves_distances_of_planar_data():
+    rng = np.random.default_rng(4)
+    basis_2x10 = np.linalg.qr(rng.normal(size=(10, 2)))[0].T
+    data = rng.normal(size=(30, 2)) * [3.0, 1.0] @ basis_2x10 + rng.normal(size=10)
+    points = report.pca_2d(data)
+    assert points.shape == (30, 2)
+    np.testing.assert_allclose(pairwise_distances(points), pairwise_distances(data), atol=1e-9)
+
+
+def test_pca_2d_deterministic_and_row_order_independent():
+    data = np.random.default_rng(5).normal(size=(25, 8))
+    perm = np.random.default_rng(6).permutation(25)
+    np.testing.assert_array_equal(report.pca_2d(data), report.pca_2d(data))
+    np.testing.assert_allclose(report.pca_2d(data[perm]), report.pca_2d(data)[perm], atol=1e-10)
+
+
+def test_pca_2d_sign_rule():
+    data = np.random.default_rng(10).normal(size=(25, 8))
+    centred = data - data.mean(axis=0)
+    # Recover the two axes the points were projected on; each must have its
+    # largest-magnitude loading positive.
+    axes_Dx2 = np.linalg.lstsq(centred, report.pca_2d(data), rcond=None)[0]
+    np.testing.assert_allclose(np.linalg.norm(axes_Dx2, axis=0), 1.0, atol=1e-9)
+    assert (axes_Dx2[np.abs(axes_Dx2).argmax(axis=0), [0, 1]] > 0).all()
+    np.testing.assert_allclose(report.pca_2d(-data), -report.pca_2d(data), atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(1, 4), (3, 1), (5, 3)])
+def test_pca_2d_degenerate_inputs_are_finite(shape):
+    data = np.ones(shape) if shape[0] == 1 else np.arange(np.prod(shape), dtype=float).reshape(shape)
+    points = report.pca_2d(data)
+    assert points.shape == (shape[0], 2) and np.isfinite(points).all()
+
+
+def test_position_similarity_matches_numpy_reference():
+    pos_LxD = np.random.default_rng(7).normal(size=(16, 8))
+    sims = report.position_similarity(pos_LxD)
+    unit = pos_LxD / np.linalg.norm(pos_LxD, axis=1, keepdims=True)
+    np.testing.assert_allclose(sims, unit @ unit.T, atol=1e-12)
+    np.testing.assert_allclose(np.diag(sims), 1.0, atol=1e-12)
+    np.testing.assert_array_equal(sims, sims.T)
+
+
+# Plots.
+
+
+@pytest.fixture(scope="module")
+def plots(enc, tmp_path_factory):
+    """Every plot, drawn once, with the backend and pyplot state around them."""
+    import matplotlib.pyplot as plt
+
+    out = tmp_path_factory.mktemp("plots")
+    backend, figures = matplotlib.get_backend(), plt.get_fignums()
+    rng = np.random.default_rng(8)
+    table_VxD = rng.normal(size=(enc.n_vocab, 16)).astype(np.float32)
+    probes = [enc.encode(" thou")[0], 198, DOLLARS]
+    before = report.nearest_neighbors(table_VxD, probes, k=3, candidate_ids=np.arange(300))
+    after = [[(DOLLARS, 0.9), (197, 0.5), (447, -0.1)]] * 3  # '$$', '\t' and a partial UTF-8 token.
+    metrics = [{"step": s, "train_loss": 10 - s / 10, "learning_rate": 1e-3, "tokens_per_sec": 1e5,
+                **({"val_loss": 10.5 - s / 10} if s % 20 == 0 else {})} for s in range(0, 100, 5)]
+    metrics[-1]["val_loss"] = float("nan")
+    paths = {
+        "loss": report.plot_loss_curves(metrics, out / "loss.png", vocab_size=enc.n_vocab),
+        "neighbors": report.plot_neighbors(enc, before, after, probes, out / "nn.png"),
+        "pca": report.plot_pca(enc, table_VxD, [DOLLARS, *range(100)], out / "sub" / "pca.png"),
+        "positions": report.plot_position_similarity(rng.normal(size=(32, 16)), out / "pos.png"),
+    }
+    return paths, (backend, figures), (matplotlib.get_backend(), plt.get_fignums())
+
+
+@pytest.mark.parametrize("name", ["loss", "neighbors", "pca", "positions"])
+def test_plot_writes_readable_png(plots, name):
+    path = plots[0][name]
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    pixels = matplotlib.image.imread(path)
+    assert pixels.ndim == 3 and pixels.shape[2] == 4 and min(pixels.shape[:2]) > 200
+    assert pixels[..., :3].std() > 0.01
+    assert_no_temp_files(path.parent)
+
+
+def test_plots_leave_matplotlib_state_alone(plots):
+    _, before, after = plots
+    assert after == before
+    assert after[1] == []
+
+
+# Files.
+
+
+def test_export_projector_round_trips(enc, tmp_path):
+    table_VxD = np.random.default_rng(9).normal(size=(enc.n_vocab, 5))
+    token_ids = [198, 197, enc.encode(" thou")[0], 447, 0]
+    paths = report.export_projector(enc, table_VxD, token_ids, tmp_path / "projector")
+    assert sorted(p.name for p in paths.values()) == ["embeddings.npy", "metadata.tsv", "vectors.tsv"]
+
+    np.testing.assert_array_equal(np.load(paths["embeddings"]), table_VxD.astype(np.float32))
+    vectors = np.loadtxt(paths["vectors"], delimiter="\t", ndmin=2)
+    assert vectors.shape == (5, 5)
+    np.testing.assert_array_equal(vectors.astype(np.float32), table_VxD[token_ids].astype(np.float32))
+
+    lines = paths["metadata"].read_text(encoding="utf-8").split("\n")
+    assert lines[0] == "token\tid" and lines[-1] == "" and len(lines) == 1 + len(token_ids) + 1
+    for line, token_id in zip(lines[1:], token_ids):
+        label, id_text = line.split("\t")  # '\n' and '\t' tokens stay on one line, in one column.
+        assert int(id_text) == token_id
+        assert ast.literal_eval(label) in (enc.decode([token_id]), enc.decode_single_token_bytes(token_id))
+    assert_no_temp_files(tmp_path)
+
+
+def test_export_projector_failure_keeps_previous_files(enc, tmp_path):
+    table_VxD = np.ones((enc.n_vocab, 3))
+    paths = report.export_projector(enc, table_VxD, [1, 2], tmp_path)
+    before = paths["vectors"].read_bytes()
+    with pytest.raises(IndexError):
+        report.export_projector(enc, table_VxD, [1, enc.n_vocab + 5], tmp_path)
+    assert paths["vectors"].read_bytes() == before
+    assert_no_temp_files(tmp_path)
+
+
+def test_written_files_follow_umask(enc, tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    paths = report.export_projector(enc, np.ones((enc.n_vocab, 2)), [1], tmp_path)
+    assert paths["metadata"].stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_write_report(tmp_path):
+    sections = {"Nearest neighbours": "' thou' -> ' art' 0.61\n```not a fence```"}
+    images = {"Loss curves": "loss.png", "Token PCA": "plots/pca.png", "Spaced": "my plot.png"}
+    path = report.write_report(tmp_path / "REPORT.md", title="Romeo embeddings",
+                               summary_lines=["final loss 5.1", "100 steps"], images=images,
+                               sections=sections)
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("# Romeo embeddings\n")
+    assert "- final loss 5.1\n- 100 steps" in text
+    assert "![Loss curves](loss.png)" in text and "![Token PCA](plots/pca.png)" in text
+    assert "![Spaced](<my plot.png>)" in text
+    assert "## Nearest neighbours\n\n````\n' thou' -> ' art' 0.61\n```not a fence```\n````" in text
+    assert_no_temp_files(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["REPORT.md"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
+import os
 import pathlib
 import sys
 
@@ -96,22 +97,36 @@ def _flat_keys(config, prefix: str = "") -> list[str]:
     return keys
 
 
+def _cluster_detected() -> bool:
+    """True inside a multi-process SLURM/MPI job or on a multi-host TPU slice."""
+    env = os.environ
+    tasks = env.get("SLURM_NTASKS") or env.get("OMPI_COMM_WORLD_SIZE") or "1"
+    tpu_hosts = env.get("TPU_WORKER_HOSTNAMES", "")
+    return (tasks.isdigit() and int(tasks) > 1) or "," in tpu_hosts
+
+
 def _initialize_distributed(args: argparse.Namespace) -> None:
+    """Joins a multi-process run: explicit flags, or JAX's cluster auto-detection."""
     import jax
 
     if args.coordinator is None:
         if args.num_processes is not None or args.process_id is not None:
             raise UsageError("--num-processes and --process-id need --coordinator HOST:PORT.")
+        if _cluster_detected():
+            jax.distributed.initialize(heartbeat_timeout_seconds=args.heartbeat_timeout)
         return
     if args.num_processes is None or args.process_id is None:
         raise UsageError("--coordinator needs --num-processes and --process-id too.")
-    if jax.devices()[0].platform == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if not 0 <= args.process_id < args.num_processes:
+        raise UsageError(f"--process-id {args.process_id} must lie in [0, {args.num_processes}).")
+    # CPU processes reduce across each other through gloo; accelerators ignore this.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=args.coordinator,
         num_processes=args.num_processes,
         process_id=args.process_id,
         initialization_timeout=args.init_timeout,
+        heartbeat_timeout_seconds=args.heartbeat_timeout,
     )
 
 
@@ -128,8 +143,8 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
     from jaxembed.model import embedding_tables
 
     result = train.train_and_evaluate(config, args.workdir, progress=not args.no_progress)
-    before_VxD, _ = embedding_tables(result.initial_params)
-    after_VxD, pos_LxD = embedding_tables(result.state.params)
+    before_VxD, _ = embedding_tables(result.initial_params, result.splits.vocab_size)
+    after_VxD, pos_LxD = embedding_tables(result.state.params, result.splits.vocab_size)
     if jax.process_index() != 0:
         return 0
     path = report.training_report(
@@ -201,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     multi.add_argument("--num-processes", type=int)
     multi.add_argument("--process-id", type=int)
     multi.add_argument("--init-timeout", type=int, default=300, help="seconds to wait for all processes")
+    multi.add_argument("--heartbeat-timeout", type=int, default=60,
+                       help="seconds without a heartbeat before a process counts as dead")
     train.set_defaults(run=_train)
 
     neighbors = commands.add_parser("neighbors", help="nearest tokens by cosine similarity")

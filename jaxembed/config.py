@@ -41,6 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.init_stddev = 0.02  # Both tables start as N(0, init_stddev^2) (GPT-2's choice).
     c.model.dtype = "float32"  # Computation dtype: float32 or bfloat16 (params stay param_dtype).
     c.model.param_dtype = "float32"  # Storage dtype of parameters and optimiser state.
+    c.model.vocab_multiple = 128  # Token-table rows are padded to a multiple of this (even sharding).
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-2  # Peak learning rate after warmup.

@@ -142,10 +142,14 @@ class StridedWindows:
 class WindowBatches:
     """Grain random-access source whose element ``k`` is the ``k``-th batch.
 
-    Each epoch visits every window of this shard exactly once, in a fresh
-    order drawn from ``(seed, epoch)`` when ``shuffle`` is set. Shards take
-    every ``shard_count``-th window of the epoch's order starting at
-    ``shard_index``, so shards are disjoint and together cover all windows.
+    Each epoch visits every window exactly once, in a fresh order drawn from
+    ``(seed, epoch)`` when ``shuffle`` is set. With ``shard_count`` processes
+    the epoch's order is cut into global batches of ``batch_size *
+    shard_count`` windows and shard ``shard_index`` takes its own block of
+    ``batch_size`` rows from each. Shards are disjoint, cover all windows,
+    and stacking their ``k``-th batches in shard order gives exactly the
+    ``k``-th batch of one process reading with the global batch size: a
+    multi-host run sees the same data as a single-host one.
     The permutation costs 4 bytes per window and is cached per epoch.
 
     Example:
@@ -178,14 +182,17 @@ class WindowBatches:
             )
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
         self.num_epochs, self.shard_index, self.shard_count = num_epochs, int(shard_index), shard_count
-        self.windows_per_shard = len(range(self.shard_index, len(windows), shard_count))
-        full, rest = divmod(self.windows_per_shard, self.batch_size)
-        self.batches_per_epoch = full + (1 if rest and not self.drop_last else 0)
+        self.global_batch_size = self.batch_size * shard_count
+        full, rest = divmod(len(windows), self.global_batch_size)
+        # A final partial global batch leaves this shard some rows only if it reaches them.
+        has_partial = not self.drop_last and rest > self.shard_index * self.batch_size
+        self.batches_per_epoch = full + int(has_partial)
         if self.batches_per_epoch == 0:
+            what = f"batch_size={batch_size}" + (f" x shard_count={shard_count}" if shard_count > 1 else "")
             raise ValueError(
-                f"batch_size={batch_size} is larger than the {self.windows_per_shard} windows "
-                f"in this shard, so drop_last=True leaves no batch; use batch_size <= "
-                f"{self.windows_per_shard}, a smaller stride or max_length, or drop_last=False."
+                f"{what} is larger than the {len(windows)} windows, so no batch is left for shard "
+                f"{self.shard_index}; use a smaller batch_size, stride or max_length"
+                + (", or drop_last=False." if self.drop_last else ".")
             )
         self._order_epoch, self._order = -1, np.empty(0, np.int32)
 
@@ -195,7 +202,7 @@ class WindowBatches:
         return self.batches_per_epoch * self.num_epochs
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """Window indices of this shard in the order epoch ``epoch`` visits them."""
+        """All window indices in the order epoch ``epoch`` visits them."""
         if epoch != self._order_epoch:
             n = len(self.windows)
             dtype = np.int32 if n < 2**31 else np.int64
@@ -203,15 +210,15 @@ class WindowBatches:
                 order = np.random.default_rng((self.seed, epoch)).permutation(n).astype(dtype)
             else:
                 order = np.arange(n, dtype=dtype)
-            self._order_epoch, self._order = epoch, order[self.shard_index :: self.shard_count]
+            self._order_epoch, self._order = epoch, order
         return self._order
 
     def __getitem__(self, index: int) -> Batch:
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} is out of range for {len(self)} batches.")
         epoch, k = divmod(index, self.batches_per_epoch)
-        order = self.epoch_order(epoch)
-        return self.windows.gather(order[k * self.batch_size : (k + 1) * self.batch_size])
+        start = k * self.global_batch_size + self.shard_index * self.batch_size
+        return self.windows.gather(self.epoch_order(epoch)[start : start + self.batch_size])
 
     def __getstate__(self):
         # Worker processes rebuild the cached order themselves; don't ship it.

@@ -40,6 +40,10 @@ class EmbeddingLM(nn.Module):
       dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay in
         ``param_dtype``.
       param_dtype: storage dtype of the tables.
+      vocab_multiple: the token table gets ``vocab_size`` rounded up to this
+        multiple of rows, so it splits evenly over a ``model`` mesh axis
+        (GPT-2's 50,257 -> 50,304 for 128). Padding rows are never looked up
+        and are cut from the logits, so the model is the same function.
     """
 
     vocab_size: int
@@ -48,11 +52,17 @@ class EmbeddingLM(nn.Module):
     init_stddev: float = 0.02
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    vocab_multiple: int = 1
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the token table: ``vocab_size`` rounded up to ``vocab_multiple``."""
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
     def setup(self):
         init = nn.initializers.normal(self.init_stddev)
         self.embed = InputEmbedding(
-            vocab_size=self.vocab_size,
+            vocab_size=self.padded_vocab_size,
             max_length=self.max_length,
             features=self.features,
             dtype=self.dtype,
@@ -66,7 +76,7 @@ class EmbeddingLM(nn.Module):
     def __call__(self, ids_BxL: jax.Array) -> jax.Array:
         """Returns next-token logits ``[B, L, vocab_size]``."""
         h_BxLxD = self.embed(ids_BxL)
-        return self.embed.attend(h_BxLxD)
+        return self.embed.attend(h_BxLxD)[..., : self.vocab_size]
 
 
 def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
@@ -82,10 +92,11 @@ def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
     return losses_BxL.mean()
 
 
-def embedding_tables(params: Any) -> tuple[np.ndarray, np.ndarray]:
+def embedding_tables(params: Any, vocab_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(token_VxD, position_LxD)`` of ``EmbeddingLM`` params as host numpy.
 
-    Gathers shards from every process, so call it on all processes.
+    ``vocab_size`` drops the padding rows of a padded table. Gathers shards
+    from every process, so call it on all processes.
 
     Example:
       >>> lm = EmbeddingLM(vocab_size=10, max_length=4, features=2)
@@ -99,4 +110,5 @@ def embedding_tables(params: Any) -> tuple[np.ndarray, np.ndarray]:
     tables = (embed["token"]["embedding"], embed["position"]["embedding"])
     if jax.process_count() > 1:
         tables = multihost_utils.process_allgather(tables, tiled=True)
-    return tuple(np.asarray(t, dtype=np.float32) for t in tables)
+    token_VxD, position_LxD = (np.asarray(t, dtype=np.float32) for t in tables)
+    return token_VxD[:vocab_size], position_LxD

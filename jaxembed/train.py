@@ -111,15 +111,16 @@ def make_mesh(data_axis: int = -1, model_axis: int = 1, devices: list | None = N
     if sizes.count(-1) > 1:
         raise ValueError("only one of mesh.data and mesh.model may be -1.")
     known = math.prod(s for s in sizes if s != -1)
-    if len(devices) % known:
-        raise ValueError(f"mesh {sizes} does not divide the {len(devices)} available devices.")
+    if -1 in sizes and len(devices) % known:
+        raise ValueError(f"mesh {sizes}: {known} does not divide the {len(devices)} available devices.")
     sizes = [len(devices) // known if s == -1 else s for s in sizes]
-    if math.prod(sizes) != len(devices):
+    if math.prod(sizes) > len(devices):
         raise ValueError(
             f"mesh data={sizes[0]} x model={sizes[1]} needs {math.prod(sizes)} devices, "
             f"but {len(devices)} are available."
         )
-    return Mesh(np.asarray(devices).reshape(sizes), ("data", "model"))
+    # jax.devices() lists devices process by process, so `data` rows follow processes.
+    return Mesh(np.asarray(devices[: math.prod(sizes)]).reshape(sizes), ("data", "model"))
 
 
 def make_model(config: ml_collections.ConfigDict, vocab_size: int) -> EmbeddingLM:
@@ -131,6 +132,7 @@ def make_model(config: ml_collections.ConfigDict, vocab_size: int) -> EmbeddingL
         init_stddev=config.model.init_stddev,
         dtype=jnp.dtype(config.model.dtype),
         param_dtype=jnp.dtype(config.model.param_dtype),
+        vocab_multiple=config.model.vocab_multiple,
     )
 
 
@@ -567,5 +569,5 @@ def load_run(workdir: str | os.PathLike) -> Run:
         state, _, step = checkpointer.restore(abstract_state, read_only=True)
     finally:
         checkpointer.close()
-    token_VxD, position_LxD = embedding_tables(state.params)
+    token_VxD, position_LxD = embedding_tables(state.params, enc.n_vocab)
     return Run(path, config, step, enc, token_VxD, position_LxD, np.load(path / "token_counts.npy"))

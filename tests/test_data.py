@@ -195,3 +195,14 @@ def test_ids_outside_vocabulary():
 def test_non_integer_ids_are_rejected():
     with pytest.raises(TypeError, match="float"):
         loader(np.ones(10), batch_size=1, max_length=2, stride=1)
+
+
+def test_stacked_shards_equal_one_reader_with_the_global_batch(corpus_ids):
+    # What makes a 2-process run see the same data as a 1-process run.
+    kwargs = dict(max_length=8, stride=8, shuffle=True, seed=11, num_epochs=2)
+    single = list(loader(corpus_ids, batch_size=12, **kwargs))
+    shards = [list(loader(corpus_ids, batch_size=4, shard_index=i, shard_count=3, **kwargs)) for i in range(3)]
+    assert all(len(s) == len(single) for s in shards)
+    for k, (x, y) in enumerate(single):
+        np.testing.assert_array_equal(np.concatenate([s[k][0] for s in shards]), x)
+        np.testing.assert_array_equal(np.concatenate([s[k][1] for s in shards]), y)

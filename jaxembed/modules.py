@@ -57,13 +57,19 @@ def check_ids(ids: Any, upper: int, name: str = "ids") -> None:
       >>> check_ids(jnp.array([1, 2]), upper=3)
       >>> from jax.experimental import checkify
       >>> err, _ = checkify.checkify(jax.jit(lambda i: check_ids(i, 3)))(jnp.array([5]))
-      >>> err.get() is not None
-      True
+      >>> print(err.get().split(" (`check`")[0])
+      ids must lie in [0, 3); got 5 at flat index 0.
     """
     ids = _require_integer(name, ids)
     in_range = (ids >= 0) & (ids < upper)
     if isinstance(ids, jax.core.Tracer):
-        checkify.check(jnp.all(in_range), f"{name} must lie in [0, {upper}); got an id outside it.")
+        first = jnp.argmin(jnp.ravel(in_range))
+        checkify.check(
+            jnp.all(in_range),
+            f"{name} must lie in [0, {upper}); got {{bad}} at flat index {{index}}.",
+            bad=jnp.ravel(ids)[first],
+            index=first,
+        )
         return
     if not bool(jnp.all(in_range)):
         flat = jnp.ravel(ids)

@@ -1,0 +1,622 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Token Embeddings, in JAX
+#
+# How does a language model turn text into numbers it can compute with? It splits the
+# text into **tokens**, gives each token id a learned vector (its **embedding**), and adds
+# a learned vector for each **position**. This notebook builds those pieces in
+# [JAX](https://docs.jax.dev) and [Flax](https://flax.readthedocs.io) with the `jaxembed`
+# library, then trains them and looks at what they learned:
+#
+# 1. **Token embeddings**: a toy table of 6 tokens x 3 dimensions
+# 2. **GPT-2 scale**: 50,257 tokens x 256 dimensions, and a batch of *Romeo and Juliet*
+# 3. **Positional embeddings**: one learned vector per position
+# 4. **Input embeddings**: token + positional, broadcast over the batch
+# 5. **Training**: a few hundred optimiser steps, and pictures of what changed
+#
+# It is a port of a PyTorch notebook. Where JAX works differently (random keys,
+# parameters, compilation, immutable arrays, out-of-range ids) the notebook says so
+# where it first matters. It runs on a CPU in about two minutes, and unchanged on a
+# GPU or TPU runtime.
+
+# %% [markdown]
+# ## Setup
+#
+# On Colab, or anywhere `jaxembed` is not installed yet, the next cell installs it.
+# **`JAXEMBED_PIP_SPEC` is a placeholder**: `jaxembed` has no public address yet, so
+# replace `<org>` with the repository's real owner (or set the environment variable to
+# a wheel or a local checkout) before running it there.
+
+# %%
+import os
+import subprocess
+import sys
+
+# PLACEHOLDER: point this at the real repository (or a wheel, or a local path).
+JAXEMBED_PIP_SPEC = os.environ.get("JAXEMBED_PIP_SPEC", "jaxembed @ git+https://github.com/<org>/jaxembed")
+
+try:
+    import jaxembed
+except ImportError:  # Not installed here (e.g. a fresh Colab runtime): install it.
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", JAXEMBED_PIP_SPEC], check=True)
+    import jaxembed
+
+print(f"jaxembed {jaxembed.__version__}")
+
+# %% [markdown]
+# The imports. `jax.numpy` (`jnp`) mirrors NumPy; `modules` holds the Flax embedding
+# layers, `data` the sliding-window loader, `train`, `model` and `report` the training
+# run and its pictures.
+
+# %%
+import pathlib
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from IPython.display import Image, display
+from jax.experimental import checkify
+
+from jaxembed import corpus, data, model, modules, report, tokenizer, train
+from jaxembed.config import base_config
+
+np.set_printoptions(precision=4, suppress=True)  # jax arrays print through NumPy
+plt.rcParams["figure.dpi"] = 90
+fig_dir = pathlib.Path(tempfile.mkdtemp(prefix="jaxembed-figures-"))  # report PNGs go here
+
+print(f"JAX {jax.__version__} on {jax.default_backend()}: {jax.devices()}")
+
+# %% [markdown]
+# Now the text: Project Gutenberg's eBook #1513, *Romeo and Juliet*. `load_text`
+# downloads it once and caches it. **Offline?** Set the environment variable
+# `JAXEMBED_CORPUS=/path/to/pg1513.txt` before this cell, or call
+# `corpus.load_text("path/to/pg1513.txt")` with your copy.
+
+# %%
+text = corpus.load_text("romeo-juliet")
+print(f"Loaded {len(text):,} characters. The first line: {text.splitlines()[0]!r}")
+
+# %% [markdown]
+# ## Part 1: Token embeddings, a toy example
+#
+# A token embedding is a lookup table: one row per token id, one learned vector per row.
+# Looking up id 2 returns row 2. Training nudges the rows so that tokens used alike end
+# up with similar vectors; before training they are random.
+#
+# Let's make a toy vocabulary of 6 tokens, each mapped to a 3-dimensional vector, and a
+# sequence of 4 token ids to look up.
+
+# %%
+ids_L = jnp.array([2, 3, 5, 1])  # a sequence of L = 4 token ids
+
+toy_vocab_size = 6  # token ids 0..5
+toy_embedding_dim = 3  # each token becomes a 3-d vector
+
+toy_embedding = modules.TokenEmbedding(vocab_size=toy_vocab_size, features=toy_embedding_dim)
+print(f"Embedding layer: {toy_vocab_size} tokens -> {toy_embedding_dim}-d vectors")
+
+# %% [markdown]
+# **JAX difference: explicit random keys.** PyTorch draws from a hidden global random
+# state (`torch.manual_seed`), so the numbers depend on which cells ran before. JAX has
+# no global state: every random draw takes a **key**, and the same key always gives the
+# same numbers. We make one root key and split it into independent keys, one per table.
+#
+# **JAX difference: parameters live outside the module.** A Flax module is only a
+# description. `init(key, example_ids)` creates its parameters and returns them as a
+# nested dict (a *pytree*) that we hold and pass in explicitly.
+
+# %%
+root_key = jax.random.key(0)
+toy_key, token_key, position_key = jax.random.split(root_key, 3)
+
+toy_params = toy_embedding.init(toy_key, ids_L)
+print("Parameter shapes:", jax.tree.map(jnp.shape, toy_params))
+
+toy_table_VxD = toy_params["params"]["embedding"]  # V = 6 rows, D = 3 columns
+print("\nEmbedding weight table (6 tokens x 3 dimensions), one row per token id:")
+print(toy_table_VxD)
+
+# %% [markdown]
+# To run the layer, `apply` takes the parameters and the ids. Let's embed the single
+# token id 2. (The PyTorch original said "token ID 3" here but looked up 2, and its
+# printed vector did not match its printed table because its cells had run out of
+# order. Here the lookup can be checked against the table.)
+
+# %%
+single_1xD = toy_embedding.apply(toy_params, jnp.array([2]))
+print("Embedding of token id 2:", single_1xD)
+print("It is row 2 of the table:", bool(jnp.array_equal(single_1xD[0], toy_table_VxD[2])))
+
+again = toy_embedding.init(toy_key, ids_L)  # same key -> same table, whatever ran before
+print("Re-initialising with the same key gives the same table:", bool(jnp.array_equal(again["params"]["embedding"], toy_table_VxD)))
+
+# %% [markdown]
+# A whole sequence works the same way: each id is replaced by its row, so 4 ids become
+# a 4 x 3 array. Looking rows up is the same as multiplying one-hot vectors by the
+# table, just much cheaper.
+
+# %%
+toy_embeddings_LxD = toy_embedding.apply(toy_params, ids_L)
+print("Embeddings for the sequence [2, 3, 5, 1]:")
+print(toy_embeddings_LxD)
+print(f"\nShape: {toy_embeddings_LxD.shape} -> (sequence_length=4, embedding_dim=3)")
+print("Rows 2, 3, 5, 1 of the table:", bool(jnp.array_equal(toy_embeddings_LxD, toy_table_VxD[ids_L])))
+
+one_hot_LxV = jax.nn.one_hot(ids_L, toy_vocab_size)
+print("Same as one_hot(ids) @ table:", bool(jnp.allclose(one_hot_LxV @ toy_table_VxD, toy_embeddings_LxD)))
+
+# %% [markdown]
+# ### Three more things JAX does differently
+#
+# **`jax.jit` compiles.** Wrapping a function in `jax.jit` traces it once for each input
+# shape and compiles it with XLA for the CPU, GPU or TPU at hand; later calls run the
+# compiled code. Because the parameters are an ordinary argument, `apply` itself is the
+# function to compile.
+
+# %%
+embed_fn = jax.jit(toy_embedding.apply)
+print("Compiled lookup equals the eager one:", bool(jnp.array_equal(embed_fn(toy_params, ids_L), toy_embeddings_LxD)))
+
+# %% [markdown]
+# **Arrays are immutable.** You cannot assign into a JAX array; `.at[...].set(...)`
+# returns a changed copy instead (inside `jit`, XLA turns that into an in-place update
+# when it safely can). It is also why training never edits parameters in place: each
+# optimiser step returns new ones.
+
+# %%
+try:
+    toy_table_VxD[2] = 0.0
+except TypeError as error:
+    print("TypeError:", str(error).split(".")[0] + ".")
+
+zeroed_VxD = toy_table_VxD.at[2].set(0.0)  # a new array
+print("New array, row 2:     ", zeroed_VxD[2])
+print("Original still, row 2:", toy_table_VxD[2])
+
+# %% [markdown]
+# **An out-of-range id gives NaN, not an error.** Our vocabulary is 0..5, so id 6 does
+# not exist. PyTorch raises `IndexError`; compiled JAX code cannot raise from inside the
+# computation, so the lookup returns a row of NaN (as Flax's own `nn.Embed` does), which
+# would quietly spread into everything computed from it. Plain JAX indexing is worse:
+# it clamps the id and silently returns the last row.
+
+# %%
+bad_ids_L = jnp.array([2, 6])
+print(toy_embedding.apply(toy_params, bad_ids_L))
+print("Plain indexing, table[6], gives row 5:", toy_table_VxD[6])
+
+# %% [markdown]
+# When ids come from outside, check them. `modules.check_ids` raises at once on
+# concrete arrays...
+
+# %%
+try:
+    modules.check_ids(bad_ids_L, toy_vocab_size)
+except ValueError as error:
+    print("ValueError:", error)
+
+
+# %% [markdown]
+# ...and inside `jit` it records a check with
+# [`checkify`](https://docs.jax.dev/en/latest/debugging/checkify_guide.html): the
+# compiled function returns an error value next to its result, and `err.throw()`
+# raises it in Python.
+
+# %%
+def checked_lookup(params, ids):
+    modules.check_ids(ids, toy_vocab_size)
+    return toy_embedding.apply(params, ids)
+
+
+checked_lookup_fn = jax.jit(checkify.checkify(checked_lookup))
+
+err, _ = checked_lookup_fn(toy_params, ids_L)
+print("Good ids, error:", err.get())
+err, _ = checked_lookup_fn(toy_params, bad_ids_L)
+try:
+    err.throw()
+except checkify.JaxRuntimeError as error:
+    print("JaxRuntimeError:", error)
+
+# %% [markdown]
+# ## Part 2: GPT-2 scale token embeddings
+#
+# Now the real vocabulary. GPT-2's byte-pair tokenizer has **50,257 tokens**. GPT-2
+# small embeds each in 768 dimensions; we use **256**, as the original notebook did.
+# (`jaxembed.tokenizer` builds the same encoding as `tiktoken.get_encoding("gpt2")`
+# from local files, so it needs no network.)
+
+# %%
+gpt2_tokenizer = tokenizer.get_encoding("gpt2")
+print(f"GPT-2 vocabulary size: {gpt2_tokenizer.n_vocab:,}")
+# Newer tokenizers work too (downloaded by tiktoken), e.g. GPT-4o's:
+# tokenizer.get_encoding("o200k_base")
+
+# %% [markdown]
+# The table is the same kind of layer, just bigger: one 256-d row for each of the
+# 50,257 tokens. Counting parameters means summing the sizes of the pytree's leaves.
+
+# %%
+GPT2_VOCAB_SIZE = gpt2_tokenizer.n_vocab  # 50,257
+GPT2_EMBEDDING_DIM = 256  # GPT-2 small uses 768; 256 for this tutorial
+
+token_embedding = modules.TokenEmbedding(vocab_size=GPT2_VOCAB_SIZE, features=GPT2_EMBEDDING_DIM)
+token_params = token_embedding.init(token_key, jnp.zeros((1,), jnp.int32))
+
+num_params = sum(leaf.size for leaf in jax.tree.leaves(token_params))
+print(f"Token embedding layer: {GPT2_VOCAB_SIZE:,} tokens -> {GPT2_EMBEDDING_DIM}-d vectors")
+print(f"Total parameters: {num_params:,} = {GPT2_VOCAB_SIZE:,} x {GPT2_EMBEDDING_DIM} "
+      f"({num_params * 4 / 2**20:.1f} MiB as float32)")
+
+# %% [markdown]
+# ### Create a data batch
+#
+# The loader tokenizes the text and cuts the token stream into windows of
+# `CONTEXT_LENGTH = 4` tokens. With `stride = 4` consecutive windows neither overlap
+# nor leave gaps, and without shuffling the first batch is simply the first
+# 8 x 4 = 32 tokens of the file. Batches are NumPy `int32` arrays, ready for JAX.
+
+# %%
+CONTEXT_LENGTH = 4  # tokens per sequence, L
+BATCH_SIZE = 8  # sequences per batch, B
+
+dataloader = data.create_dataloader(
+    text,
+    batch_size=BATCH_SIZE,
+    max_length=CONTEXT_LENGTH,
+    stride=CONTEXT_LENGTH,  # no overlap between sequences
+    shuffle=False,
+)
+inputs_BxL, targets_BxL = next(iter(dataloader))
+print(f"Batch shape: {inputs_BxL.shape} -> (batch_size={BATCH_SIZE}, sequence_length={CONTEXT_LENGTH}), dtype {inputs_BxL.dtype}")
+
+# %% [markdown]
+# The token ids, and what they say. Decoding each id separately shows how GPT-2 splits
+# the text: most tokens carry their leading space (`' Project'`), and runs of spaces and
+# newlines are tokens too.
+
+# %%
+print("Token IDs:\n", inputs_BxL)
+print()
+for row_L in inputs_BxL.tolist():
+    pieces = " ".join(repr(gpt2_tokenizer.decode([token_id])) for token_id in row_L)
+    print(f"{str(row_L):<28} -> {pieces}")
+print("\nThe batch, read row after row:", repr(gpt2_tokenizer.decode(inputs_BxL.ravel().tolist())))
+
+# %% [markdown]
+# These are the original notebook's ids except one: the fourth row ends with 46566 (`' eBook'`)
+# where the original had 47179 (`' ebook'`), because this revision of the Gutenberg
+# file spells it "This eBook".
+#
+# The loader also returns **targets**: the same windows shifted one token to the left,
+# i.e. the token that comes next at every position. We'll need them in Part 5.
+
+# %%
+print("inputs[0] :", inputs_BxL[0])
+print("targets[0]:", targets_BxL[0], "<- the next token at each position")
+
+# %% [markdown]
+# ### Convert token ids to token embeddings
+#
+# Each of the 8 x 4 ids becomes a 256-d vector. The layer does not care about the
+# shape of its input: ids of shape `[B, L]` give vectors of shape `[B, L, D]`.
+
+# %%
+token_embeddings_BxLxD = jax.jit(token_embedding.apply)(token_params, inputs_BxL)
+
+print(f"Token embeddings shape: {token_embeddings_BxLxD.shape}")
+print(f"  -> (batch_size={BATCH_SIZE}, sequence_length={CONTEXT_LENGTH}, embedding_dim={GPT2_EMBEDDING_DIM})")
+print(f"\nEach of the {BATCH_SIZE} sequences has {CONTEXT_LENGTH} tokens,")
+print(f"and each token is now a {GPT2_EMBEDDING_DIM}-dimensional vector.")
+
+# %% [markdown]
+# ## Part 3: Positional embeddings
+#
+# **Problem: token embeddings alone carry no word order.** A token gets the same vector
+# wherever it stands, so "dog bites man" and "man bites dog" become the same three
+# vectors, just reordered.
+
+# %%
+dog_bites_man_L = jnp.array(gpt2_tokenizer.encode(" dog bites man"))
+man_bites_dog_L = jnp.array(gpt2_tokenizer.encode(" man bites dog"))
+print("' dog bites man' ->", dog_bites_man_L, "   ' man bites dog' ->", man_bites_dog_L)
+
+dog_tok_LxD = token_embedding.apply(token_params, dog_bites_man_L)
+man_tok_LxD = token_embedding.apply(token_params, man_bites_dog_L)
+print("Same vectors, reversed order:", bool(jnp.array_equal(dog_tok_LxD, man_tok_LxD[::-1])))
+
+# %% [markdown]
+# **Solution: add a learned vector for each position.** Position 0, 1, 2, 3 each get a
+# row of a second table, with one row per position the model can handle. Calling the
+# layer with a length `L` returns rows `0..L-1`. The length is a plain Python `int`, not
+# an array: in JAX, array shapes are fixed when a function is compiled.
+
+# %%
+pos_embedding = modules.PositionalEmbedding(max_length=CONTEXT_LENGTH, features=GPT2_EMBEDDING_DIM)
+pos_params = pos_embedding.init(position_key, CONTEXT_LENGTH)
+print(f"Positional embedding layer: {CONTEXT_LENGTH} positions -> {GPT2_EMBEDDING_DIM}-d vectors")
+print(f"This means we can handle sequences up to {CONTEXT_LENGTH} tokens long")
+
+pos_embeddings_LxD = pos_embedding.apply(pos_params, CONTEXT_LENGTH)
+print(f"\nPositional embeddings shape: {pos_embeddings_LxD.shape} -> (sequence_length={CONTEXT_LENGTH}, embedding_dim={GPT2_EMBEDDING_DIM})")
+print("Rows 0..3 of the table:", bool(jnp.array_equal(pos_embeddings_LxD, pos_params["params"]["embedding"][jnp.arange(CONTEXT_LENGTH)])))
+
+# %% [markdown]
+# With positions added, " dog" at the start of a sentence and " dog" at the end are no
+# longer the same vector, so word order survives.
+
+# %%
+pos_3xD = pos_embedding.apply(pos_params, 3)  # the sentences are 3 tokens long
+dog_first_D, dog_last_D = dog_tok_LxD[0], man_tok_LxD[2]  # ' dog' at position 0 and at position 2
+print("' dog' at positions 0 and 2, token embedding only: same vector?", bool(jnp.array_equal(dog_first_D, dog_last_D)))
+print("' dog' at positions 0 and 2, plus positions:       same vector?",
+      bool(jnp.array_equal(dog_first_D + pos_3xD[0], dog_last_D + pos_3xD[2])))
+
+# %% [markdown]
+# ## Part 4: Combining token and positional embeddings
+#
+# The input embeddings are token embeddings plus positional embeddings.
+#
+# **Broadcasting** (the same rules as NumPy and PyTorch):
+# - `token_embeddings_BxLxD`: shape `[8, 4, 256]` (batch, sequence, embedding)
+# - `pos_embeddings_LxD`: shape `[4, 256]` (sequence, embedding)
+# - shapes are aligned from the right, so `[4, 256]` acts as `[1, 4, 256]` and is
+#   repeated across the batch
+# - result: shape `[8, 4, 256]`
+#
+# Every sequence in the batch gets the same positional vectors added to it.
+
+# %%
+input_embeddings_BxLxD = token_embeddings_BxLxD + pos_embeddings_LxD
+
+print(f"Token embeddings shape:      {token_embeddings_BxLxD.shape}")
+print(f"Positional embeddings shape: {pos_embeddings_LxD.shape}")
+print(f"Input embeddings shape:      {input_embeddings_BxLxD.shape}")
+same_positions = jnp.allclose(input_embeddings_BxLxD - token_embeddings_BxLxD, pos_embeddings_LxD[None], atol=1e-6)
+print("Every sequence got the same positional vectors:", bool(same_positions))
+
+# %% [markdown]
+# `modules.InputEmbedding` packages both tables and the sum in one layer. Because
+# parameters are just a pytree, we don't even need to initialise it: we can hand it the
+# two tables from Parts 2 and 3, arranged the way its `init` would arrange them
+# (`jax.eval_shape` shows that structure without allocating anything). Same tables in,
+# same numbers out.
+
+# %%
+input_embedding = modules.InputEmbedding(
+    vocab_size=GPT2_VOCAB_SIZE, max_length=CONTEXT_LENGTH, features=GPT2_EMBEDDING_DIM
+)
+input_params = {"params": {"token": token_params["params"], "position": pos_params["params"]}}
+
+expected = jax.eval_shape(input_embedding.init, root_key, inputs_BxL)
+print("Parameter structure InputEmbedding expects:", jax.tree.map(lambda leaf: leaf.shape, expected))
+print("Ours matches:", jax.tree.structure(expected) == jax.tree.structure(input_params))
+
+h_BxLxD = jax.jit(input_embedding.apply)(input_params, inputs_BxL)
+print(f"\nInputEmbedding output shape: {h_BxLxD.shape}")
+print("Equals token + positional computed by hand:", bool(jnp.array_equal(h_BxLxD, input_embeddings_BxLxD)))
+
+# %% [markdown]
+# ## Part 5: Training the embeddings
+#
+# Everything so far was random. To see embeddings *learn*, `jaxembed` trains the
+# smallest model in which both tables get a gradient: `model.EmbeddingLM` computes
+# `h = token(ids) + position(L)` exactly as in Part 4 and predicts the **next token**
+# from `h` alone, scoring every vocabulary entry with the token table itself
+# (`logits = h @ token_table.T`, a *tied* output head). There is no attention, so each
+# position sees only its own token and position.
+#
+# The loss is cross-entropy in nats. A model that guesses uniformly among 50,257 tokens
+# scores ln 50,257 = 10.82, and small random tables start there.
+#
+# We use the tiny settings of `configs/tiny.py`: 32-d tables, windows of 16 tokens,
+# 16 windows per step, AdamW at a peak learning rate of 0.02, 300 steps.
+
+# %%
+config = base_config()  # every field is documented in jaxembed/config.py
+config.data.max_length = 16  # context length L
+config.data.stride = 16  # windows don't overlap
+config.data.batch_size = 16  # 16 x 16 = 256 tokens per step
+config.model.features = 32  # embedding width D
+config.optim.learning_rate = 2e-2  # peak, after a linear warmup...
+config.optim.warmup_steps = 20  # ...of 20 steps, then cosine decay
+config.train.steps = 300
+config.train.log_every = 10  # a training-loss row every 10 steps
+config.train.eval_every = 50  # a validation loss every 50 steps
+config.train.eval_batches = 8  # 8 x 16 x 16 = 2,048 held-out tokens
+
+print(f"D={config.model.features}, L={config.data.max_length}, batch={config.data.batch_size}, "
+      f"lr={config.optim.learning_rate}, steps={config.train.steps}")
+
+# %% [markdown]
+# `train.train_and_evaluate` does the whole job: it cuts the Gutenberg header and licence
+# away, tokenizes the play, holds out its last 10% for validation, and runs a
+# `jax.jit`-compiled optax step (gradient of the loss, AdamW update, new parameters)
+# 300 times. `workdir=None` keeps everything in memory (no checkpoints). It returns the
+# final state, the logged metrics, and the parameters from before training. One to
+# two minutes on a 2-core CPU.
+
+# %%
+start = time.perf_counter()
+result = train.train_and_evaluate(config, workdir=None, text=text, progress=False)
+elapsed = time.perf_counter() - start
+
+V = result.splits.vocab_size
+print(f"Trained {config.train.steps} steps on {len(result.splits.train_ids):,} tokens "
+      f"in {elapsed:.0f} s ({jax.default_backend()}); {len(result.splits.val_ids):,} tokens held out.")
+val_losses = [(row["step"], row["val_loss"]) for row in result.metrics if "val_loss" in row]
+for step, loss in val_losses:
+    print(f"  step {step:>3}: validation loss {loss:.3f}")
+print(f"Validation loss: {val_losses[0][1]:.3f} -> {val_losses[-1][1]:.3f} "
+      f"(uniform guess: ln {V:,} = {np.log(V):.3f})")
+
+# %% [markdown]
+# ### The loss curve
+#
+# Both losses fall fast from the uniform guess. The validation loss levels off after
+# about 150 steps while the training loss keeps falling: with ~41,000 training tokens,
+# the model starts memorising its training text. That's fine for our purpose, which is to
+# look inside the tables.
+
+# %%
+display(Image(filename=report.plot_loss_curves(result.metrics, fig_dir / "loss.png", vocab_size=V), width=560))
+
+
+# %% [markdown]
+# ### Nearest neighbours, before and after
+#
+# Which tokens sit closest to a given token, by cosine similarity? We pull both tables
+# off the device as NumPy arrays, before and after training, and ask for four probe
+# words, each a single GPT-2 token. Only tokens seen at least 3 times in the training
+# text are candidates. The other rows move too, but only because the model learns never
+# to predict their tokens: they are all pushed the same way, so their position says
+# nothing about the token.
+
+# %%
+# The trained token table has 50,304 rows, padded to a multiple of 128 so it shards
+# evenly over devices; vocab_size=V drops the padding rows.
+before_VxD, pos_before_LxD = model.embedding_tables(result.initial_params, vocab_size=V)
+after_VxD, pos_after_LxD = model.embedding_tables(result.state.params, vocab_size=V)
+
+probe_words = [" Romeo", " thou", " love", " night"]
+probe_ids = report.resolve_tokens(gpt2_tokenizer, probe_words)  # raises unless each is one token
+counts_V = report.token_frequencies(result.splits.train_ids, V)
+candidate_ids = np.flatnonzero(counts_V >= 3)
+print(f"Probe ids: {dict(zip(probe_words, probe_ids))}; {len(candidate_ids):,} candidate tokens\n")
+
+neighbors_before = report.nearest_neighbors(before_VxD, probe_ids, k=5, candidate_ids=candidate_ids)
+neighbors_after = report.nearest_neighbors(after_VxD, probe_ids, k=5, candidate_ids=candidate_ids)
+print("Before training:\n" + report.format_neighbors(gpt2_tokenizer, probe_ids, neighbors_before))
+print("\nAfter training:\n" + report.format_neighbors(gpt2_tokenizer, probe_ids, neighbors_after))
+
+# %%
+neighbors_png = report.plot_neighbors(gpt2_tokenizer, neighbors_before, neighbors_after, probe_ids, fig_dir / "neighbors.png")
+display(Image(filename=neighbors_png, width=640))
+
+# %% [markdown]
+# Before training the neighbours are noise. After 300 steps they have structure:
+# `' thou'` sits next to `' art'`, `' hast'` and `'ilt'` (as in "wilt"), and `' Romeo'`
+# next to other characters of the play, `' Nurse'` and `' Paris'`. Why these? The output head reuses the token table, so to predict "art" after
+# "thou" the model must make the dot product of their two vectors large, which points
+# them the same way. Tokens that follow each other, or follow the same tokens, end up
+# close.
+#
+# The similarities after training are all high. Comparing random pairs of tokens shows
+# why: training moved every vector towards one shared direction, so read the
+# *ranking*, not the absolute cosine.
+
+# %%
+rng = np.random.default_rng(0)
+pair_ids_2xN = rng.choice(candidate_ids, size=(2, 2000))
+
+
+def mean_cosine(table_VxD):
+    a_NxD, b_NxD = table_VxD[pair_ids_2xN[0]], table_VxD[pair_ids_2xN[1]]
+    cos_N = (a_NxD * b_NxD).sum(1) / (np.linalg.norm(a_NxD, axis=1) * np.linalg.norm(b_NxD, axis=1))
+    return cos_N.mean()
+
+
+print(f"Mean cosine of 2,000 random token pairs: before {mean_cosine(before_VxD):.2f}, after {mean_cosine(after_VxD):.2f}")
+
+# %% [markdown]
+# ### A map of the vocabulary
+#
+# 32 dimensions don't fit on a page, so we project the 100 most frequent tokens onto
+# their two principal components, the two directions along which these vectors vary
+# most.
+
+# %%
+frequent_ids = report.most_frequent(counts_V, 100)
+pca_png = report.plot_pca(gpt2_tokenizer, after_VxD, frequent_ids, fig_dir / "pca.png",
+                          title="Token embeddings after training (PCA)")
+display(Image(filename=pca_png, width=600))
+
+# %% [markdown]
+# The first component separates two kinds of token. On the left are fragments of the
+# speakers' names, which the play prints in capitals before each speech: GPT-2 splits
+# `ROMEO` into `'ROM'` + `'EO'` and `NURSE` into `'N'` + `'UR'` + `'SE'`, and these
+# fragments predict one another, so they cluster. On the right are the ordinary
+# lower-case words of the dialogue. The two byte-pieces of the curly apostrophe
+# (`b'\xe2\x80'`, `b'\x99'`) sit beside `'s'` and `'d'`, which follow it in "’s" and "’d".
+
+# %% [markdown]
+# ### What the positional table learned
+#
+# The cosine similarity between every pair of position vectors: before training (left)
+# they are random, nearly orthogonal; after training (right) they are nearly identical.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+for ax, pos_LxD, title in [(axes[0], pos_before_LxD, "before training"), (axes[1], pos_after_LxD, "after training")]:
+    image = ax.imshow(report.position_similarity(pos_LxD), cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set(title=title, xlabel="position", ylabel="position")
+fig.suptitle("Cosine similarity between positional embeddings")
+fig.colorbar(image, ax=axes, label="cosine similarity")
+plt.show()
+
+# %% [markdown]
+# The positional table learned one shared vector, and what it encodes is a *prior*: scored
+# against the token table, the average position vector favours the play's most frequent
+# tokens. Nothing position-specific was learned, and nothing could be: windows start at
+# arbitrary points in the text, so position 5 of a window says nothing about the next
+# token, and this model cannot look at the other tokens. Order becomes useful once
+# layers mix tokens, which is the job of the attention layers that come next in a
+# transformer.
+
+# %%
+prior_logits_V = after_VxD @ pos_after_LxD.mean(axis=0)
+top_ids = np.argsort(-prior_logits_V)[:10]
+print("Tokens the average position vector favours most:", ", ".join(report.token_label(gpt2_tokenizer, i) for i in top_ids))
+seen = counts_V > 0
+correlation = np.corrcoef(prior_logits_V[seen], np.log(counts_V[seen]))[0, 1]
+print(f"Correlation of its scores with log token frequency (tokens in the play): {correlation:.2f}")
+
+# %% [markdown]
+# ## Summary
+#
+# **What we learned:**
+#
+# 1. **Token embeddings** turn discrete token ids into vectors by looking up rows of a
+#    table (`TokenEmbedding`); a lookup *is* a table row.
+# 2. **Positional embeddings** give each position its own learned vector
+#    (`PositionalEmbedding`), so word order survives.
+# 3. **Input embeddings** are token + positional, `[B, L, D] + [L, D]` broadcast over the
+#    batch (`InputEmbedding`): what the transformer's attention layers receive.
+# 4. **Training** shapes them: after 300 steps, tokens that predict each other sit close
+#    together, and the positional table, lacking attention, learned only a frequency prior.
+#
+# **Key dimensions for GPT-2:**
+# - Vocabulary size: 50,257 tokens
+# - Embedding dimension: 256 in this tutorial (GPT-2 small uses 768)
+# - Context length: 4 tokens here, 16 when training (GPT-2 uses 1,024)
+#
+# **JAX, compared with PyTorch:**
+#
+# | | PyTorch | JAX / Flax |
+# | --- | --- | --- |
+# | randomness | global seed | explicit keys: `jax.random.key`, `split` |
+# | parameters | inside the module | a pytree from `init`, passed to `apply` |
+# | speed | eager by default | `jax.jit` compiles with XLA, for CPU, GPU and TPU |
+# | updates | in place | immutable arrays: `x.at[i].set(v)`, new params each step |
+# | bad token id | `IndexError` | a NaN row; check with `check_ids` (eager or `checkify`) |
+#
+# To train longer or on other text, use the command line:
+# `jaxembed train --config configs/tiny.py --workdir runs/rj --text pg1513.txt`
+# writes checkpoints and a `report.md` with these same pictures.

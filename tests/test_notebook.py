@@ -1,0 +1,156 @@
+"""The teaching notebook: its committed outputs match its source, and it runs.
+
+``notebooks/token_embeddings.ipynb`` is committed with outputs (so it renders on
+GitHub) and paired with ``notebooks/token_embeddings.py`` (jupytext percent
+format, the reviewable source). Edit the ``.py``, then rebuild and execute the
+``.ipynb`` from it, offline, with::
+
+  python tests/test_notebook.py
+
+The execution test runs a copy in memory, offline (``$JAXEMBED_CORPUS`` points
+at the shared corpus), and never rewrites the committed file.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import pathlib
+import re
+import sys
+import time
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+jupytext = pytest.importorskip("jupytext")
+
+NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
+IPYNB = NOTEBOOKS / "token_embeddings.ipynb"
+PAIRED_PY = NOTEBOOKS / "token_embeddings.py"
+SHARED_CORPUS = pathlib.Path(__file__).resolve().parents[2] / "shared/data/romeo_juliet_gutenberg.txt"
+MAX_BYTES = 1_500_000
+CELL_TIMEOUT_S = 600
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
+def execute(nb) -> float:
+    """Runs ``nb`` top to bottom in place in a ``python3`` kernel; returns seconds.
+
+    The kernel starts in ``notebooks/`` and inherits this process's environment.
+    Raises ``nbclient.exceptions.CellExecutionError`` at the first failing cell.
+    """
+    client = nbclient.NotebookClient(
+        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", record_timing=False,
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    )
+    start = time.perf_counter()
+    client.execute()
+    return time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return nbformat.read(IPYNB, as_version=4)
+
+
+def _cells(nb):
+    return [(cell.cell_type, cell.source) for cell in nb.cells]
+
+
+def _text(outputs) -> str:
+    """All text a list of cell outputs shows: streams, text/plain results, errors."""
+    parts = []
+    for out in outputs:
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type in ("execute_result", "display_data"):
+            parts.append(out.get("data", {}).get("text/plain", ""))
+        elif out.output_type == "error":
+            parts.append(f"{out.ename}: {out.evalue}")
+    return "".join(parts)
+
+
+def _code_outputs(nb) -> list[str]:
+    return [_text(cell.outputs) for cell in nb.cells if cell.cell_type == "code"]
+
+
+def test_ipynb_cells_equal_the_paired_jupytext_source(committed):
+    # The committed outputs were produced by the committed (reviewable) code.
+    paired = jupytext.read(PAIRED_PY)
+    got, want = _cells(committed), _cells(paired)
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert a == b, f"cell {i} differs between {IPYNB.name} and {PAIRED_PY.name}:\n{a}\n---\n{b}"
+    assert len(got) == len(want), f"{IPYNB.name} has {len(got)} cells, {PAIRED_PY.name} {len(want)}"
+    assert committed.metadata.get("jupytext", {}).get("formats") == "ipynb,py:percent"
+
+
+def test_committed_notebook_is_executed_small_and_portable(committed):
+    assert IPYNB.stat().st_size < MAX_BYTES, f"{IPYNB.name} is {IPYNB.stat().st_size:,} bytes"
+    code = [cell for cell in committed.cells if cell.cell_type == "code"]
+    counts = [cell.execution_count for cell in code]
+    assert counts == list(range(1, len(code) + 1)), "not executed top to bottom in one run"
+    assert not [o for cell in code for o in cell.outputs if o.output_type == "error"]
+    assert sum("image/png" in o.get("data", {}) for cell in code for o in cell.outputs) >= 4  # loss, neighbours, PCA, positions
+    for cell in committed.cells:  # no machine-specific paths in the code or what it printed
+        shown = cell.source + (_text(cell.outputs) if cell.cell_type == "code" else "")
+        assert not re.search(r"(/work/|/home/|/root/|/tmp/|/Users/|[A-Z]:\\)", shown), shown[:200]
+
+
+def test_notebook_executes_offline(committed, corpus_path, tmp_path, monkeypatch):
+    # The kernel inherits this environment: the shared corpus instead of a download.
+    monkeypatch.setenv("JAXEMBED_CORPUS", str(corpus_path))
+    monkeypatch.setenv("JAXEMBED_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MPLBACKEND", INLINE_BACKEND)
+    nb = copy.deepcopy(committed)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    # jupyter_client launches the "python3" spec's `python` as sys.executable;
+    # an extra cell proves the kernel runs this interpreter's environment.
+    nb.cells.append(nbformat.v4.new_code_cell("import sys; print('KERNEL-PREFIX', sys.prefix)"))
+
+    print(f"notebook executed in {execute(nb):.1f} s")
+
+    outputs = _code_outputs(nb)
+    text = "\n".join(outputs)
+    assert f"KERNEL-PREFIX {sys.prefix}" in outputs[-1]
+    # Part 1: the lookup is the table row; NaN for a bad id; both checked paths raise.
+    assert "It is row 2 of the table: True" in text
+    assert re.search(r"\[\s*nan\s+nan\s+nan\]", text)
+    assert "ValueError: ids[1]=6 is out of range" in text
+    assert "JaxRuntimeError: ids must lie in [0, 6)" in text
+    # Part 2: the seed's first row of ids, decoded.
+    assert "Total parameters: 12,865,792" in text
+    assert re.search(r"\[\[\s*464\s+4935\s+20336\s+46566\]", text)
+    assert "'The' ' Project' ' Gutenberg' ' eBook'" in text
+    # Parts 3 and 4: shapes and the manual sum.
+    assert "Input embeddings shape:      (8, 4, 256)" in text
+    assert "Equals token + positional computed by hand: True" in text
+    # Part 5: the validation loss drops well below the uniform guess.
+    match = re.search(r"Validation loss: ([\d.]+) -> ([\d.]+)", text)
+    assert match, "the training cell did not report its validation loss"
+    first, last = map(float, match.groups())
+    assert first == pytest.approx(math.log(50257), abs=0.05)
+    assert last < first - 2.0, f"validation loss only fell {first} -> {last}"
+    assert "After training:\n' Romeo' ->" in text
+    images = sum("image/png" in o.get("data", {}) for cell in nb.cells for o in cell.get("outputs", []))
+    assert images >= 4
+
+
+def main() -> None:
+    """Rebuilds the .ipynb from the paired .py and executes it (offline by default)."""
+    os.environ.setdefault("JAXEMBED_CORPUS", str(SHARED_CORPUS))
+    os.environ["MPLBACKEND"] = INLINE_BACKEND  # figures become outputs even if the shell says Agg
+    nb = jupytext.read(PAIRED_PY)
+    nb.metadata["jupytext"] = {"formats": "ipynb,py:percent"}  # pairing only, as jupytext writes it
+    print(f"executing {PAIRED_PY.name} ...", flush=True)
+    seconds = execute(nb)
+    nbformat.write(nb, IPYNB)
+    print(f"wrote {IPYNB} ({IPYNB.stat().st_size:,} bytes) in {seconds:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -30,7 +31,6 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
-log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
@@ -55,6 +55,42 @@ class _IteratorState:
 
     def start_prefetch(self) -> None:
         pass
+
+
+def _quiet_failed_restore_noise() -> None:
+    """Silences the leftovers of a restore that failed on a damaged step.
+
+    When one array of a damaged step fails to read, orbax gives up while the
+    other reads are still in flight. As they finish, Python prints
+    ``RuntimeError: Event loop is closed`` tracebacks (tensorstore calling back
+    into orbax's closed event loop, an "unraisable" exception) and asyncio logs
+    ``Task exception was never retrieved`` for orbax's ``async_deserialize``
+    tasks, possibly long after ``restore`` returned. Both are harmless and would
+    bury the one-line warning or error; this drops exactly those and passes
+    everything else on. Installed once, by the first ``restore``: the
+    tracebacks can appear before orbax even raises.
+    """
+    global _ASYNCIO_FILTER_ADDED
+    if not _ASYNCIO_FILTER_ADDED:
+        logging.getLogger("asyncio").addFilter(
+            lambda record: not (str(record.msg).startswith("Task exception was never retrieved")
+                                and "async_deserialize" in str(record.msg)))
+        _ASYNCIO_FILTER_ADDED = True
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxembed_quiet", False):
+        return
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed" and unraisable.object is None:
+            return
+        previous(unraisable)
+
+    hook._jaxembed_quiet = True
+    sys.unraisablehook = hook
+
+
+_ASYNCIO_FILTER_ADDED = False
 
 
 class Checkpointer:
@@ -109,6 +145,7 @@ class Checkpointer:
         steps = self.steps()
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}.")
+        _quiet_failed_restore_noise()
         failures = []
         for step in reversed(steps):
             holder = _IteratorState()
@@ -137,7 +174,6 @@ class Checkpointer:
             f"checkpoint step {step} in {self.directory} is unreadable "
             f"({type(error).__name__}); falling back to an older one."
         )
-        log.warning(message)
         print(f"warning: {message}", flush=True)
         if jax.process_index() == 0 and source.exists():
             source.rename(self.directory / f"{step}.unreadable-{int(time.time())}")

@@ -140,11 +140,10 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
 
     import jax
     from jaxembed import report, tokenizer, train
-    from jaxembed.model import embedding_tables
 
     result = train.train_and_evaluate(config, args.workdir, progress=not args.no_progress)
-    before_VxD, _ = embedding_tables(result.initial_params, result.splits.vocab_size)
-    after_VxD, pos_LxD = embedding_tables(result.state.params, result.splits.vocab_size)
+    before_VxD, _ = result.tables(initial=True)
+    after_VxD, pos_LxD = result.tables()
     if jax.process_index() != 0:
         return 0
     path = report.training_report(
@@ -154,7 +153,7 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
         before_VxD=before_VxD,
         after_VxD=after_VxD,
         pos_LxD=pos_LxD,
-        token_counts_V=report.token_frequencies(result.splits.train_ids, result.splits.vocab_size),
+        token_counts_V=result.token_counts(),
         probe_tokens=config.report.probe_tokens,
         num_neighbors=config.report.num_neighbors,
         pca_tokens=config.report.pca_tokens,

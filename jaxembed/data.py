@@ -440,19 +440,8 @@ def create_dataloader(
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
         raise ValueError(f"num_workers={num_workers!r} is not allowed; it must be an integer >= 0.")
-    batches = window_batches(
-        text_or_ids,
-        batch_size=batch_size,
-        max_length=max_length,
-        stride=stride,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        seed=seed,
-        num_epochs=num_epochs,
-        tokenizer=tokenizer,
-        shard_index=shard_index,
-        shard_count=shard_count,
-    )
+    batches = window_batches(text_or_ids, batch_size, max_length, stride, shuffle, drop_last, seed,
+                             num_epochs, tokenizer, shard_index, shard_count)
     per_chunk = max(1, CHUNK_TOKENS // (batch_size * (max_length + 1)))
     chunks = grain.MapDataset.source(WindowBatchChunks(batches, per_chunk))
     # The tokens live in memory: reader threads would only contend for the GIL.

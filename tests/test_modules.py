@@ -17,22 +17,14 @@ from jax.experimental import checkify
 from jax.sharding import PartitionSpec
 
 from jaxembed.modules import InputEmbedding, PositionalEmbedding, TokenEmbedding, check_ids
+from seed_values import SEED_FIRST_BATCH
 
 VOCAB = 50257  # GPT-2
 D = 256  # the seed's embedding width
 CONTEXT = 4  # the seed's context length
 
 # The seed notebook's first 8x4 batch of GPT-2 ids (stride 4, no shuffle).
-SEED_IDS_8x4 = np.array([
-    [464, 4935, 20336, 46566],
-    [286, 43989, 290, 38201],
-    [198, 220, 220, 220],
-    [220, 198, 1212, 47179],
-    [318, 329, 262, 779],
-    [286, 2687, 6609, 287],
-    [262, 1578, 1829, 290],
-    [198, 1712, 584, 3354],
-])
+SEED_IDS_8x4 = np.array(SEED_FIRST_BATCH)
 
 # The seed's Part 1 weight matrix, as printed by its cell In[70].
 SEED_TOY_TABLE_6x3 = np.array([

@@ -24,17 +24,8 @@ import tiktoken_ext.openai_public
 from jaxembed import tokenizer
 from jaxembed.tokenizer import TokenizerUnavailableError, get_encoding
 
-# The seed notebook's first 8x4 batch (stride 4, no shuffle), as it printed it.
-SEED_BATCH_8x4 = [
-    [464, 4935, 20336, 46566],
-    [286, 43989, 290, 38201],
-    [198, 220, 220, 220],
-    [220, 198, 1212, 47179],
-    [318, 329, 262, 779],
-    [286, 2687, 6609, 287],
-    [262, 1578, 1829, 290],
-    [198, 1712, 584, 3354],
-]
+from seed_values import SEED_FIRST_BATCH as SEED_BATCH_8x4  # noqa: E402
+
 # The opening of the seed's copy of the corpus ("This ebook", lower case).
 SEED_HEADER = (
     "The Project Gutenberg eBook of Romeo and Juliet\n    \n"

@@ -254,19 +254,24 @@ def jax_train_setup(batch: int, length: int, features: int, vocab: int, config_o
 
 def jax_step_fn(batch, length, features, vocab, inputs_np, targets_np, config_overrides=None):
     """A zero-argument callable doing one jaxembed train step (state kept inside)."""
+    step, state, _ = jax_train_setup(batch, length, features, vocab, config_overrides)
+    return step_callable(step, state, inputs_np, targets_np)
+
+
+def step_callable(step, state, inputs_np, targets_np) -> Callable[[], object]:
+    """A zero-argument callable running ``step`` on a fixed batch, keeping the state inside."""
     import jax
     import jax.numpy as jnp
 
-    step, state, _ = jax_train_setup(batch, length, features, vocab, config_overrides)
     inputs, targets = jnp.asarray(inputs_np), jnp.asarray(targets_np)
     box = {"state": state}
 
-    def jax_step():
+    def one_step():
         box["state"], metrics = step(box["state"], inputs, targets)
         jax.block_until_ready(box["state"])
         return metrics
 
-    return jax_step
+    return one_step
 
 
 def train_batch(batch: int, length: int, vocab: int) -> tuple[np.ndarray, np.ndarray]:

@@ -425,21 +425,6 @@ def step_components(batch: int, length: int, features: int = 256, vocab: int = c
             "optax clip + AdamW alone": run_optax, "fused clip + AdamW alone": run_fused}
 
 
-def _step_callable(step, state, inputs_np, targets_np):
-    import jax
-    import jax.numpy as jnp
-
-    inputs, targets = jnp.asarray(inputs_np), jnp.asarray(targets_np)
-    box = {"state": state}
-
-    def one():
-        box["state"], metrics = step(box["state"], inputs, targets)
-        jax.block_until_ready(box["state"])
-        return metrics
-
-    return one
-
-
 # --- Child processes: settings that must precede the CPU client ------------------------------
 
 CHILD_VARIANTS = {
@@ -506,9 +491,9 @@ def run(settings, hw: dict, train_rows: list[dict]) -> list[dict]:
         inputs, targets = cases.train_batch(batch, length, cases.GPT2_VOCAB)
         case = cases.train_case(batch, length, 256, which=which)
         step, state = fused_train_setup(batch, length, 256, cases.GPT2_VOCAB)
-        case.impls["fused"] = _step_callable(step, state, inputs, targets)
+        case.impls["fused"] = cases.step_callable(step, state, inputs, targets)
         step, state, k = active_vocab_setup(batch, length, 256, cases.GPT2_VOCAB, active_ids)
-        case.impls["active"] = _step_callable(step, state, inputs, targets)
+        case.impls["active"] = cases.step_callable(step, state, inputs, targets)
         cases.finish_floor(case, hw["bandwidth_Bps"], hw["matmul_flops"]["peak"])
         row = runner.summarize(case, runner.measure(case.impls, settings))
         rows.append(_row("fused clip + AdamW (one pass, optax transformation)", f"train {batch} x {length}", row, "fused",

@@ -217,6 +217,10 @@ class Splits:
     val_ids: np.ndarray
     vocab_size: int
 
+    def train_counts(self) -> np.ndarray:
+        """``counts_V``: how often each token occurs in the training split."""
+        return np.bincount(self.train_ids, minlength=self.vocab_size)
+
 
 def load_corpus_text(config: ml_collections.ConfigDict) -> str:
     """The text the config names (``data.text`` path, else ``data.corpus``)."""
@@ -332,7 +336,7 @@ class TrainResult:
 
     def token_counts(self) -> np.ndarray:
         """``counts_V``: how often each token occurs in the training split."""
-        return np.bincount(self.splits.train_ids, minlength=self.splits.vocab_size)
+        return self.splits.train_counts()
 
 
 def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
@@ -467,7 +471,7 @@ def train_and_evaluate(
         print(f"Resuming from step {start_step} ({ckpt.directory}).", flush=True)
     if workdir is not None and jax.process_index() == 0:
         _write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
-        np.save(workdir / "token_counts.npy", np.bincount(splits.train_ids, minlength=splits.vocab_size))
+        np.save(workdir / "token_counts.npy", splits.train_counts())
         if active_ids is not None:
             np.save(workdir / "active_ids.npy", active_ids)
     metrics = MetricsLog(workdir / "metrics.jsonl" if workdir else None, resume_step=start_step)
@@ -490,10 +494,7 @@ def train_and_evaluate(
     if start_step == 0:
         metrics.append({"step": 0, "learning_rate": float(schedule(0)), "val_loss": evaluate_loss(state.params)})
 
-    def put(batch):
-        return tuple(jax.make_array_from_process_local_data(batch_sharding, x) for x in batch)
-
-    batches = prefetch_to_device(iterator, put)
+    batches = prefetch_to_device(iterator, functools.partial(_global_batch, sharding=batch_sharding))
     bar = _progress(start_step, config.train.steps, enabled=progress)
     tokens_per_step = config.data.batch_size * config.data.max_length
     window_losses, window_start, window_steps = [], time.perf_counter(), 0
@@ -538,6 +539,11 @@ def train_and_evaluate(
     return TrainResult(state, metrics.rows, model, splits, workdir, initial_params, active_ids)
 
 
+def _global_batch(batch: tuple[np.ndarray, ...], sharding: NamedSharding) -> tuple[jax.Array, ...]:
+    """This process's rows of each array, assembled into global arrays on the mesh."""
+    return tuple(jax.make_array_from_process_local_data(sharding, x) for x in batch)
+
+
 def _eval_batches(val_ids: np.ndarray, config: ml_collections.ConfigDict, local_batch: int, sharding) -> list:
     windows = data.num_windows(len(val_ids), config.data.max_length, config.data.max_length)
     available = (windows // jax.process_count()) // local_batch
@@ -550,7 +556,7 @@ def _eval_batches(val_ids: np.ndarray, config: ml_collections.ConfigDict, local_
     loader = _loader(val_ids, config, local_batch, config.data.max_length, shuffle=False, num_epochs=1)
     batches = []
     for batch, _ in zip(loader, range(min(available, config.train.eval_batches))):
-        batches.append(tuple(jax.make_array_from_process_local_data(sharding, x) for x in batch))
+        batches.append(_global_batch(batch, sharding))
     return batches
 
 

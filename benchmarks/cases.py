@@ -18,13 +18,14 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 #: The seed's corpus: Project Gutenberg eBook #1513 (kept outside the repo).
-CORPUS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                      "romeo_juliet_gutenberg.txt")
+CORPUS = os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "romeo_juliet_gutenberg.txt"
+)
 GPT2_VOCAB = 50257
 O200K_VOCAB = 200019  # tiktoken's o200k_base n_vocab
 
@@ -129,9 +130,18 @@ def data_case(ids: np.ndarray, max_length: int, stride: int, batch: int, which=(
     extra = {"windows": windows, "batches": batches}
     if "jaxembed" in which:
         start = time.perf_counter()
-        loader = data.create_dataloader(ids, batch_size=batch, max_length=max_length, stride=stride,
-                                        shuffle=True, drop_last=True, seed=0, num_epochs=None,
-                                        shard_index=0, shard_count=1)
+        loader = data.create_dataloader(
+            ids,
+            batch_size=batch,
+            max_length=max_length,
+            stride=stride,
+            shuffle=True,
+            drop_last=True,
+            seed=0,
+            num_epochs=None,
+            shard_index=0,
+            shard_count=1,
+        )
         iterator = iter(loader)
         extra["jaxembed_build_s"] = time.perf_counter() - start
 
@@ -147,8 +157,7 @@ def data_case(ids: np.ndarray, max_length: int, stride: int, batch: int, which=(
         torch = _torch()
         start = time.perf_counter()
         dataset = tr.GPTDatasetV1(None, tr.PreTokenized(ids), max_length, stride)
-        loader_t = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True,
-                                               num_workers=0)
+        loader_t = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True, num_workers=0)
         extra["reference_build_s"] = time.perf_counter() - start
 
         def torch_epoch():
@@ -160,15 +169,24 @@ def data_case(ids: np.ndarray, max_length: int, stride: int, batch: int, which=(
     tokens = batches * batch * max_length
     # Minimal traffic: read each window's L+1 ids, write inputs and targets (int32).
     floor_bytes = batches * batch * (max_length + 1 + 2 * max_length) * 4
-    return Case("data", f"L={max_length} S={stride} B={batch}",
-                {"max_length": max_length, "stride": stride, "batch": batch},
-                impls, tokens, 0.0, {"bytes": floor_bytes}, extra)
+    return Case(
+        "data",
+        f"L={max_length} S={stride} B={batch}",
+        {"max_length": max_length, "stride": stride, "batch": batch},
+        impls,
+        tokens,
+        0.0,
+        {"bytes": floor_bytes},
+        extra,
+    )
 
 
 # --- (2) InputEmbedding forward -------------------------------------------------
 
 
-def embed_case(batch: int, length: int, features: int, which=("jaxembed", "reference"), vocab: int = GPT2_VOCAB) -> Case:
+def embed_case(
+    batch: int, length: int, features: int, which=("jaxembed", "reference"), vocab: int = GPT2_VOCAB
+) -> Case:
     """``InputEmbedding`` forward on ``[batch, length]`` ids into a ``[vocab, features]`` table.
 
     jaxembed: ``jax.jit(embed.apply)`` on device-resident ids, blocking on
@@ -204,9 +222,15 @@ def embed_case(batch: int, length: int, features: int, which=("jaxembed", "refer
         impls["reference"] = torch_forward
     # Read the looked-up rows and the positions, write the output (float32).
     floor_bytes = (2 * batch * length + length) * features * 4
-    return Case("embed", f"ids [{batch}, {length}], D={features}",
-                {"batch": batch, "length": length, "features": features, "vocab": vocab},
-                impls, batch * length, 0.0, {"bytes": floor_bytes})
+    return Case(
+        "embed",
+        f"ids [{batch}, {length}], D={features}",
+        {"batch": batch, "length": length, "features": features, "vocab": vocab},
+        impls,
+        batch * length,
+        0.0,
+        {"bytes": floor_bytes},
+    )
 
 
 # --- (3) Train step -----------------------------------------------------------
@@ -285,8 +309,14 @@ def train_batch(batch: int, length: int, vocab: int) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(spans[:, :-1]), np.ascontiguousarray(spans[:, 1:])
 
 
-def train_case(batch: int, length: int, features: int, which=("jaxembed", "reference", "reference_fused"),
-               vocab: int = GPT2_VOCAB, jax_step: Callable[[], object] | None = None) -> Case:
+def train_case(
+    batch: int,
+    length: int,
+    features: int,
+    which=("jaxembed", "reference", "reference_fused"),
+    vocab: int = GPT2_VOCAB,
+    jax_step: Callable[[], object] | None = None,
+) -> Case:
     """One optimiser step (forward, backward, clipping, AdamW) of the tied model.
 
     jaxembed: ``jaxembed.train.train_step`` jitted with the state donated,
@@ -314,13 +344,19 @@ def train_case(batch: int, length: int, features: int, which=("jaxembed", "refer
             torch.manual_seed(config.seed)
             model = tr.make_embedding_lm(vocab, length, features, config.model.init_stddev)
             opt, scheduler = tr.make_optimizer(model, config.optim, config.train.steps, fused=fused)
-            impls[name] = functools.partial(tr.train_step, model, opt, scheduler, inputs_t, targets_t,
-                                            config.optim.grad_clip)
+            impls[name] = functools.partial(
+                tr.train_step, model, opt, scheduler, inputs_t, targets_t, config.optim.grad_clip
+            )
     flops = train_flops(batch, length, features, vocab)
-    return Case("train", f"B={batch} L={length} D={features} V={vocab:,}",
-                {"batch": batch, "length": length, "features": features, "vocab": vocab},
-                impls, batch * length, 0.0,
-                {"flops": flops, "bytes": optimizer_bytes(vocab, length, features)})
+    return Case(
+        "train",
+        f"B={batch} L={length} D={features} V={vocab:,}",
+        {"batch": batch, "length": length, "features": features, "vocab": vocab},
+        impls,
+        batch * length,
+        0.0,
+        {"flops": flops, "bytes": optimizer_bytes(vocab, length, features)},
+    )
 
 
 def warm_step(batch: int, length: int, features: int, vocab: int) -> Callable[[], object]:
@@ -371,8 +407,14 @@ def equivalence(steps: int = 3, batch: int = 4, length: int = 8, features: int =
         ids = rng.integers(0, vocab, (batch, length + 1)).astype(np.int32)
         x, y = ids[:, :-1], ids[:, 1:]
         state, metrics = step(state, jnp.asarray(x), jnp.asarray(y))
-        loss_t, _ = tr.train_step(model, opt, scheduler, torch.from_numpy(x.astype(np.int64)),
-                                  torch.from_numpy(y.astype(np.int64)), config.optim.grad_clip)
+        loss_t, _ = tr.train_step(
+            model,
+            opt,
+            scheduler,
+            torch.from_numpy(x.astype(np.int64)),
+            torch.from_numpy(y.astype(np.int64)),
+            config.optim.grad_clip,
+        )
         loss_diff = max(loss_diff, abs(float(metrics["loss"]) - float(loss_t)))
     tok = np.array(state.params["params"]["embed"]["token"]["embedding"])[:vocab]
     pos = np.array(state.params["params"]["embed"]["position"]["embedding"])
@@ -384,8 +426,11 @@ def equivalence(steps: int = 3, batch: int = 4, length: int = 8, features: int =
         embed.position.weight.copy_(torch.from_numpy(pos))
         ids = rng.integers(0, vocab, (batch, length)).astype(np.int32)
         h_torch = embed(torch.from_numpy(ids.astype(np.int64))).numpy()
-    h_jax = np.asarray(InputEmbedding(vocab, length, features).apply(
-        {"params": {"token": {"embedding": tok}, "position": {"embedding": pos}}}, jnp.asarray(ids)))
+    h_jax = np.asarray(
+        InputEmbedding(vocab, length, features).apply(
+            {"params": {"token": {"embedding": tok}, "position": {"embedding": pos}}}, jnp.asarray(ids)
+        )
+    )
     return {
         "steps": steps,
         "loss_max_abs_diff": loss_diff,

@@ -70,7 +70,7 @@ class FastLoader:
     def __len__(self) -> int:
         return len(self.source)
 
-    def __iter__(self) -> "FastIterator":
+    def __iter__(self) -> FastIterator:
         return FastIterator(self.source, self.per_chunk, self.views)
 
 
@@ -126,19 +126,49 @@ class FastIterator:
         self._first = self._stop = 0
 
 
-def fast_dataloader(ids, batch_size, max_length, stride, shuffle=True, drop_last=True, seed=0, num_epochs=1,
-                    shard_index=0, shard_count=1, views=False) -> FastLoader:
+def fast_dataloader(
+    ids,
+    batch_size,
+    max_length,
+    stride,
+    shuffle=True,
+    drop_last=True,
+    seed=0,
+    num_epochs=1,
+    shard_index=0,
+    shard_count=1,
+    views=False,
+) -> FastLoader:
     """``create_dataloader``'s arguments (``num_workers=0``), served by ``FastLoader``."""
     from jaxembed import data
 
-    source = data.window_batches(ids, batch_size=batch_size, max_length=max_length, stride=stride,
-                                 shuffle=shuffle, drop_last=drop_last, seed=seed, num_epochs=num_epochs,
-                                 shard_index=shard_index, shard_count=shard_count)
+    source = data.window_batches(
+        ids,
+        batch_size=batch_size,
+        max_length=max_length,
+        stride=stride,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        seed=seed,
+        num_epochs=num_epochs,
+        shard_index=shard_index,
+        shard_count=shard_count,
+    )
     return FastLoader(source, views=views)
 
 
-def split_once_dataloader(ids, batch_size, max_length, stride, shuffle=True, drop_last=True, seed=0,
-                          num_epochs=1, shard_index=0, shard_count=1):
+def split_once_dataloader(
+    ids,
+    batch_size,
+    max_length,
+    stride,
+    shuffle=True,
+    drop_last=True,
+    seed=0,
+    num_epochs=1,
+    shard_index=0,
+    shard_count=1,
+):
     """``create_dataloader`` as it is (Grain chunks + ``Unbatch``), but each chunk is split once.
 
     Today's ``_UnbatchIterator`` calls ``split_spans`` (two small copies) per
@@ -150,9 +180,18 @@ def split_once_dataloader(ids, batch_size, max_length, stride, shuffle=True, dro
 
     from jaxembed import data
 
-    batches = data.window_batches(ids, batch_size=batch_size, max_length=max_length, stride=stride,
-                                  shuffle=shuffle, drop_last=drop_last, seed=seed, num_epochs=num_epochs,
-                                  shard_index=shard_index, shard_count=shard_count)
+    batches = data.window_batches(
+        ids,
+        batch_size=batch_size,
+        max_length=max_length,
+        stride=stride,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        seed=seed,
+        num_epochs=num_epochs,
+        shard_index=shard_index,
+        shard_count=shard_count,
+    )
     per_chunk = max(1, data.CHUNK_TOKENS // (batch_size * (max_length + 1)))
     chunks = grain.MapDataset.source(data.WindowBatchChunks(batches, per_chunk))
     loader = chunks.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
@@ -205,6 +244,7 @@ def data_prototypes(settings, hw: dict, which: tuple[str, ...]) -> list[dict]:
             "views": iter(fast_dataloader(ids, batch, max_length, stride, num_epochs=None, views=True)),
         }
         for key, it in variants.items():
+
             def epoch(it=it, per_epoch=per_epoch):
                 for _ in range(per_epoch):
                     next(it)
@@ -213,18 +253,44 @@ def data_prototypes(settings, hw: dict, which: tuple[str, ...]) -> list[dict]:
         cases.finish_floor(case, hw["bandwidth_Bps"], hw["matmul_flops"]["peak"])
         row = runner.summarize(case, runner.measure(case.impls, settings))
         name = f"data ({max_length}, {stride}, {batch})"
-        rows.append(_row("Grain chunks + Unbatch splitting each chunk once", name, row, "split_once",
-                         "yes: identical batches", floor_terms=dict(case.floor_terms)))
-        rows.append(_row("FastLoader (no Grain: in-process, chunked gather)", name, row, "fast",
-                         "yes: identical batches", floor_terms=dict(case.floor_terms)))
+        rows.append(
+            _row(
+                "Grain chunks + Unbatch splitting each chunk once",
+                name,
+                row,
+                "split_once",
+                "yes: identical batches",
+                floor_terms=dict(case.floor_terms),
+            )
+        )
+        rows.append(
+            _row(
+                "FastLoader (no Grain: in-process, chunked gather)",
+                name,
+                row,
+                "fast",
+                "yes: identical batches",
+                floor_terms=dict(case.floor_terms),
+            )
+        )
         views_bytes = case.extra["batches"] * batch * 2 * (max_length + 1) * 4  # read and write L+1 ids
-        rows.append(_row("FastLoader, inputs/targets as views", name, row, "views",
-                         "same values; inputs and targets share memory", floor_terms={"bytes": views_bytes}))
-        print(f"prototype data {case.name}: today {row['jaxembed_tokens_per_s'] / 1e6:.1f} Mtok/s, split once "
-              f"{row['split_once_tokens_per_s'] / 1e6:.1f}, FastLoader {row['fast_tokens_per_s'] / 1e6:.1f} "
-              f"(views {row['views_tokens_per_s'] / 1e6:.1f})"
-              + (f", reference {row['reference_tokens_per_s'] / 1e6:.2f} Mtok/s" if "reference_s" in row else ""),
-              flush=True)
+        rows.append(
+            _row(
+                "FastLoader, inputs/targets as views",
+                name,
+                row,
+                "views",
+                "same values; inputs and targets share memory",
+                floor_terms={"bytes": views_bytes},
+            )
+        )
+        print(
+            f"prototype data {case.name}: today {row['jaxembed_tokens_per_s'] / 1e6:.1f} Mtok/s, split once "
+            f"{row['split_once_tokens_per_s'] / 1e6:.1f}, FastLoader {row['fast_tokens_per_s'] / 1e6:.1f} "
+            f"(views {row['views_tokens_per_s'] / 1e6:.1f})"
+            + (f", reference {row['reference_tokens_per_s'] / 1e6:.2f} Mtok/s" if "reference_s" in row else ""),
+            flush=True,
+        )
     return rows
 
 
@@ -334,8 +400,14 @@ def active_vocab_setup(batch, length, features, vocab, active_ids, config_overri
     k = len(active)
     remap = np.zeros(full.padded_vocab_size, np.int32)
     remap[active] = np.arange(k, dtype=np.int32)
-    compact = EmbeddingLM(vocab_size=k, max_length=length, features=features, init_stddev=config.model.init_stddev,
-                          dtype=full.dtype, param_dtype=full.param_dtype)
+    compact = EmbeddingLM(
+        vocab_size=k,
+        max_length=length,
+        features=features,
+        init_stddev=config.model.init_stddev,
+        dtype=full.dtype,
+        param_dtype=full.param_dtype,
+    )
     tx = train.make_optimizer(config.optim, config.train.steps)
     import flax.linen as nn
 
@@ -344,8 +416,11 @@ def active_vocab_setup(batch, length, features, vocab, active_ids, config_overri
 
     def sub(params):
         embed = params["params"]["embed"]
-        return {"params": {"embed": {"token": {"embedding": embed["token"]["embedding"][active_j]},
-                                     "position": embed["position"]}}}
+        return {
+            "params": {
+                "embed": {"token": {"embedding": embed["token"]["embedding"][active_j]}, "position": embed["position"]}
+            }
+        }
 
     state = {"params": params, "opt": tx.init(sub(params))}
 
@@ -359,7 +434,9 @@ def active_vocab_setup(batch, length, features, vocab, active_ids, config_overri
         small = optax.apply_updates(small, updates)
         embed = state["params"]["params"]["embed"]
         table = embed["token"]["embedding"].at[active_j].set(small["params"]["embed"]["token"]["embedding"])
-        params = {"params": {"embed": {"token": {"embedding": table}, "position": small["params"]["embed"]["position"]}}}
+        params = {
+            "params": {"embed": {"token": {"embedding": table}, "position": small["params"]["embed"]["position"]}}
+        }
         return {"params": params, "opt": opt}, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
     return jax.jit(step, donate_argnums=0), state, k
@@ -406,8 +483,10 @@ def step_components(batch: int, length: int, features: int = 256, vocab: int = c
         return optax.apply_updates(p, updates), opt_state
 
     fused_fn = jax.jit(fused_update, donate_argnums=(1, 2))
-    box = {"optax": (jax.tree.map(jnp.copy, params), state.opt_state),
-           "fused": (jax.tree.map(jnp.copy, params), init(params))}
+    box = {
+        "optax": (jax.tree.map(jnp.copy, params), state.opt_state),
+        "fused": (jax.tree.map(jnp.copy, params), init(params)),
+    }
 
     def run_optax():
         p, o = box["optax"]
@@ -419,10 +498,13 @@ def step_components(batch: int, length: int, features: int = 256, vocab: int = c
         box["fused"] = fused_fn(grads, p, o)  # -> (params, state)
         jax.block_until_ready(box["fused"])
 
-    return {"full step": cases.warm_step(batch, length, features, vocab),
-            "forward": lambda: jax.block_until_ready(forward(params)),
-            "forward + backward": lambda: jax.block_until_ready(grad_fn(params)),
-            "optax clip + AdamW alone": run_optax, "fused clip + AdamW alone": run_fused}
+    return {
+        "full step": cases.warm_step(batch, length, features, vocab),
+        "forward": lambda: jax.block_until_ready(forward(params)),
+        "forward + backward": lambda: jax.block_until_ready(grad_fn(params)),
+        "optax clip + AdamW alone": run_optax,
+        "fused clip + AdamW alone": run_fused,
+    }
 
 
 # --- Child processes: settings that must precede the CPU client ------------------------------
@@ -441,8 +523,17 @@ def child_main(spec: dict) -> dict:
         jax.config.update(key, value)
     from benchmarks import run as runner
 
-    settings = runner.Settings(quick=False, reference=False, reps=spec["reps"], warmup=2, min_rep_s=0.2,
-                               out=None, memory=False, sweep=False, prototypes=False)
+    settings = runner.Settings(
+        quick=False,
+        reference=False,
+        reps=spec["reps"],
+        warmup=2,
+        min_rep_s=0.2,
+        out=None,
+        memory=False,
+        sweep=False,
+        prototypes=False,
+    )
     which = tuple(spec["which"])
     out = {}
     embed = cases.embed_case(8, 4, 256, which=which)
@@ -462,9 +553,14 @@ def _run_child(name: str, spec: dict) -> dict:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + variant["XLA_FLAGS"]).strip()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.prototypes", "--child",
-                           json.dumps({**spec, "config": config})],
-                          capture_output=True, text=True, cwd=root, env=env, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.prototypes", "--child", json.dumps({**spec, "config": config})],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env=env,
+        timeout=900,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         raise RuntimeError(f"prototype child {name!r} failed:\n{proc.stderr[-3000:]}")
@@ -496,24 +592,52 @@ def run(settings, hw: dict, train_rows: list[dict]) -> list[dict]:
         case.impls["active"] = cases.step_callable(step, state, inputs, targets)
         cases.finish_floor(case, hw["bandwidth_Bps"], hw["matmul_flops"]["peak"])
         row = runner.summarize(case, runner.measure(case.impls, settings))
-        rows.append(_row("fused clip + AdamW (one pass, optax transformation)", f"train {batch} x {length}", row, "fused",
-                         "yes, to rounding (1e-7)", floor_terms=dict(case.floor_terms)))
-        rows.append(_row(f"active vocabulary (K = {k:,} of 50,257)", f"train {batch} x {length}", row, "active",
-                         "no: softmax over the corpus's ids",
-                         floor_terms={"flops": cases.train_flops(batch, length, 256, k),
-                                      "bytes": cases.optimizer_bytes(k, length, 256)}))
-        print(f"prototype train {batch}x{length}: today {row['jaxembed_s'] * 1e3:.1f} ms, fused "
-              f"{row['fused_s'] * 1e3:.1f} ms, active vocab {row['active_s'] * 1e3:.1f} ms"
-              + (f", reference {row['reference_s'] * 1e3:.1f} ms" if "reference_s" in row else ""), flush=True)
+        rows.append(
+            _row(
+                "fused clip + AdamW (one pass, optax transformation)",
+                f"train {batch} x {length}",
+                row,
+                "fused",
+                "yes, to rounding (1e-7)",
+                floor_terms=dict(case.floor_terms),
+            )
+        )
+        rows.append(
+            _row(
+                f"active vocabulary (K = {k:,} of 50,257)",
+                f"train {batch} x {length}",
+                row,
+                "active",
+                "no: softmax over the corpus's ids",
+                floor_terms={
+                    "flops": cases.train_flops(batch, length, 256, k),
+                    "bytes": cases.optimizer_bytes(k, length, 256),
+                },
+            )
+        )
+        print(
+            f"prototype train {batch}x{length}: today {row['jaxembed_s'] * 1e3:.1f} ms, fused "
+            f"{row['fused_s'] * 1e3:.1f} ms, active vocab {row['active_s'] * 1e3:.1f} ms"
+            + (f", reference {row['reference_s'] * 1e3:.1f} ms" if "reference_s" in row else ""),
+            flush=True,
+        )
 
     # What bounds the seed-size step: its parts, alternating.
     parts = step_components(8, 4)
     times = runner.measure(parts, settings)
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     for name, t in medians.items():
-        rows.append({"variant": f"component: {name}", "case": "train 8 x 4", "step_s": t, "exact": "–",
-                     "today": f"{medians['full step'] * 1e3:.1f} ms (full step)", "proto": f"{t * 1e3:.1f} ms",
-                     "times_s": times[name]})
+        rows.append(
+            {
+                "variant": f"component: {name}",
+                "case": "train 8 x 4",
+                "step_s": t,
+                "exact": "–",
+                "today": f"{medians['full step'] * 1e3:.1f} ms (full step)",
+                "proto": f"{t * 1e3:.1f} ms",
+                "times_s": times[name],
+            }
+        )
     print("prototype components 8x4: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in medians.items()), flush=True)
 
     # Settings that must be made before the CPU client starts: one child per variant, alternating.
@@ -531,19 +655,29 @@ def run(settings, hw: dict, train_rows: list[dict]) -> list[dict]:
         embed = statistics.median(r["embed_8x4"]["jaxembed"] for r in results)
         train = statistics.median(r["train_8x4"]["jaxembed"] for r in results)
         base = base or (embed, train)
-        row = {"variant": f"process setting: {name}", "case": "embed [8, 4] D=256; train 8 x 4",
-               "embed_s": embed, "train_s": train, "exact": "yes", "step_s": embed,
-               "today": f"{base[0] * 1e6:.0f} µs; {base[1] * 1e3:.1f} ms",
-               "proto": f"{embed * 1e6:.0f} µs; {train * 1e3:.1f} ms",
-               "speedup_vs_jaxembed": base[0] / embed, "train_speedup_vs_jaxembed": base[1] / train,
-               "children": results}
+        row = {
+            "variant": f"process setting: {name}",
+            "case": "embed [8, 4] D=256; train 8 x 4",
+            "embed_s": embed,
+            "train_s": train,
+            "exact": "yes",
+            "step_s": embed,
+            "today": f"{base[0] * 1e6:.0f} µs; {base[1] * 1e3:.1f} ms",
+            "proto": f"{embed * 1e6:.0f} µs; {train * 1e3:.1f} ms",
+            "speedup_vs_jaxembed": base[0] / embed,
+            "train_speedup_vs_jaxembed": base[1] / train,
+            "children": results,
+        }
         if "reference" in results[0]["embed_8x4"]:
             row["embed_reference_s"] = statistics.median(r["embed_8x4"]["reference"] for r in results)
             row["speedup_vs_reference"] = row["embed_reference_s"] / embed
         rows.append(row)
-        print(f"prototype child {name}: embed [8,4] {embed * 1e6:.1f} us"
-              + (f" (reference {row['embed_reference_s'] * 1e6:.1f} us)" if "embed_reference_s" in row else "")
-              + f", train 8x4 {train * 1e3:.1f} ms", flush=True)
+        print(
+            f"prototype child {name}: embed [8,4] {embed * 1e6:.1f} us"
+            + (f" (reference {row['embed_reference_s'] * 1e6:.1f} us)" if "embed_reference_s" in row else "")
+            + f", train 8x4 {train * 1e3:.1f} ms",
+            flush=True,
+        )
     return rows
 
 
@@ -552,9 +686,17 @@ def _row(variant, case_name, row, key, exact, floor_terms=None) -> dict:
         fmt = lambda t: f"{row['tokens_per_unit'] / t / 1e6:.1f} Mtok/s"  # noqa: E731
     else:
         fmt = lambda t: f"{t * 1e3:.1f} ms"  # noqa: E731
-    out = {"variant": variant, "case": case_name, "step_s": row[f"{key}_s"], "exact": exact,
-           "jaxembed_s": row["jaxembed_s"], "speedup_vs_jaxembed": row["jaxembed_s"] / row[f"{key}_s"],
-           "today": fmt(row["jaxembed_s"]), "proto": fmt(row[f"{key}_s"]), "times_s": row["times_s"][key]}
+    out = {
+        "variant": variant,
+        "case": case_name,
+        "step_s": row[f"{key}_s"],
+        "exact": exact,
+        "jaxembed_s": row["jaxembed_s"],
+        "speedup_vs_jaxembed": row["jaxembed_s"] / row[f"{key}_s"],
+        "today": fmt(row["jaxembed_s"]),
+        "proto": fmt(row[f"{key}_s"]),
+        "times_s": row["times_s"][key],
+    }
     if "reference_s" in row:
         out["reference_s"] = row["reference_s"]
         out["speedup_vs_reference"] = row["reference_s"] / row[f"{key}_s"]
@@ -577,8 +719,17 @@ def main(argv=None) -> int:
     from benchmarks import run as runner
 
     reference = not args.no_reference and runner.torch_available()
-    settings = runner.Settings(quick=False, reference=reference, reps=args.reps, warmup=2, min_rep_s=0.2,
-                               out=None, memory=False, sweep=False, prototypes=True)
+    settings = runner.Settings(
+        quick=False,
+        reference=reference,
+        reps=args.reps,
+        warmup=2,
+        min_rep_s=0.2,
+        out=None,
+        memory=False,
+        sweep=False,
+        prototypes=True,
+    )
     hw = runner.hardware(settings)
     rows = run(settings, hw, [])
     print(json.dumps(rows, indent=1, default=float))

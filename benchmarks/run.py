@@ -32,7 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -97,8 +97,14 @@ def machine() -> dict:
         mem = round(int(match.group(1)) / 2**20, 1)
     except (OSError, AttributeError):
         pass
-    return {"cpu": model, "nproc": os.cpu_count(), "threads_used": cases.threads(), "memory_GiB": mem,
-            "os": platform.platform(), "python": platform.python_version()}
+    return {
+        "cpu": model,
+        "nproc": os.cpu_count(),
+        "threads_used": cases.threads(),
+        "memory_GiB": mem,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
 
 
 def versions() -> dict:
@@ -149,9 +155,16 @@ def measure(impls: dict[str, Callable[[], object]], settings: Settings) -> dict[
 
 def summarize(case: cases.Case, times: dict[str, list[float]]) -> dict:
     """One results row: medians, throughputs, ratios and the floor."""
-    row = {"kind": case.kind, "case": case.name, **case.params, **case.extra,
-           "tokens_per_unit": case.tokens, "floor_s": case.floor_s, "floor_terms": case.floor_terms,
-           "times_s": times}
+    row = {
+        "kind": case.kind,
+        "case": case.name,
+        **case.params,
+        **case.extra,
+        "tokens_per_unit": case.tokens,
+        "floor_s": case.floor_s,
+        "floor_terms": case.floor_terms,
+        "times_s": times,
+    }
     for name, ts in times.items():
         median = statistics.median(ts)
         row[f"{name}_s"] = median
@@ -178,8 +191,10 @@ def refloor(row: dict, hw: dict, time_key: str = "jaxembed_s", ratio_key: str = 
 
 def best_hardware(*probes: dict) -> dict:
     """The best bandwidth and matmul throughput any probe of the run saw."""
-    return {"bandwidth_Bps": max(p["bandwidth_Bps"] for p in probes),
-            "matmul_flops": {k: max(p["matmul_flops"][k] for p in probes) for k in ("numpy", "xla", "peak")}}
+    return {
+        "bandwidth_Bps": max(p["bandwidth_Bps"] for p in probes),
+        "matmul_flops": {k: max(p["matmul_flops"][k] for p in probes) for k in ("numpy", "xla", "peak")},
+    }
 
 
 def run_case(case: cases.Case, settings: Settings, hw: dict) -> dict:
@@ -215,8 +230,11 @@ def print_row(row: dict) -> None:
 def hardware(settings: Settings) -> dict:
     bw = cases.memory_bandwidth(mib=32 if settings.quick else 256, reps=3 if settings.quick else 7)
     mm = cases.matmul_throughput(n=256 if settings.quick else 2048, reps=3 if settings.quick else 7)
-    print(f"hardware: copy bandwidth {bw / 1e9:.1f} GB/s (read + write); float32 matmul "
-          f"{mm['numpy'] / 1e9:.1f} GFLOP/s numpy, {mm['xla'] / 1e9:.1f} GFLOP/s XLA", flush=True)
+    print(
+        f"hardware: copy bandwidth {bw / 1e9:.1f} GB/s (read + write); float32 matmul "
+        f"{mm['numpy'] / 1e9:.1f} GFLOP/s numpy, {mm['xla'] / 1e9:.1f} GFLOP/s XLA",
+        flush=True,
+    )
     return {"bandwidth_Bps": bw, "matmul_flops": mm}
 
 
@@ -250,8 +268,7 @@ def sweep_section(settings: Settings, hw: dict, train_rows: list[dict] = (), rea
     """jaxembed's train-step time over vocabulary size and context length."""
     if settings.quick:  # one new point plus the train section's (8 x 4, V=4,096): two compilations fewer
         points, batch, features = [(1024, 16)], 8, 256
-        rows = [{**r, "kind": "sweep"} for r in train_rows
-                if (r["batch"], r["features"], r["vocab"]) == (8, 256, 4096)]
+        rows = [{**r, "kind": "sweep"} for r in train_rows if (r["batch"], r["features"], r["vocab"]) == (8, 256, 4096)]
     else:
         points, batch, features = [(v, l) for v in SWEEP_VOCABS for l in SWEEP_LENGTHS], 4, 256
         rows = []
@@ -261,16 +278,27 @@ def sweep_section(settings: Settings, hw: dict, train_rows: list[dict] = (), rea
             step = future.result()
         else:
             step = cases.jax_step_fn(batch, length, features, vocab, *cases.train_batch(batch, length, vocab))
-        case = cases.Case("sweep", f"V={vocab:,} L={length}", {"batch": batch, "length": length,
-                          "features": features, "vocab": vocab}, {"jaxembed": step}, batch * length, 0.0,
-                          {"flops": cases.train_flops(batch, length, features, vocab),
-                           "bytes": cases.optimizer_bytes(vocab, length, features)})
+        case = cases.Case(
+            "sweep",
+            f"V={vocab:,} L={length}",
+            {"batch": batch, "length": length, "features": features, "vocab": vocab},
+            {"jaxembed": step},
+            batch * length,
+            0.0,
+            {
+                "flops": cases.train_flops(batch, length, features, vocab),
+                "bytes": cases.optimizer_bytes(vocab, length, features),
+            },
+        )
         rows.append(run_case(case, settings, hw))
     rows.sort(key=lambda r: (r["vocab"], r["length"]))
     fit = fit_cost_model(rows)
-    print(f"sweep fit: t = {fit['fixed_s'] * 1e3:.2f} ms + {fit['s_per_flop'] * 1e12:.2f} ps/FLOP "
-          f"+ {fit['s_per_byte'] * 1e12:.2f} ps/optimiser byte; equal at "
-          f"{_fmt(fit['crossover_tokens_per_step'], 0)} tokens per step", flush=True)
+    print(
+        f"sweep fit: t = {fit['fixed_s'] * 1e3:.2f} ms + {fit['s_per_flop'] * 1e12:.2f} ps/FLOP "
+        f"+ {fit['s_per_byte'] * 1e12:.2f} ps/optimiser byte; equal at "
+        f"{_fmt(fit['crossover_tokens_per_step'], 0)} tokens per step",
+        flush=True,
+    )
     return {"batch": batch, "features": features, "rows": rows, "fit": fit}
 
 
@@ -290,18 +318,25 @@ def fit_cost_model(rows: list[dict]) -> dict:
     coef, *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
     coef = np.maximum(coef, 0.0)
     for row in rows:
-        parts = {"fixed": coef[0], "matmul": coef[1] * row["floor_terms"]["flops"],
-                 "table": coef[2] * row["floor_terms"]["bytes"]}
+        parts = {
+            "fixed": coef[0],
+            "matmul": coef[1] * row["floor_terms"]["flops"],
+            "table": coef[2] * row["floor_terms"]["bytes"],
+        }
         total = sum(parts.values())
         row["shares"] = {k: v / total for k, v in parts.items()}
         row["dominant"] = max(parts, key=parts.get)
     # Tokens per step at which the two terms are equal: below it the table-sized work dominates.
     per_token = coef[1] * 6  # matmul seconds per token per table entry (6 FLOPs)
     per_entry = coef[2] * 7 * 4  # table-sized seconds per table entry (7 float32 sweeps)
-    return {"fixed_s": float(coef[0]), "s_per_flop": float(coef[1]), "s_per_byte": float(coef[2]),
-            "effective_GFLOPs": 1e-9 / coef[1] if coef[1] else None,
-            "effective_table_GBps": 1e-9 / coef[2] if coef[2] else None,
-            "crossover_tokens_per_step": per_entry / per_token if per_token else None}
+    return {
+        "fixed_s": float(coef[0]),
+        "s_per_flop": float(coef[1]),
+        "s_per_byte": float(coef[2]),
+        "effective_GFLOPs": 1e-9 / coef[1] if coef[1] else None,
+        "effective_table_GBps": 1e-9 / coef[2] if coef[2] else None,
+        "crossover_tokens_per_step": per_entry / per_token if per_token else None,
+    }
 
 
 def plot_sweep(sweep: dict, path: pathlib.Path) -> None:
@@ -316,14 +351,25 @@ def plot_sweep(sweep: dict, path: pathlib.Path) -> None:
     for vocab, color in zip(vocabs, colors):
         rows = [r for r in sweep["rows"] if r["vocab"] == vocab]
         lengths = [r["length"] for r in rows]
-        ax_time.plot(lengths, [r["jaxembed_s"] * 1e3 for r in rows], "o-", color=color,
-                     label=f"jaxembed, V={vocab:,}")
-        ax_time.plot(lengths, [r["floor_s"] * 1e3 for r in rows], "--", color=color, alpha=0.6,
-                     label=f"hardware floor, V={vocab:,}")
-        ax_share.plot(lengths, [100 * r["shares"]["matmul"] for r in rows], "o-", color=color,
-                      label=f"matmuls, V={vocab:,}")
-        ax_share.plot(lengths, [100 * r["shares"]["table"] for r in rows], "s:", color=color,
-                      label=f"table-sized (AdamW, gradient), V={vocab:,}")
+        ax_time.plot(lengths, [r["jaxembed_s"] * 1e3 for r in rows], "o-", color=color, label=f"jaxembed, V={vocab:,}")
+        ax_time.plot(
+            lengths,
+            [r["floor_s"] * 1e3 for r in rows],
+            "--",
+            color=color,
+            alpha=0.6,
+            label=f"hardware floor, V={vocab:,}",
+        )
+        ax_share.plot(
+            lengths, [100 * r["shares"]["matmul"] for r in rows], "o-", color=color, label=f"matmuls, V={vocab:,}"
+        )
+        ax_share.plot(
+            lengths,
+            [100 * r["shares"]["table"] for r in rows],
+            "s:",
+            color=color,
+            label=f"table-sized (AdamW, gradient), V={vocab:,}",
+        )
     for ax in (ax_time, ax_share):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("context length L (tokens)")
@@ -382,8 +428,7 @@ def child_main(spec: dict) -> dict:
         except OSError:
             return False
 
-    method = ("VmHWM reset by /proc/self/clear_refs" if reset_peak()
-              else "ru_maxrss (cannot reset: includes imports)")
+    method = "VmHWM reset by /proc/self/clear_refs" if reset_peak() else "ru_maxrss (cannot reset: includes imports)"
     base = _rss_kib()["VmRSS"]
     p = spec["params"]
     if kind == "data":
@@ -403,8 +448,13 @@ def child_main(spec: dict) -> dict:
 
         setup["VmHWM"] = run["VmHWM"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     mib = lambda kib: kib / 1024  # noqa: E731
-    return {"resident_MiB": mib(setup["VmRSS"] - base), "setup_peak_MiB": mib(setup["VmHWM"] - base),
-            "peak_MiB": mib(run["VmHWM"] - base), "baseline_MiB": mib(base), "method": method}
+    return {
+        "resident_MiB": mib(setup["VmRSS"] - base),
+        "setup_peak_MiB": mib(setup["VmHWM"] - base),
+        "peak_MiB": mib(run["VmHWM"] - base),
+        "baseline_MiB": mib(base),
+        "method": method,
+    }
 
 
 def memory_jobs(rows: list[dict], which: tuple[str, ...], quick: bool) -> list[dict]:
@@ -414,15 +464,28 @@ def memory_jobs(rows: list[dict], which: tuple[str, ...], quick: bool) -> list[d
         params = {k: row[k] for k in ("max_length", "stride", "batch", "length", "features", "vocab") if k in row}
         for impl in which:
             if f"{impl}_s" in row:
-                jobs.append({"kind": row["kind"], "case": row["case"], "impl": impl, "params": params,
-                             "max_tokens": 5000 if quick else None})
+                jobs.append(
+                    {
+                        "kind": row["kind"],
+                        "case": row["case"],
+                        "impl": impl,
+                        "params": params,
+                        "max_tokens": 5000 if quick else None,
+                    }
+                )
     return jobs
 
 
 def _memory_child(spec: dict) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--child", json.dumps(spec)],
-                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode or not lines:
         return {**spec, "error": (proc.stderr or proc.stdout)[-2000:]}
@@ -447,8 +510,11 @@ def collect_memory(futures: list) -> list[dict]:
         if "error" in r:
             print(f"memory {r['kind']} {r['case']} {r['impl']}: FAILED\n{r['error']}", flush=True)
         else:
-            print(f"memory {r['kind']:>5} {r['case']:<32} {r['impl']:<16} resident {r['resident_MiB']:8.1f} MiB, "
-                  f"peak while running {r['peak_MiB']:8.1f} MiB, setup peak {r['setup_peak_MiB']:8.1f} MiB", flush=True)
+            print(
+                f"memory {r['kind']:>5} {r['case']:<32} {r['impl']:<16} resident {r['resident_MiB']:8.1f} MiB, "
+                f"peak while running {r['peak_MiB']:8.1f} MiB, setup peak {r['setup_peak_MiB']:8.1f} MiB",
+                flush=True,
+            )
     return results
 
 
@@ -485,22 +551,31 @@ def markdown(results: dict) -> str:
         f"{'256' if results['settings']['quick'] else '2048'}² matmul "
         f"**{hw['matmul_flops']['numpy'] / 1e9:.1f} GFLOP/s** numpy, **{hw['matmul_flops']['xla'] / 1e9:.1f} "
         f"GFLOP/s** XLA (floors use the faster). Per probe: "
-        + "; ".join(f"{p['bandwidth_Bps'] / 1e9:.1f} GB/s, {p['matmul_flops']['peak'] / 1e9:.0f} GFLOP/s"
-                    for p in results.get("hardware_probes", [hw])) + ".",
+        + "; ".join(
+            f"{p['bandwidth_Bps'] / 1e9:.1f} GB/s, {p['matmul_flops']['peak'] / 1e9:.0f} GFLOP/s"
+            for p in results.get("hardware_probes", [hw])
+        )
+        + ".",
         "",
     ]
     if "equivalence" in results:
         e = results["equivalence"]
-        lines += [f"Reference check: from the same parameters, after {e['steps']} AdamW steps the losses differ by "
-                  f"{e['loss_max_abs_diff']:.1e} and the token tables by {e['token_table_max_abs_diff']:.1e} "
-                  f"(they moved {e['table_moved']:.1e}); input embeddings differ by "
-                  f"{e['input_embedding_max_abs_diff']:.1e}.", ""]
+        lines += [
+            f"Reference check: from the same parameters, after {e['steps']} AdamW steps the losses differ by "
+            f"{e['loss_max_abs_diff']:.1e} and the token tables by {e['token_table_max_abs_diff']:.1e} "
+            f"(they moved {e['table_moved']:.1e}); input embeddings differ by "
+            f"{e['input_embedding_max_abs_diff']:.1e}.",
+            "",
+        ]
     has_ref = any("reference_s" in r for r in results.get("data", []) + results.get("train", []))
     if results.get("data"):
-        lines += ["### Data pipeline: one shuffled epoch over the corpus", "",
-                  "| (max_length, stride, batch) | batches | jaxembed tok/s | reference tok/s | speedup (goal ≥ 10x) "
-                  "| build: jaxembed / reference | floor tok/s | jaxembed time / floor |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "### Data pipeline: one shuffled epoch over the corpus",
+            "",
+            "| (max_length, stride, batch) | batches | jaxembed tok/s | reference tok/s | speedup (goal ≥ 10x) "
+            "| build: jaxembed / reference | floor tok/s | jaxembed time / floor |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in results["data"]:
             speed = r.get("speedup_vs_reference")
             lines.append(
@@ -510,22 +585,30 @@ def markdown(results: dict) -> str:
                 f"{_fmt(speed, 1)}x {_goal(speed and speed >= GOALS['data']) if speed else ''} | "
                 f"{_fmt(r.get('jaxembed_build_s', math.nan) * 1e3, 2)} ms / {_fmt(r.get('reference_build_s', math.nan) * 1e3, 1)} ms | "
                 f"{_fmt(r['tokens_per_unit'] / r['floor_s'] / 1e6, 0)} M | "
-                f"{_fmt(r['jaxembed_x_floor'], 0)}x |")
+                f"{_fmt(r['jaxembed_x_floor'], 0)}x |"
+            )
         lines.append("")
     if results.get("embed"):
-        lines += ["### InputEmbedding forward (GPT-2 vocabulary)", "",
-                  "| ids, width | jaxembed | reference | speedup | floor | jaxembed time / floor |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "### InputEmbedding forward (GPT-2 vocabulary)",
+            "",
+            "| ids, width | jaxembed | reference | speedup | floor | jaxembed time / floor |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in results["embed"]:
             lines.append(
                 f"| {r['case']} | {_fmt(r['jaxembed_s'] * 1e6, 1)} µs | {_fmt(r.get('reference_s', math.nan) * 1e6, 1)} µs | "
-                f"{_fmt(r.get('speedup_vs_reference'))}x | {_fmt(r['floor_s'] * 1e6, 1)} µs | {_fmt(r['jaxembed_x_floor'], 1)}x |")
+                f"{_fmt(r.get('speedup_vs_reference'))}x | {_fmt(r['floor_s'] * 1e6, 1)} µs | {_fmt(r['jaxembed_x_floor'], 1)}x |"
+            )
         lines.append("")
     if results.get("train"):
-        lines += ["### Train step (tied model, AdamW + global-norm clipping)", "",
-                  "| case | jaxembed | reference (AdamW default) | reference (AdamW fused) "
-                  "| speedup vs default (goal ≥ 5x) | vs fused | floor (matmul + optimiser) | jaxembed / floor (goal ≤ 3x) |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            "### Train step (tied model, AdamW + global-norm clipping)",
+            "",
+            "| case | jaxembed | reference (AdamW default) | reference (AdamW fused) "
+            "| speedup vs default (goal ≥ 5x) | vs fused | floor (matmul + optimiser) | jaxembed / floor (goal ≤ 3x) |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for r in results["train"]:
             t = r["floor_terms"]
             speed = r.get("speedup_vs_reference")
@@ -535,18 +618,23 @@ def markdown(results: dict) -> str:
                 f"{_fmt(speed)}x {_goal(speed >= GOALS['train']) if speed else ''} | "
                 f"{_fmt(r.get('speedup_vs_reference_fused'))}x | "
                 f"{_fmt(r['floor_s'] * 1e3, 1)} ms ({_fmt(t['compute_s'] * 1e3, 1)} + {_fmt(t['memory_s'] * 1e3, 1)}) | "
-                f"{_fmt(r['jaxembed_x_floor'])}x {_goal(r['jaxembed_x_floor'] <= GOALS['train_floor'])} |")
+                f"{_fmt(r['jaxembed_x_floor'])}x {_goal(r['jaxembed_x_floor'] <= GOALS['train_floor'])} |"
+            )
         lines.append("")
     if results.get("memory"):
-        lines += ["### Memory (each case and implementation in a fresh process; MiB above the idle process "
-                  "with its framework imported)", "",
-                  "Resident: what the built case holds (dataset, tables, optimiser state). Peak: the high-water "
-                  "mark while running 2 units (resident included). Setup peak: building it and one warm-up unit "
-                  "(initialisers, compiling). Method: `/proc/self/clear_refs` resets VmHWM; "
-                  "jax's `memory_stats()` is None on CPU.",
-                  "",
-                  "| case | jaxembed resident / peak / setup peak | reference resident / peak / setup peak "
-                  "| reference (fused AdamW) |", "| --- | ---: | ---: | ---: |"]
+        lines += [
+            "### Memory (each case and implementation in a fresh process; MiB above the idle process "
+            "with its framework imported)",
+            "",
+            "Resident: what the built case holds (dataset, tables, optimiser state). Peak: the high-water "
+            "mark while running 2 units (resident included). Setup peak: building it and one warm-up unit "
+            "(initialisers, compiling). Method: `/proc/self/clear_refs` resets VmHWM; "
+            "jax's `memory_stats()` is None on CPU.",
+            "",
+            "| case | jaxembed resident / peak / setup peak | reference resident / peak / setup peak "
+            "| reference (fused AdamW) |",
+            "| --- | ---: | ---: | ---: |",
+        ]
         by_case = {}
         for r in results["memory"]:
             by_case.setdefault((r["kind"], r["case"]), {})[r["impl"]] = r
@@ -557,34 +645,47 @@ def markdown(results: dict) -> str:
             return f"{r['resident_MiB']:,.1f} / {r['peak_MiB']:,.1f} / {r['setup_peak_MiB']:,.1f}"
 
         for (kind, case), impls in by_case.items():
-            lines.append(f"| {kind}: {case} | {cell(impls.get('jaxembed'))} | {cell(impls.get('reference'))} | "
-                         f"{cell(impls.get('reference_fused'))} |")
+            lines.append(
+                f"| {kind}: {case} | {cell(impls.get('jaxembed'))} | {cell(impls.get('reference'))} | "
+                f"{cell(impls.get('reference_fused'))} |"
+            )
         lines.append("")
     if results.get("sweep"):
         s = results["sweep"]
         f = s["fit"]
-        lines += [f"### How cost grows: jaxembed train step, batch {s['batch']}, width {s['features']}", "",
-                  f"Fit over these points: t = {f['fixed_s'] * 1e3:.2f} ms + matmul FLOPs / "
-                  f"{_fmt(f['effective_GFLOPs'], 1)} GFLOP/s + AdamW bytes / {_fmt(f['effective_table_GBps'], 1)} "
-                  f"GB/s. The second term stands for all work proportional to the table (V x D) whatever the "
-                  f"tokens per step: AdamW's sweep, the dense gradient buffer, clipping. The two terms are equal "
-                  f"at **{_fmt(f['crossover_tokens_per_step'], 0)} tokens per step**: below it the table-sized "
-                  f"work dominates, above it the matmuls. Plot: `sweep.png`.", "",
-                  "| vocabulary | context | step | floor | step / floor | matmul share | table-sized share | dominant |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        lines += [
+            f"### How cost grows: jaxembed train step, batch {s['batch']}, width {s['features']}",
+            "",
+            f"Fit over these points: t = {f['fixed_s'] * 1e3:.2f} ms + matmul FLOPs / "
+            f"{_fmt(f['effective_GFLOPs'], 1)} GFLOP/s + AdamW bytes / {_fmt(f['effective_table_GBps'], 1)} "
+            f"GB/s. The second term stands for all work proportional to the table (V x D) whatever the "
+            f"tokens per step: AdamW's sweep, the dense gradient buffer, clipping. The two terms are equal "
+            f"at **{_fmt(f['crossover_tokens_per_step'], 0)} tokens per step**: below it the table-sized "
+            f"work dominates, above it the matmuls. Plot: `sweep.png`.",
+            "",
+            "| vocabulary | context | step | floor | step / floor | matmul share | table-sized share | dominant |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
         for r in s["rows"]:
-            lines.append(f"| {r['vocab']:,} | {r['length']} | {_fmt(r['jaxembed_s'] * 1e3, 1)} ms | "
-                         f"{_fmt(r['floor_s'] * 1e3, 1)} ms | {_fmt(r['jaxembed_x_floor'])}x | "
-                         f"{100 * r['shares']['matmul']:.0f}% | {100 * r['shares']['table']:.0f}% | {r['dominant']} |")
+            lines.append(
+                f"| {r['vocab']:,} | {r['length']} | {_fmt(r['jaxembed_s'] * 1e3, 1)} ms | "
+                f"{_fmt(r['floor_s'] * 1e3, 1)} ms | {_fmt(r['jaxembed_x_floor'])}x | "
+                f"{100 * r['shares']['matmul']:.0f}% | {100 * r['shares']['table']:.0f}% | {r['dominant']} |"
+            )
         lines.append("")
     if results.get("prototypes"):
-        lines += ["### Prototypes (benchmarks/prototypes.py; same process, alternating with jaxembed as it is)", "",
-                  "| variant | case | jaxembed today | prototype | speedup vs today | speedup vs reference | same result? |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        lines += [
+            "### Prototypes (benchmarks/prototypes.py; same process, alternating with jaxembed as it is)",
+            "",
+            "| variant | case | jaxembed today | prototype | speedup vs today | speedup vs reference | same result? |",
+            "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+        ]
         for r in results["prototypes"]:
             proto = r["proto"] + (f" ({r['x_floor']:.1f}x its floor)" if r.get("x_floor") else "")
-            lines.append(f"| {r['variant']} | {r['case']} | {r['today']} | {proto} | "
-                         f"{_fmt(r.get('speedup_vs_jaxembed'))}x | {_fmt(r.get('speedup_vs_reference'))}x | {r['exact']} |")
+            lines.append(
+                f"| {r['variant']} | {r['case']} | {r['today']} | {proto} | "
+                f"{_fmt(r.get('speedup_vs_jaxembed'))}x | {_fmt(r.get('speedup_vs_reference'))}x | {r['exact']} |"
+            )
         lines.append("")
     if not has_ref:
         lines += ["The reference was not run (torch is not installed, or `--no-reference`).", ""]
@@ -600,8 +701,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-reference", action="store_true", help="measure jaxembed alone (no torch)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="results folder")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per case (default 5; quick 2)")
-    parser.add_argument("--sections", default="data,embed,train,memory,sweep,prototypes",
-                        help="comma-separated subset of data,embed,train,memory,sweep,prototypes")
+    parser.add_argument(
+        "--sections",
+        default="data,embed,train,memory,sweep,prototypes",
+        help="comma-separated subset of data,embed,train,memory,sweep,prototypes",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -617,31 +721,50 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--sections: unknown {sorted(unknown)}")
     reference = not args.no_reference
     if reference and not torch_available():
-        print("torch is not installed (pip install -e '.[bench]'): measuring jaxembed alone, "
-              "without the reference columns.", flush=True)
+        print(
+            "torch is not installed (pip install -e '.[bench]'): measuring jaxembed alone, "
+            "without the reference columns.",
+            flush=True,
+        )
         reference = False
     settings = Settings(
-        quick=args.quick, reference=reference,
-        reps=args.reps or (2 if args.quick else 5), warmup=1,
-        min_rep_s=0.02 if args.quick else 0.2, out=pathlib.Path(args.out),
-        memory="memory" in sections, sweep="sweep" in sections,
+        quick=args.quick,
+        reference=reference,
+        reps=args.reps or (2 if args.quick else 5),
+        warmup=1,
+        min_rep_s=0.02 if args.quick else 0.2,
+        out=pathlib.Path(args.out),
+        memory="memory" in sections,
+        sweep="sweep" in sections,
         prototypes="prototypes" in sections and not args.quick,
     )
     settings.out.mkdir(parents=True, exist_ok=True)
     which = ("jaxembed", "reference") if reference else ("jaxembed",)
     started = time.perf_counter()
     results = {
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
-        "settings": {"quick": settings.quick, "reference": reference, "reps": settings.reps,
-                     "warmup": settings.warmup, "min_rep_s": settings.min_rep_s},
-        "machine": machine(), "versions": versions(), "load_start": load(),
+        "settings": {
+            "quick": settings.quick,
+            "reference": reference,
+            "reps": settings.reps,
+            "warmup": settings.warmup,
+            "min_rep_s": settings.min_rep_s,
+        },
+        "machine": machine(),
+        "versions": versions(),
+        "load_start": load(),
     }
     quick_memory = None
     if settings.memory and settings.quick:
         # A smoke run overlaps its one memory child with the timings (they are not the point there).
-        spec = {"kind": "train", "case": "B=8 L=4 D=256 V=4,096", "impl": "jaxembed", "max_tokens": 5000,
-                "params": {"batch": 8, "length": 4, "features": 256, "vocab": 4096}}
+        spec = {
+            "kind": "train",
+            "case": "B=8 L=4 D=256 V=4,096",
+            "impl": "jaxembed",
+            "max_tokens": 5000,
+            "params": {"batch": 8, "length": 4, "features": 256, "vocab": 4096},
+        }
         quick_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         quick_memory = memory_section([spec], quick_pool)
 
@@ -707,8 +830,11 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(results)
     (settings.out / "results.md").write_text(table + "\n")
     print("\n" + table)
-    print(f"Wrote {settings.out / 'results.json'}, results.md" + (", sweep.png" if settings.sweep else "")
-          + f" ({results['wall_s']:.0f} s).")
+    print(
+        f"Wrote {settings.out / 'results.json'}, results.md"
+        + (", sweep.png" if settings.sweep else "")
+        + f" ({results['wall_s']:.0f} s)."
+    )
     return 0
 
 

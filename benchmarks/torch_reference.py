@@ -24,7 +24,7 @@ Python ``reference_windows`` below is importable without it.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def reference_windows(ids: Sequence[int], max_length: int, stride: int) -> list[tuple[list[int], list[int]]]:
@@ -99,8 +99,9 @@ def GPTDatasetV1(txt, tokenizer, max_length, stride):  # noqa: N802 - the seed's
     return _DATASET_CLASS(txt, tokenizer, max_length, stride)
 
 
-def create_dataloader_v1(txt, batch_size=4, max_length=256, stride=128, shuffle=True, drop_last=True,
-                         num_workers=0, tokenizer=None):
+def create_dataloader_v1(
+    txt, batch_size=4, max_length=256, stride=128, shuffle=True, drop_last=True, num_workers=0, tokenizer=None
+):
     """The seed's ``create_dataloader``; ``tokenizer`` defaults to tiktoken's GPT-2."""
     from torch.utils.data import DataLoader
 
@@ -175,7 +176,10 @@ def make_optimizer(model, optim, total_steps: int, fused: bool | None = None):
         fused=fused,
     )
     fraction = lambda step: warmup_cosine(  # noqa: E731
-        step, peak=1.0, warmup_steps=optim.warmup_steps, total_steps=total_steps,
+        step,
+        peak=1.0,
+        warmup_steps=optim.warmup_steps,
+        total_steps=total_steps,
         end_fraction=optim.final_lr_fraction,
     )
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, fraction)

@@ -32,7 +32,6 @@ import jax
 import orbax.checkpoint as ocp
 
 
-
 class CheckpointError(RuntimeError):
     """No usable checkpoint could be restored."""
 
@@ -73,8 +72,13 @@ def _quiet_failed_restore_noise() -> None:
     global _ASYNCIO_FILTER_ADDED
     if not _ASYNCIO_FILTER_ADDED:
         logging.getLogger("asyncio").addFilter(
-            lambda record: not (str(record.msg).startswith("Task exception was never retrieved")
-                                and "async_deserialize" in str(record.msg)))
+            lambda record: (
+                not (
+                    str(record.msg).startswith("Task exception was never retrieved")
+                    and "async_deserialize" in str(record.msg)
+                )
+            )
+        )
         _ASYNCIO_FILTER_ADDED = True
     previous = sys.unraisablehook
     if getattr(previous, "_jaxembed_quiet", False):
@@ -163,8 +167,12 @@ class Checkpointer:
         raise CheckpointError(
             f"none of the checkpoints in {self.directory} could be restored:\n  "
             + "\n  ".join(failures)
-            + ("" if read_only else "\nThey were moved aside (renamed *.unreadable-*); start a new "
-               "run with another --workdir, or delete the checkpoints to start over.")
+            + (
+                ""
+                if read_only
+                else "\nThey were moved aside (renamed *.unreadable-*); start a new "
+                "run with another --workdir, or delete the checkpoints to start over."
+            )
         )
 
     def _set_aside(self, step: int, error: Exception) -> None:

@@ -32,8 +32,7 @@ class UsageError(ValueError):
 
 def _add_text_source(parser: argparse.ArgumentParser, default: str) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--corpus", choices=corpus.CORPORA, default=None,
-                       help=f"a named corpus (default: {default})")
+    group.add_argument("--corpus", choices=corpus.CORPORA, default=None, help=f"a named corpus (default: {default})")
     group.add_argument("--text", metavar="PATH", help="any UTF-8 text file")
 
 
@@ -45,8 +44,7 @@ def _walkthrough(args: argparse.Namespace, extra: list[str]) -> int:
 
     _no_extra(extra)
     text = corpus.load_text(args.text or args.corpus or "romeo-juliet")
-    print(walkthrough(text, batch_size=args.batch_size, max_length=args.max_length,
-                      features=args.features).format())
+    print(walkthrough(text, batch_size=args.batch_size, max_length=args.max_length, features=args.features).format())
     return 0
 
 
@@ -139,6 +137,7 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
     _initialize_distributed(args)
 
     import jax
+
     from jaxembed import report, tokenizer, train
 
     result = train.train_and_evaluate(config, args.workdir, progress=not args.no_progress)
@@ -203,9 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxembed", description="Token and positional embeddings in JAX/Flax.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train the embeddings and write a report (the main job)",
-                                epilog="Override any config field with --config.FIELD=VALUE, "
-                                       "e.g. --config.train.steps=300.")
+    train = commands.add_parser(
+        "train",
+        help="train the embeddings and write a report (the main job)",
+        epilog="Override any config field with --config.FIELD=VALUE, e.g. --config.train.steps=300.",
+    )
     train.add_argument("--config", default=str(CONFIG_DIR / "tiny.py"), help="ml_collections config file")
     train.add_argument("--workdir", required=True, help="metrics, checkpoints and report go here; rerun to resume")
     _add_text_source(train, "the config's data.corpus")
@@ -215,16 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     multi.add_argument("--num-processes", type=int)
     multi.add_argument("--process-id", type=int)
     multi.add_argument("--init-timeout", type=int, default=300, help="seconds to wait for all processes")
-    multi.add_argument("--heartbeat-timeout", type=int, default=60,
-                       help="seconds without a heartbeat before a process counts as dead")
+    multi.add_argument(
+        "--heartbeat-timeout", type=int, default=60, help="seconds without a heartbeat before a process counts as dead"
+    )
     train.set_defaults(run=_train)
 
     neighbors = commands.add_parser("neighbors", help="nearest tokens by cosine similarity")
     neighbors.add_argument("--workdir", required=True)
     neighbors.add_argument("tokens", nargs="+", help='single GPT-2 tokens, e.g. " Romeo" (mind the space)')
     neighbors.add_argument("-k", type=int, default=8, help="neighbours per token")
-    neighbors.add_argument("--candidates", type=int, default=5000,
-                           help="rank among the N most frequent training tokens")
+    neighbors.add_argument(
+        "--candidates", type=int, default=5000, help="rank among the N most frequent training tokens"
+    )
     neighbors.set_defaults(run=_neighbors)
 
     export = commands.add_parser("export", help="token table as .npy and projector TSVs")

@@ -69,7 +69,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.model = 1  # Devices the token table's vocabulary axis is split over.
 
     c.report = ml_collections.ConfigDict()
-    c.report.probe_tokens = (" Romeo", " Juliet", " thou", " love", " night", " death")  # Tokens whose neighbours the report shows.
+    c.report.probe_tokens = (
+        " Romeo",
+        " Juliet",
+        " thou",
+        " love",
+        " night",
+        " death",
+    )  # Tokens whose neighbours the report shows.
     c.report.num_neighbors = 5  # Neighbours listed per probe token.
     c.report.pca_tokens = 150  # Most frequent tokens drawn on the PCA map.
     c.report.projector_tokens = 2000  # Most frequent tokens exported for the TensorBoard projector.

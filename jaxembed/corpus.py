@@ -33,9 +33,16 @@ from pathlib import Path
 import platformdirs
 
 __all__ = [
-    "CORPORA", "DEFAULT_TIMEOUT", "ROMEO_JULIET_URL", "CorpusUnavailableError",
-    "cache_dir", "cached_path", "has_gutenberg_markers", "load_text",
-    "python_docs_text", "strip_gutenberg",
+    "CORPORA",
+    "DEFAULT_TIMEOUT",
+    "ROMEO_JULIET_URL",
+    "CorpusUnavailableError",
+    "cache_dir",
+    "cached_path",
+    "has_gutenberg_markers",
+    "load_text",
+    "python_docs_text",
+    "strip_gutenberg",
 ]
 
 CORPORA: tuple[str, ...] = ("romeo-juliet", "python-docs")
@@ -43,9 +50,7 @@ ROMEO_JULIET_URL = "https://www.gutenberg.org/cache/epub/1513/pg1513.txt"
 DEFAULT_TIMEOUT = 30.0  # seconds, for the whole download
 
 # Test data and tooling, not prose; site-packages is not the stdlib at all.
-_SKIP_DIRS = frozenset(
-    {"site-packages", "dist-packages", "__pycache__", "test", "tests", "idlelib", "lib2to3"}
-)
+_SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test", "tests", "idlelib", "lib2to3"})
 _DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 _START = re.compile(r"^\*\*\* ?START OF.*$", re.MULTILINE)
 _END = re.compile(r"^\*\*\* ?END OF", re.MULTILINE)
@@ -183,15 +188,11 @@ def _read_text_file(path: Path, via: str = "") -> str:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(
-            f"corpus file not found: {where} (named corpora: {', '.join(CORPORA)})"
-        ) from None
+        raise FileNotFoundError(f"corpus file not found: {where} (named corpora: {', '.join(CORPORA)})") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(
-            f"corpus file is not UTF-8: {where}: byte 0x{data[e.start]:02x} at offset {e.start}"
-        ) from None
+        raise ValueError(f"corpus file is not UTF-8: {where}: byte 0x{data[e.start]:02x} at offset {e.start}") from None
     # Same result as open(..., encoding="utf-8-sig"): no BOM, universal newlines,
     # so a CRLF download and an LF copy of the same book give identical text.
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
@@ -219,7 +220,7 @@ def _download(url: str, dest: Path, *, timeout: float) -> None:
         data.decode("utf-8")  # an HTML error page from a portal must not be cached
     except urllib.error.HTTPError as e:
         reason = f"HTTP {e.code} {e.reason}"
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         reason = f"timed out after {timeout:g} s"
     except urllib.error.URLError as e:
         reason = _describe(e.reason, timeout)

@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import grain
 import numpy as np
@@ -187,7 +187,11 @@ class WindowBatches:
         if num_epochs is not None:
             _check_positive_int("num_epochs", num_epochs)
         shard_count = _check_positive_int("shard_count", shard_count)
-        if isinstance(shard_index, bool) or not isinstance(shard_index, (int, np.integer)) or not 0 <= shard_index < shard_count:
+        if (
+            isinstance(shard_index, bool)
+            or not isinstance(shard_index, (int, np.integer))
+            or not 0 <= shard_index < shard_count
+        ):
             raise ValueError(
                 f"shard_index={shard_index!r} is not allowed; it must be an integer in [0, {shard_count})."
             )
@@ -440,8 +444,19 @@ def create_dataloader(
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
         raise ValueError(f"num_workers={num_workers!r} is not allowed; it must be an integer >= 0.")
-    batches = window_batches(text_or_ids, batch_size, max_length, stride, shuffle, drop_last, seed,
-                             num_epochs, tokenizer, shard_index, shard_count)
+    batches = window_batches(
+        text_or_ids,
+        batch_size,
+        max_length,
+        stride,
+        shuffle,
+        drop_last,
+        seed,
+        num_epochs,
+        tokenizer,
+        shard_index,
+        shard_count,
+    )
     per_chunk = max(1, CHUNK_TOKENS // (batch_size * (max_length + 1)))
     chunks = grain.MapDataset.source(WindowBatchChunks(batches, per_chunk))
     # The tokens live in memory: reader threads would only contend for the GIL.

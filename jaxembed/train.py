@@ -28,7 +28,8 @@ import os
 import pathlib
 import sys
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import flax
 import flax.linen as nn
@@ -37,7 +38,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxembed import corpus, data, tokenizer
 from jaxembed.checkpoint import Checkpointer
@@ -153,9 +155,7 @@ def state_shardings(model: EmbeddingLM, tx: optax.GradientTransformation, mesh: 
     )
     specs = nn.get_partition_spec(boxed)
     shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_AXIS_RULES)
-    abstract = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings
-    )
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed), shardings)
     return abstract, shardings
 
 
@@ -170,14 +170,17 @@ def create_train_state(model: EmbeddingLM, tx: optax.GradientTransformation, mes
       (10, 2)
     """
     _, shardings = state_shardings(model, tx, mesh)
-    init = jax.jit(
-        lambda k: nn.unbox(_init_boxed(k, model, tx, model.max_length)), out_shardings=shardings
-    )
+    init = jax.jit(lambda k: nn.unbox(_init_boxed(k, model, tx, model.max_length)), out_shardings=shardings)
     return init(key)
 
 
 def train_step(
-    state: TrainState, inputs_BxL: jax.Array, targets_BxL: jax.Array, *, model: EmbeddingLM, tx: optax.GradientTransformation
+    state: TrainState,
+    inputs_BxL: jax.Array,
+    targets_BxL: jax.Array,
+    *,
+    model: EmbeddingLM,
+    tx: optax.GradientTransformation,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on next-token cross-entropy. Pure; jit it.
 
@@ -246,7 +249,9 @@ def split_corpus(text: str, config: ml_collections.ConfigDict) -> Splits:
     if not 0 < fraction < 1:
         raise ValueError(f"data.val_fraction={fraction} is not allowed; it must lie in (0, 1).")
     num_val = int(round(len(ids) * fraction))
-    return Splits(ids[: len(ids) - num_val], ids[len(ids) - num_val :], tokenizer.get_encoding(config.data.tokenizer).n_vocab)
+    return Splits(
+        ids[: len(ids) - num_val], ids[len(ids) - num_val :], tokenizer.get_encoding(config.data.tokenizer).n_vocab
+    )
 
 
 def active_vocabulary(splits: Splits) -> np.ndarray:
@@ -348,7 +353,9 @@ def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
-        raise TrainingError(f"workdir {path} cannot be written ({e.strerror or e}); choose another --workdir.") from None
+        raise TrainingError(
+            f"workdir {path} cannot be written ({e.strerror or e}); choose another --workdir."
+        ) from None
     return path
 
 
@@ -399,9 +406,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"train.{name}={value!r} is not allowed; it must be an integer >= 1.")
     for name in ("dtype", "param_dtype"):
         if config.model[name] not in ("float32", "bfloat16", "float16"):
-            raise ValueError(
-                f"model.{name}={config.model[name]!r} is not allowed; use 'float32' or 'bfloat16'."
-            )
+            raise ValueError(f"model.{name}={config.model[name]!r} is not allowed; use 'float32' or 'bfloat16'.")
     if config.optim.learning_rate <= 0 or not math.isfinite(config.optim.learning_rate):
         raise ValueError(f"optim.learning_rate={config.optim.learning_rate} must be a finite number > 0.")
 
@@ -454,8 +459,16 @@ def train_and_evaluate(
     batch_sharding = NamedSharding(mesh, P("data", None))
     abstract_state, shardings = state_shardings(model, tx, mesh)
 
-    train_loader = _loader(train_ids, config, local_batch, config.data.stride, shuffle=True, seed=config.seed,
-                           num_epochs=None, num_workers=config.data.num_workers)
+    train_loader = _loader(
+        train_ids,
+        config,
+        local_batch,
+        config.data.stride,
+        shuffle=True,
+        seed=config.seed,
+        num_epochs=None,
+        num_workers=config.data.num_workers,
+    )
     eval_batches = _eval_batches(val_ids, config, local_batch, batch_sharding)
 
     key = jax.random.key(config.seed)
@@ -476,17 +489,23 @@ def train_and_evaluate(
             np.save(workdir / "active_ids.npy", active_ids)
     metrics = MetricsLog(workdir / "metrics.jsonl" if workdir else None, resume_step=start_step)
 
-    batch_shape = jax.ShapeDtypeStruct((config.data.batch_size, config.data.max_length), jnp.int32,
-                                       sharding=batch_sharding)
+    batch_shape = jax.ShapeDtypeStruct(
+        (config.data.batch_size, config.data.max_length), jnp.int32, sharding=batch_sharding
+    )
     # Compiled ahead of time so that tokens/s never includes compilation.
-    step_fn = jax.jit(
-        functools.partial(train_step, model=model, tx=tx),
-        in_shardings=(shardings, batch_sharding, batch_sharding),
-        out_shardings=(shardings, None),
-        donate_argnums=0,
-    ).lower(abstract_state, batch_shape, batch_shape).compile()
-    eval_fn = jax.jit(functools.partial(eval_step, model=model),
-                      in_shardings=(shardings.params, batch_sharding, batch_sharding))
+    step_fn = (
+        jax.jit(
+            functools.partial(train_step, model=model, tx=tx),
+            in_shardings=(shardings, batch_sharding, batch_sharding),
+            out_shardings=(shardings, None),
+            donate_argnums=0,
+        )
+        .lower(abstract_state, batch_shape, batch_shape)
+        .compile()
+    )
+    eval_fn = jax.jit(
+        functools.partial(eval_step, model=model), in_shardings=(shardings.params, batch_sharding, batch_sharding)
+    )
 
     def evaluate_loss(params) -> float:
         return float(np.mean([eval_fn(params, x, y) for x, y in eval_batches]))
@@ -509,8 +528,12 @@ def train_and_evaluate(
                 continue
             train_loss = float(jnp.mean(jnp.stack(window_losses)))
             elapsed = time.perf_counter() - window_start
-            row = {"step": step, "train_loss": train_loss, "learning_rate": float(schedule(step - 1)),
-                   "tokens_per_sec": window_steps * tokens_per_step / elapsed}
+            row = {
+                "step": step,
+                "train_loss": train_loss,
+                "learning_rate": float(schedule(step - 1)),
+                "tokens_per_sec": window_steps * tokens_per_step / elapsed,
+            }
             if evaluate and math.isfinite(train_loss):
                 row["val_loss"] = evaluate_loss(state.params)
             for name in ("train_loss", "val_loss"):

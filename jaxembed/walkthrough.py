@@ -47,8 +47,7 @@ class Walkthrough:
             "",
             f"token embeddings      {self.token_embeddings_shape}  (batch, sequence, embedding)",
             f"positional embeddings {self.positional_embeddings_shape}        (sequence, embedding)",
-            f"input embeddings      {self.input_embeddings_shape}  = token + positional, "
-            "broadcast over the batch",
+            f"input embeddings      {self.input_embeddings_shape}  = token + positional, broadcast over the batch",
         ]
         return "\n".join(lines)
 
@@ -60,8 +59,14 @@ def walkthrough(
     enc = tokenizer.get_encoding("gpt2")
     ids = data.tokenize(text)
     loader = data.create_dataloader(
-        ids, batch_size=batch_size, max_length=max_length, stride=max_length,
-        shuffle=False, drop_last=False, shard_index=0, shard_count=1,
+        ids,
+        batch_size=batch_size,
+        max_length=max_length,
+        stride=max_length,
+        shuffle=False,
+        drop_last=False,
+        shard_index=0,
+        shard_count=1,
     )
     inputs_BxL, _ = next(iter(loader))
     embed = modules.InputEmbedding(vocab_size=enc.n_vocab, max_length=max_length, features=features)

@@ -46,12 +46,16 @@ def main() -> None:
 
     speeds = [row["tokens_per_sec"] for row in result.metrics[2:] if "tokens_per_sec" in row]
     tokens_per_step = config.data.batch_size * config.data.max_length
-    print(f"\nconfig {args.config}: width {config.model.features}, context {config.data.max_length}, "
-          f"global batch {config.data.batch_size}, dtype {config.model.dtype}")
+    print(
+        f"\nconfig {args.config}: width {config.model.features}, context {config.data.max_length}, "
+        f"global batch {config.data.batch_size}, dtype {config.model.dtype}"
+    )
     if speeds:
         median = statistics.median(speeds)
-        print(f"throughput: {median:,.0f} tokens/s ({tokens_per_step / median * 1e3:.2f} ms/step, "
-              "median over log windows after the first)")
+        print(
+            f"throughput: {median:,.0f} tokens/s ({tokens_per_step / median * 1e3:.2f} ms/step, "
+            "median over log windows after the first)"
+        )
     val = [row["val_loss"] for row in result.metrics if "val_loss" in row]
     print(f"validation loss {val[0]:.3f} -> {val[-1]:.3f} in {args.steps} steps; wall time {elapsed:.1f} s")
     for device in jax.local_devices():

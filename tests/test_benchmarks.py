@@ -33,8 +33,13 @@ def _positive(x) -> bool:
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads((out / "results.json").read_text()), out, proc.stdout
 
@@ -114,8 +119,17 @@ def test_fast_loader_prototype_yields_grain_loaders_batches(shard_count, chunk_t
 
     ids = np.random.default_rng(1).integers(0, 50257, 700).astype(np.int32)
     for shard_index in range(shard_count):
-        kwargs = dict(batch_size=6, max_length=5, stride=3, shuffle=True, seed=2, drop_last=False, num_epochs=2,
-                      shard_index=shard_index, shard_count=shard_count)
+        kwargs = dict(
+            batch_size=6,
+            max_length=5,
+            stride=3,
+            shuffle=True,
+            seed=2,
+            drop_last=False,
+            num_epochs=2,
+            shard_index=shard_index,
+            shard_count=shard_count,
+        )
         want = list(data.create_dataloader(ids, **kwargs))
         fast = fast_dataloader(ids, kwargs.pop("batch_size"), kwargs.pop("max_length"), kwargs.pop("stride"), **kwargs)
         got = list(fast)

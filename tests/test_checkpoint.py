@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxembed.checkpoint import CheckpointError, Checkpointer
+from jaxembed.checkpoint import Checkpointer, CheckpointError
 
 # A failed restore of a damaged step leaves tensorstore reads that call back into
 # orbax's closed event loop; the Checkpointer must keep those "unraisable"
@@ -20,8 +20,10 @@ pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnraisableException
 def make_state(scale: float) -> dict:
     rng = np.random.default_rng(int(scale * 10))
     return {
-        "params": {"token": jnp.asarray(rng.normal(size=(7, 3)) * scale, jnp.float32),
-                   "bias": jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16)},
+        "params": {
+            "token": jnp.asarray(rng.normal(size=(7, 3)) * scale, jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=(5,)), jnp.bfloat16),
+        },
         "step": jnp.asarray(int(scale * 10), jnp.int32),
         "key": jax.random.key_data(jax.random.key(int(scale * 10))),
     }

@@ -51,20 +51,38 @@ def text_path(tmp_path_factory, corpus_path):
 
 def train_args(workdir, text_path, *extra):
     return [
-        "train", "--config", str(cli.CONFIG_DIR / "tiny.py"), "--workdir", str(workdir),
-        "--text", str(text_path), "--no-progress",
-        f"--config.train.steps={STEPS}", "--config.train.checkpoint_every=10",
-        "--config.train.log_every=5", "--config.train.eval_every=10", "--config.train.eval_batches=2",
+        "train",
+        "--config",
+        str(cli.CONFIG_DIR / "tiny.py"),
+        "--workdir",
+        str(workdir),
+        "--text",
+        str(text_path),
+        "--no-progress",
+        f"--config.train.steps={STEPS}",
+        "--config.train.checkpoint_every=10",
+        "--config.train.log_every=5",
+        "--config.train.eval_every=10",
+        "--config.train.eval_batches=2",
         "--config.train.keep_checkpoints=2",
-        "--config.data.batch_size=4", "--config.data.max_length=8", "--config.data.stride=8",
+        "--config.data.batch_size=4",
+        "--config.data.max_length=8",
+        "--config.data.stride=8",
         *extra,
     ]
 
 
 def jaxembed(args, env, **kwargs):
     """Runs ``python -m jaxembed.cli ARGS`` in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "jaxembed.cli", *args], env=env, cwd=neutral_cwd(env),
-                          capture_output=True, text=True, timeout=HANG_GUARD, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxembed.cli", *args],
+        env=env,
+        cwd=neutral_cwd(env),
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        **kwargs,
+    )
 
 
 def neutral_cwd(env):
@@ -102,8 +120,11 @@ def checkpoint_names(workdir):
 
 def snapshot(directory):
     """Every file under ``directory``: relative path -> sha256 of its bytes."""
-    return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
 
 
 def corrupt(step_dir):
@@ -196,7 +217,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(finished, tex
             # Kill between checkpoints: once step 10 is committed (orbax renames the
             # finished step into place) and the metrics show step 15.
             while not ((workdir / "checkpoints" / "10").is_dir() and logged_steps(workdir)[-1:] >= [15]):
-                assert proc.poll() is None, f"run ended before it could be killed:\n{(tmp_path / 'out.txt').read_text()}"
+                assert proc.poll() is None, (
+                    f"run ended before it could be killed:\n{(tmp_path / 'out.txt').read_text()}"
+                )
                 assert time.monotonic() < deadline, "the run made no progress"
                 time.sleep(0.005)
             os.kill(proc.pid, signal.SIGKILL)
@@ -230,8 +253,9 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(finished, tex
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(finished_copy, text_path, capsys):
     corrupt(finished_copy / "checkpoints" / "40")
-    files = sorted(p.relative_to(finished_copy / "checkpoints" / "40")
-                   for p in (finished_copy / "checkpoints" / "40").rglob("*"))
+    files = sorted(
+        p.relative_to(finished_copy / "checkpoints" / "40") for p in (finished_copy / "checkpoints" / "40").rglob("*")
+    )
 
     # load_run only reads: it falls back too, but renames nothing.
     assert train.load_run(finished_copy).step == 30
@@ -245,8 +269,13 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(finished_copy,
     names = checkpoint_names(finished_copy)
     aside = [n for n in names if n.startswith("40.unreadable-")]
     assert len(aside) == 1, names
-    assert sorted(p.relative_to(finished_copy / "checkpoints" / aside[0])
-                  for p in (finished_copy / "checkpoints" / aside[0]).rglob("*")) == files  # never deleted
+    assert (
+        sorted(
+            p.relative_to(finished_copy / "checkpoints" / aside[0])
+            for p in (finished_copy / "checkpoints" / aside[0]).rglob("*")
+        )
+        == files
+    )  # never deleted
     assert [n for n in names if n.isdigit()] == ["40", "50"]
     assert train.load_run(finished_copy).step == 50
     assert [r["step"] for r in read_metrics(finished_copy)] == list(range(0, 51, 5))
@@ -270,7 +299,8 @@ def test_all_checkpoints_unreadable_is_a_clear_error(finished_copy, text_path, e
 def test_divergence_on_resume_leaves_checkpoints_byte_identical(finished_copy, text_path, capsys):
     before = snapshot(finished_copy / "checkpoints")
     code, out, err = main_in_process(
-        train_args(finished_copy, text_path, "--config.train.steps=60", "--config.optim.learning_rate=1e30"), capsys)
+        train_args(finished_copy, text_path, "--config.train.steps=60", "--config.optim.learning_rate=1e30"), capsys
+    )
     assert code == 2
     assert f"Resuming from step {STEPS}" in out
     assert re.search(r"loss became (nan|inf|-inf) by step 4[1-5]", err), err
@@ -299,11 +329,14 @@ def test_unknown_config_key_lists_fields_and_suggests_the_closest(tmp_path, caps
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("override, hint", [
-    ("--config.train.steps=abc", "train.steps"),
-    ("--config.optim.learning_rate=fast", "learning_rate"),
-    ("--config.train.steps=0", "train.steps"),
-])
+@pytest.mark.parametrize(
+    "override, hint",
+    [
+        ("--config.train.steps=abc", "train.steps"),
+        ("--config.optim.learning_rate=fast", "learning_rate"),
+        ("--config.train.steps=0", "train.steps"),
+    ],
+)
 def test_bad_config_value_exits_2(tmp_path, capsys, override, hint):
     code, _, err = main_in_process(["train", "--workdir", tmp_path / "w", "--text", __file__, override], capsys)
     assert code == 2
@@ -335,11 +368,15 @@ def test_neighbors_prints_cosine_neighbours_from_the_latest_checkpoint(finished,
     enc = get_encoding("gpt2")
     for word, line in zip([" thou", " the"], out.splitlines()[1:], strict=True):
         (query,) = enc.encode(word)
-        cosine = {j: table[query] @ table[j] / (np.linalg.norm(table[query]) * np.linalg.norm(table[j]))
-                  for j in candidates if j != query}
+        cosine = {
+            j: table[query] @ table[j] / (np.linalg.norm(table[query]) * np.linalg.norm(table[j]))
+            for j in candidates
+            if j != query
+        }
         top = sorted(cosine, key=lambda j: (-cosine[j], j))[:3]
         expected = f"{report.token_label(enc, query)} -> " + ", ".join(
-            f"{report.token_label(enc, j)} {cosine[j]:.2f}" for j in top)
+            f"{report.token_label(enc, j)} {cosine[j]:.2f}" for j in top
+        )
         assert re.sub(r" +->", " ->", line) == expected
 
 
@@ -391,7 +428,7 @@ def test_walkthrough_on_python_docs(env):
     (cached,) = pathlib.Path(env["JAXEMBED_CACHE"]).glob("python-docs-*.txt")
     enc = get_encoding("gpt2")
     ids = enc.encode(cached.read_text(encoding="utf-8"), allowed_special="all")[:32]
-    assert rows == [ids[i:i + 4] for i in range(0, 32, 4)]
+    assert rows == [ids[i : i + 4] for i in range(0, 32, 4)]
     for row in rows:
         assert repr(enc.decode(row)) in proc.stdout
 

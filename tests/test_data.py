@@ -2,10 +2,9 @@
 
 import numpy as np
 import pytest
-
-from jaxembed import data
 from seed_values import SEED_FIRST_BATCH, SEED_HEADER
 
+from jaxembed import data
 
 
 def reference_batches(ids, batch_size, max_length, stride, drop_last):
@@ -52,8 +51,9 @@ def test_seed_first_batch():
 )
 def test_sequential_batches_equal_seed_reference(max_length, stride, batch_size, drop_last):
     ids = np.random.default_rng(0).integers(0, 50257, size=503)
-    got = as_lists(loader(ids, batch_size=batch_size, max_length=max_length, stride=stride,
-                          shuffle=False, drop_last=drop_last))
+    got = as_lists(
+        loader(ids, batch_size=batch_size, max_length=max_length, stride=stride, shuffle=False, drop_last=drop_last)
+    )
     want = reference_batches(ids.tolist(), batch_size, max_length, stride, drop_last)
     assert got == want
     if not drop_last and len(range(0, 503 - max_length, stride)) % batch_size:
@@ -126,8 +126,9 @@ def test_worker_processes_match_in_process(corpus_ids):
 def test_shards_are_disjoint_and_cover_every_window(shard_count):
     ids = np.random.default_rng(1).integers(0, 1000, size=400)
     kwargs = dict(batch_size=5, max_length=4, stride=3, shuffle=True, seed=7, drop_last=False)
-    shards = [window_starts(loader(ids, shard_index=i, shard_count=shard_count, **kwargs), ids)
-              for i in range(shard_count)]
+    shards = [
+        window_starts(loader(ids, shard_index=i, shard_count=shard_count, **kwargs), ids) for i in range(shard_count)
+    ]
     union = set().union(*shards)
     assert sum(len(s) for s in shards) == len(union)  # disjoint
     assert union == set(range(0, len(ids) - 4, 3))  # complete
@@ -141,7 +142,9 @@ def window_starts(batches, ids):
 
 def test_default_shard_is_this_process():
     # Single-process jax: the default shard is the whole data.
-    batches = list(data.create_dataloader(np.arange(40), batch_size=2, max_length=4, stride=4, shuffle=False, drop_last=False))
+    batches = list(
+        data.create_dataloader(np.arange(40), batch_size=2, max_length=4, stride=4, shuffle=False, drop_last=False)
+    )
     assert sum(len(x) for x, _ in batches) == len(range(0, 36, 4))
 
 
@@ -198,8 +201,16 @@ def test_restore_at_every_batch_across_chunk_boundaries(monkeypatch, num_workers
     # Chunks of 3 batches, so restores land before, inside and at chunk ends.
     monkeypatch.setattr(data, "CHUNK_TOKENS", 3 * 2 * 5)
     ids = np.random.default_rng(3).integers(0, 50257, size=200)
-    kwargs = dict(batch_size=2, max_length=4, stride=3, shuffle=True, seed=4, num_epochs=2,
-                  drop_last=False, num_workers=num_workers)
+    kwargs = dict(
+        batch_size=2,
+        max_length=4,
+        stride=3,
+        shuffle=True,
+        seed=4,
+        num_epochs=2,
+        drop_last=False,
+        num_workers=num_workers,
+    )
     full = as_lists(loader(ids, **kwargs))
     it = iter(loader(ids, **kwargs))
     states = [it.get_state()]

@@ -33,8 +33,7 @@ def init_lm(length=L, stddev=0.7, seed=0, **kwargs):
 
 def tables(params):
     embed = nn.unbox(params)["params"]["embed"]
-    return (np.asarray(embed["token"]["embedding"], np.float64),
-            np.asarray(embed["position"]["embedding"], np.float64))
+    return (np.asarray(embed["token"]["embedding"], np.float64), np.asarray(embed["position"]["embedding"], np.float64))
 
 
 def np_log_softmax(logits):
@@ -69,7 +68,8 @@ def test_head_is_tied_changing_token_table_changes_head():
     ids = np.zeros((1, L), np.int32)  # only token 0 is looked up
     before = np.asarray(lm.apply(params, ids))
     bumped = jax.tree_util.tree_map_with_path(
-        lambda path, x: x.at[5].add(1.0) if "token" in jax.tree_util.keystr(path) else x, nn.unbox(params))
+        lambda path, x: x.at[5].add(1.0) if "token" in jax.tree_util.keystr(path) else x, nn.unbox(params)
+    )
     after = np.asarray(lm.apply(bumped, ids))
     changed = np.abs(after - before) > 1e-6
     assert changed[..., 5].all() and not changed[..., np.arange(V) != 5].any()

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from jax.experimental import checkify
 from jax.sharding import PartitionSpec
+from seed_values import SEED_FIRST_BATCH
 
 from jaxembed.modules import InputEmbedding, PositionalEmbedding, TokenEmbedding, check_ids
-from seed_values import SEED_FIRST_BATCH
 
 VOCAB = 50257  # GPT-2
 D = 256  # the seed's embedding width
@@ -27,14 +27,17 @@ CONTEXT = 4  # the seed's context length
 SEED_IDS_8x4 = np.array(SEED_FIRST_BATCH)
 
 # The seed's Part 1 weight matrix, as printed by its cell In[70].
-SEED_TOY_TABLE_6x3 = np.array([
-    [0.3374, -0.1778, -0.1690],
-    [0.9178, 1.5810, 1.3010],
-    [1.2753, -0.2010, -0.1606],
-    [-0.4015, 0.9666, -1.1481],
-    [-1.1589, 0.3255, -0.6315],
-    [-2.8400, -0.7849, -1.4096],
-], np.float32)
+SEED_TOY_TABLE_6x3 = np.array(
+    [
+        [0.3374, -0.1778, -0.1690],
+        [0.9178, 1.5810, 1.3010],
+        [1.2753, -0.2010, -0.1606],
+        [-0.4015, 0.9666, -1.1481],
+        [-1.1589, 0.3255, -0.6315],
+        [-2.8400, -0.7849, -1.4096],
+    ],
+    np.float32,
+)
 
 
 @pytest.fixture(params=["eager", "jit"])
@@ -80,8 +83,9 @@ def test_token_default_init_is_standard_normal(gpt2_token):
     assert abs(table_VxD.std() - 1.0) < 0.01
 
 
-@pytest.mark.parametrize("ids", [SEED_IDS_8x4[0], SEED_IDS_8x4, np.array([0, VOCAB - 1])],
-                         ids=["ids_L", "ids_BxL", "first_and_last"])
+@pytest.mark.parametrize(
+    "ids", [SEED_IDS_8x4[0], SEED_IDS_8x4, np.array([0, VOCAB - 1])], ids=["ids_L", "ids_BxL", "first_and_last"]
+)
 def test_token_lookup_equals_numpy_indexing(gpt2_token, maybe_jit, ids):
     module, params, table_VxD = gpt2_token
     out = maybe_jit(module.apply)(params, jnp.asarray(ids))
@@ -115,8 +119,9 @@ def test_token_bf16_computes_in_bf16_with_f32_params(maybe_jit):
     logits = maybe_jit(lambda p, h: module.apply(p, h, method="attend"))(params, out)
 
     assert out.dtype == jnp.bfloat16
-    np.testing.assert_array_equal(np.asarray(out, np.float32),
-                                  table_VxD.astype(jnp.bfloat16).astype(np.float32)[ids_BxL])
+    np.testing.assert_array_equal(
+        np.asarray(out, np.float32), table_VxD.astype(jnp.bfloat16).astype(np.float32)[ids_BxL]
+    )
     assert logits.dtype == jnp.bfloat16
 
 
@@ -174,8 +179,9 @@ def test_positional_start_index_slices_table(positional, maybe_jit, start, lengt
     np.testing.assert_array_equal(out_LxD, table_PxD[start : start + length])
 
 
-@pytest.mark.parametrize("positions", [np.array([5, 0, 6, 2]), np.array([[0, 1, 2], [6, 6, 3]])],
-                         ids=["positions_L", "positions_BxL"])
+@pytest.mark.parametrize(
+    "positions", [np.array([5, 0, 6, 2]), np.array([[0, 1, 2], [6, 6, 3]])], ids=["positions_L", "positions_BxL"]
+)
 @pytest.mark.parametrize("start", [0, 1])
 def test_positional_explicit_positions_equal_numpy_take(positional, maybe_jit, positions, start):
     module, params, table_PxD = positional
@@ -205,9 +211,11 @@ def test_positional_bad_length_raises(positional, length):
         module.apply(params, length)
 
 
-@pytest.mark.parametrize("positions", [jnp.zeros((2, 2, 2), jnp.int32), jnp.array(3),
-                                       jnp.arange(MAX_LEN + 1)],
-                         ids=["rank3", "rank0", "too_long"])
+@pytest.mark.parametrize(
+    "positions",
+    [jnp.zeros((2, 2, 2), jnp.int32), jnp.array(3), jnp.arange(MAX_LEN + 1)],
+    ids=["rank3", "rank0", "too_long"],
+)
 def test_positional_bad_positions_shape_raises(positional, positions):
     module, params, _ = positional
     with pytest.raises(ValueError):
@@ -297,8 +305,7 @@ def test_input_positions_length_mismatch_raises(seed_input):
 def test_input_vmap_over_batch_equals_batched_apply(seed_input, maybe_jit):
     module, params, _, _ = seed_input
     per_sequence = jax.vmap(lambda ids_L: module.apply(params, ids_L))
-    np.testing.assert_array_equal(maybe_jit(per_sequence)(SEED_IDS_8x4),
-                                  module.apply(params, SEED_IDS_8x4))
+    np.testing.assert_array_equal(maybe_jit(per_sequence)(SEED_IDS_8x4), module.apply(params, SEED_IDS_8x4))
 
 
 # Small tables so gradients are easy to read: 20 tokens, 6 positions, width 5.
@@ -318,13 +325,19 @@ def scatter_add(index_BxL: np.ndarray, cot_BxLxD: np.ndarray, rows: int) -> np.n
     return out
 
 
-@pytest.mark.parametrize("kwargs, positions_BxL", [
-    (dict(), np.broadcast_to(np.arange(4), IDS_3x4.shape)),
-    (dict(start_index=2), np.broadcast_to(np.arange(2, 6), IDS_3x4.shape)),
-    (dict(positions=np.array([5, 0, 2, 3])), np.broadcast_to([5, 0, 2, 3], IDS_3x4.shape)),
-    (dict(positions=np.array([[0, 1, 2, 3], [1, 2, 3, 4], [4, 4, 1, 0]])),
-     np.array([[0, 1, 2, 3], [1, 2, 3, 4], [4, 4, 1, 0]])),
-], ids=["default", "start_index", "positions_L", "positions_BxL"])
+@pytest.mark.parametrize(
+    "kwargs, positions_BxL",
+    [
+        (dict(), np.broadcast_to(np.arange(4), IDS_3x4.shape)),
+        (dict(start_index=2), np.broadcast_to(np.arange(2, 6), IDS_3x4.shape)),
+        (dict(positions=np.array([5, 0, 2, 3])), np.broadcast_to([5, 0, 2, 3], IDS_3x4.shape)),
+        (
+            dict(positions=np.array([[0, 1, 2, 3], [1, 2, 3, 4], [4, 4, 1, 0]])),
+            np.array([[0, 1, 2, 3], [1, 2, 3, 4], [4, 4, 1, 0]]),
+        ),
+    ],
+    ids=["default", "start_index", "positions_L", "positions_BxL"],
+)
 def test_input_grad_is_scatter_add_on_used_rows(small_input, maybe_jit, kwargs, positions_BxL):
     module, params = small_input
     cot_BxLxD = np.random.default_rng(6).standard_normal(IDS_3x4.shape + (5,)).astype(np.float32)
@@ -360,11 +373,14 @@ def test_unchecked_out_of_range_ids_give_nan_rows(small_input, maybe_jit, which)
     assert not np.isnan(out[~BAD_MASK_2x4]).any()
 
 
-@pytest.mark.parametrize("ids, bad_id, index", [
-    (np.array([3, 12, 11]), 12, "[1]"),
-    (np.array([[1, 2], [3, 10]]), 10, "[1, 1]"),
-    (np.array([[-1, 0]]), -1, "[0, 0]"),
-])
+@pytest.mark.parametrize(
+    "ids, bad_id, index",
+    [
+        (np.array([3, 12, 11]), 12, "[1]"),
+        (np.array([[1, 2], [3, 10]]), 10, "[1, 1]"),
+        (np.array([[-1, 0]]), -1, "[0, 0]"),
+    ],
+)
 def test_check_ids_eager_names_first_bad_id_and_index(ids, bad_id, index):
     with pytest.raises(ValueError) as info:
         check_ids(ids, upper=10)
@@ -388,11 +404,14 @@ def test_check_ids_under_checkify_jit():
     assert err_ok.get() is None
 
 
-@pytest.mark.parametrize("ids, kwargs, names", [
-    (BAD_IDS_2x4, dict(), "ids"),
-    (IDS_3x4, dict(start_index=3), "positions"),  # positions 3..6, max_length 6
-    (IDS_3x4, dict(positions=np.array([0, 1, 2, 6])), "positions"),
-])
+@pytest.mark.parametrize(
+    "ids, kwargs, names",
+    [
+        (BAD_IDS_2x4, dict(), "ids"),
+        (IDS_3x4, dict(start_index=3), "positions"),  # positions 3..6, max_length 6
+        (IDS_3x4, dict(positions=np.array([0, 1, 2, 6])), "positions"),
+    ],
+)
 def test_input_check_eager_and_under_checkify(small_input, ids, kwargs, names):
     module, _ = small_input
     with pytest.raises(ValueError, match=names):
@@ -417,8 +436,7 @@ def test_token_logical_partitioning_boxes_and_spec(maybe_jit):
 
     table_VxD = np.asarray(box.value)
     np.testing.assert_array_equal(maybe_jit(module.apply)(params, IDS_3x4), table_VxD[IDS_3x4])
-    np.testing.assert_array_equal(maybe_jit(module.apply)(nn.unbox(params), IDS_3x4),
-                                  table_VxD[IDS_3x4])
+    np.testing.assert_array_equal(maybe_jit(module.apply)(nn.unbox(params), IDS_3x4), table_VxD[IDS_3x4])
 
 
 def test_input_logical_partitioning_boxes_and_spec(maybe_jit):
@@ -431,5 +449,4 @@ def test_input_logical_partitioning_boxes_and_spec(maybe_jit):
 
     expected = table_of(params, "token")[IDS_3x4] + table_of(params, "position")[:4]
     np.testing.assert_allclose(maybe_jit(module.apply)(params, IDS_3x4), expected, rtol=1e-6)
-    np.testing.assert_allclose(maybe_jit(module.apply)(nn.unbox(params), IDS_3x4), expected,
-                               rtol=1e-6)
+    np.testing.assert_allclose(maybe_jit(module.apply)(nn.unbox(params), IDS_3x4), expected, rtol=1e-6)

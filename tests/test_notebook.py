@@ -43,7 +43,10 @@ def execute(nb) -> float:
     Raises ``nbclient.exceptions.CellExecutionError`` at the first failing cell.
     """
     client = nbclient.NotebookClient(
-        nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", record_timing=False,
+        nb,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name="python3",
+        record_timing=False,
         resources={"metadata": {"path": str(NOTEBOOKS)}},
     )
     start = time.perf_counter()
@@ -93,7 +96,9 @@ def test_committed_notebook_is_executed_small_and_portable(committed):
     counts = [cell.execution_count for cell in code]
     assert counts == list(range(1, len(code) + 1)), "not executed top to bottom in one run"
     assert not [o for cell in code for o in cell.outputs if o.output_type == "error"]
-    assert sum("image/png" in o.get("data", {}) for cell in code for o in cell.outputs) >= 4  # loss, neighbours, PCA, positions
+    assert (
+        sum("image/png" in o.get("data", {}) for cell in code for o in cell.outputs) >= 4
+    )  # loss, neighbours, PCA, positions
     for cell in committed.cells:  # no machine-specific paths in the code or what it printed
         shown = cell.source + (_text(cell.outputs) if cell.cell_type == "code" else "")
         assert not re.search(r"(/work/|/home/|/root/|/tmp/|/Users/|[A-Z]:\\)", shown), shown[:200]

@@ -235,8 +235,16 @@ def plots(enc, tmp_path_factory):
     probes = [enc.encode(" thou")[0], 198, DOLLARS]
     before = report.nearest_neighbors(table_VxD, probes, k=3, candidate_ids=np.arange(300))
     after = [[(DOLLARS, 0.9), (197, 0.5), (447, -0.1)]] * 3  # '$$', '\t' and a partial UTF-8 token.
-    metrics = [{"step": s, "train_loss": 10 - s / 10, "learning_rate": 1e-3, "tokens_per_sec": 1e5,
-                **({"val_loss": 10.5 - s / 10} if s % 20 == 0 else {})} for s in range(0, 100, 5)]
+    metrics = [
+        {
+            "step": s,
+            "train_loss": 10 - s / 10,
+            "learning_rate": 1e-3,
+            "tokens_per_sec": 1e5,
+            **({"val_loss": 10.5 - s / 10} if s % 20 == 0 else {}),
+        }
+        for s in range(0, 100, 5)
+    ]
     metrics[-1]["val_loss"] = float("nan")
     paths = {
         "loss": report.plot_loss_curves(metrics, out / "loss.png", vocab_size=enc.n_vocab),
@@ -306,9 +314,13 @@ def test_written_files_follow_umask(enc, tmp_path):
 def test_write_report(tmp_path):
     sections = {"Nearest neighbours": "' thou' -> ' art' 0.61\n```not a fence```"}
     images = {"Loss curves": "loss.png", "Token PCA": "plots/pca.png", "Spaced": "my plot.png"}
-    path = report.write_report(tmp_path / "REPORT.md", title="Romeo embeddings",
-                               summary_lines=["final loss 5.1", "100 steps"], images=images,
-                               sections=sections)
+    path = report.write_report(
+        tmp_path / "REPORT.md",
+        title="Romeo embeddings",
+        summary_lines=["final loss 5.1", "100 steps"],
+        images=images,
+        sections=sections,
+    )
     text = path.read_text(encoding="utf-8")
     assert text.startswith("# Romeo embeddings\n")
     assert "- final loss 5.1\n- 100 steps" in text

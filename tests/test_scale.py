@@ -25,9 +25,14 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # Small and fast: 16-wide tables, context 8, 8 steps. Adam divides by sqrt(v), so near-zero
 # gradients amplify reduction-order rounding: tables agree to 1e-5 (lr is 2e-2), not bitwise.
 SMALL = [
-    "--config.train.steps=8", "--config.train.log_every=2", "--config.train.eval_every=4",
-    "--config.train.checkpoint_every=4", "--config.model.features=16",
-    "--config.data.max_length=8", "--config.data.stride=8", "--config.data.batch_size=16",
+    "--config.train.steps=8",
+    "--config.train.log_every=2",
+    "--config.train.eval_every=4",
+    "--config.train.checkpoint_every=4",
+    "--config.model.features=16",
+    "--config.data.max_length=8",
+    "--config.data.stride=8",
+    "--config.data.batch_size=16",
 ]
 
 
@@ -96,7 +101,11 @@ MESH_SCRIPT = textwrap.dedent(
 def test_meshes_match_one_device(small_text, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-c", MESH_SCRIPT, str(REPO / "configs/tiny.py"), str(small_text), str(tmp_path), *SMALL],
-        env=env_with_devices(8, tmp_path), capture_output=True, text=True, timeout=600, cwd=REPO,
+        env=env_with_devices(8, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -108,22 +117,45 @@ def test_meshes_match_one_device(small_text, tmp_path):
     for name in ("8x1", "4x2"):
         assert_same_losses([(r["step"], r.get("train_loss"), r.get("val_loss")) for r in runs[name]["metrics"]], one)
         for table in ("token", "position"):
-            np.testing.assert_allclose(np.load(tmp_path / f"{name}-{table}.npy"),
-                                       np.load(tmp_path / f"1x1-{table}.npy"), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                np.load(tmp_path / f"{name}-{table}.npy"), np.load(tmp_path / f"1x1-{table}.npy"), rtol=1e-5, atol=1e-5
+            )
 
 
 def run_cli(workdir, text, env, *extra, **popen):
-    cmd = [sys.executable, "-m", "jaxembed.cli", "train", "--config", str(REPO / "configs/tiny.py"),
-           "--workdir", str(workdir), "--text", str(text), "--no-progress", *SMALL, *extra]
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **popen)
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxembed.cli",
+        "train",
+        "--config",
+        str(REPO / "configs/tiny.py"),
+        "--workdir",
+        str(workdir),
+        "--text",
+        str(text),
+        "--no-progress",
+        *SMALL,
+        *extra,
+    ]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
 def start_two_processes(workdir, text, tmp_path, *extra):
     port = free_port()
     return [
-        run_cli(workdir, text, env_with_devices(2, tmp_path), "--coordinator", f"127.0.0.1:{port}",
-                "--num-processes", "2", "--process-id", str(i), *extra)
+        run_cli(
+            workdir,
+            text,
+            env_with_devices(2, tmp_path),
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--num-processes",
+            "2",
+            "--process-id",
+            str(i),
+            *extra,
+        )
         for i in range(2)
     ]
 
@@ -144,8 +176,9 @@ def test_two_processes_match_one_process_with_four_devices(small_text, tmp_path)
 
 
 def test_a_dead_process_stops_the_other(small_text, tmp_path):
-    procs = start_two_processes(tmp_path / "w", small_text, tmp_path, "--config.train.steps=100000",
-                                "--heartbeat-timeout", "5")
+    procs = start_two_processes(
+        tmp_path / "w", small_text, tmp_path, "--config.train.steps=100000", "--heartbeat-timeout", "5"
+    )
     metrics = tmp_path / "w" / "metrics.jsonl"
     deadline = time.monotonic() + 300
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
@@ -163,9 +196,14 @@ def test_a_dead_process_stops_the_other(small_text, tmp_path):
 def test_bfloat16_compute_learns_with_float32_params(small_text, tmp_path):
     from jaxembed.cli import load_config
 
-    config = load_config(str(REPO / "configs/tiny.py"), [
-        "--config.model.dtype=bfloat16", "--config.train.steps=60", "--config.train.eval_every=60",
-    ])
+    config = load_config(
+        str(REPO / "configs/tiny.py"),
+        [
+            "--config.model.dtype=bfloat16",
+            "--config.train.steps=60",
+            "--config.train.eval_every=60",
+        ],
+    )
     result = train.train_and_evaluate(config, None, text=small_text.read_text(encoding="utf-8"), progress=False)
     val = [r["val_loss"] for r in result.metrics if "val_loss" in r]
     assert val[0] - val[-1] > 1.0, val

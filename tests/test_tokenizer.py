@@ -20,11 +20,10 @@ import pytest
 import tiktoken
 import tiktoken.load
 import tiktoken_ext.openai_public
+from seed_values import SEED_FIRST_BATCH as SEED_BATCH_8x4  # noqa: E402
 
 from jaxembed import tokenizer
 from jaxembed.tokenizer import TokenizerUnavailableError, get_encoding
-
-from seed_values import SEED_FIRST_BATCH as SEED_BATCH_8x4  # noqa: E402
 
 # The opening of the seed's copy of the corpus ("This ebook", lower case).
 SEED_HEADER = (
@@ -75,7 +74,10 @@ def run_python(script: str, env: dict[str, str], *args: str) -> dict:
     """Runs ``script`` in a fresh interpreter; it must print one JSON object last."""
     proc = subprocess.run(
         [sys.executable, "-c", script, *args],
-        env=env, capture_output=True, text=True, timeout=60,  # hang guard only
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,  # hang guard only
     )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])

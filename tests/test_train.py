@@ -49,12 +49,15 @@ def reference_lr(step: int, *, peak: float, warmup: int, total: int, final_fract
 # --- The schedule ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("peak, warmup, total, final", [
-    (2e-2, 20, 300, 0.1),  # configs/tiny.py
-    (1e-2, 50, 1000, 0.1),  # configs/default.py
-    (3e-3, 7, 40, 0.0),
-    (1e-3, 0, 10, 0.5),  # no warmup: starts at the peak
-])
+@pytest.mark.parametrize(
+    "peak, warmup, total, final",
+    [
+        (2e-2, 20, 300, 0.1),  # configs/tiny.py
+        (1e-2, 50, 1000, 0.1),  # configs/default.py
+        (3e-3, 7, 40, 0.0),
+        (1e-3, 0, 10, 0.5),  # no warmup: starts at the peak
+    ],
+)
 def test_learning_rate_schedule_is_linear_warmup_then_cosine(peak, warmup, total, final):
     optim = base_config().optim
     optim.learning_rate, optim.warmup_steps, optim.final_lr_fraction = peak, warmup, final
@@ -113,8 +116,10 @@ def test_jitted_train_step_is_pure_and_deterministic():
     assert_trees_bitwise_equal(metrics_a, metrics_b)
     assert_trees_bitwise_equal(state0, before)  # the input state was not changed
     assert int(state_a.step) == 3
-    assert not np.array_equal(host(state_a.params)["params"]["embed"]["token"]["embedding"],
-                              before.params["params"]["embed"]["token"]["embedding"])
+    assert not np.array_equal(
+        host(state_a.params)["params"]["embed"]["token"]["embedding"],
+        before.params["params"]["embed"]["token"]["embedding"],
+    )
 
     x, y = batches[0]
     loss, grads = jax.jit(jax.value_and_grad(lambda p: cross_entropy(lm.apply(p, x), y)))(state0.params)
@@ -150,8 +155,12 @@ def test_first_step_is_adamw_on_globally_clipped_gradients(clip):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-7)
 
     # The bound the clip gives: ||update - decay|| <= lr * clip / eps.
-    moved = math.sqrt(sum(float(np.sum((a - p + lr * wd * p) ** 2, dtype=np.float64))
-                          for a, p in zip(jax.tree.leaves(got), jax.tree.leaves(params0))))
+    moved = math.sqrt(
+        sum(
+            float(np.sum((a - p + lr * wd * p) ** 2, dtype=np.float64))
+            for a, p in zip(jax.tree.leaves(got), jax.tree.leaves(params0))
+        )
+    )
     if clip < 1:
         assert moved <= lr * clip / eps * 1.001
     else:  # unclipped: about lr per element that has a gradient
@@ -198,7 +207,7 @@ def test_split_holds_out_the_end_of_the_gutenberg_body(corpus_path):
     assert "Gutenberg" not in enc.decode(splits.train_ids[-2000:].tolist())
     # Without stripping, the same slice of the raw text would be mostly licence.
     raw_ids = enc.encode(raw)
-    assert "Gutenberg" in enc.decode(raw_ids[-len(splits.val_ids):])
+    assert "Gutenberg" in enc.decode(raw_ids[-len(splits.val_ids) :])
     assert splits.vocab_size == enc.n_vocab == 50257
 
 
@@ -279,8 +288,9 @@ def test_diverged_params_are_never_checkpointed(tmp_path, corpus_path):
     config = small_run_config(steps=6, log_every=1, checkpoint_every=1, eval_every=100)
     config.optim.learning_rate, config.optim.warmup_steps = 1e30, 0
     with pytest.raises(train.TrainingError):
-        train.train_and_evaluate(config, tmp_path / "run", text=corpus_path.read_text(encoding="utf-8")[:30_000],
-                                 progress=False)
+        train.train_and_evaluate(
+            config, tmp_path / "run", text=corpus_path.read_text(encoding="utf-8")[:30_000], progress=False
+        )
     checkpoints = tmp_path / "run" / "checkpoints"
     assert not checkpoints.exists() or not any(p.name[0].isdigit() for p in checkpoints.iterdir())
 
@@ -291,9 +301,11 @@ def test_rerun_of_a_run_killed_before_its_first_checkpoint_logs_step_0_once(tmp_
     # What a run killed at step 7 leaves: rows 0 and 5, a torn row, no checkpoint.
     (workdir / "metrics.jsonl").write_text(
         '{"step": 0, "learning_rate": 0.0, "val_loss": 10.82}\n'
-        '{"step": 5, "train_loss": 10.8, "learning_rate": 0.004, "tokens_per_sec": 100.0}\n{"step": 1')
-    result = train.train_and_evaluate(small_run_config(steps=10), workdir,
-                                      text=corpus_path.read_text(encoding="utf-8")[:30_000], progress=False)
+        '{"step": 5, "train_loss": 10.8, "learning_rate": 0.004, "tokens_per_sec": 100.0}\n{"step": 1'
+    )
+    result = train.train_and_evaluate(
+        small_run_config(steps=10), workdir, text=corpus_path.read_text(encoding="utf-8")[:30_000], progress=False
+    )
     logged = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logged] == [0, 5, 10]
     assert logged == result.metrics

@@ -1,7 +1,7 @@
 """Default config: the seed notebook's dimensions (256-wide, GPT-2 vocabulary).
 
 Every field and its meaning: jaxembed/config.py (`base_config`).
-Run: jaxembed train --config configs/default.py --workdir runs/default
+Run: jaxembed train --config default --workdir runs/default (or --config configs/default.py)
 """
 
 from jaxembed.config import base_config

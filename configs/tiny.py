@@ -3,7 +3,7 @@
 32-wide tables, context 16, batch 16, 300 steps, trained on the offline
 `python-docs` corpus unless --corpus/--text says otherwise. The fields and why
 each has its value: jaxembed/config.py (`tiny_config`, `base_config`).
-Run: jaxembed train --config configs/tiny.py --workdir runs/tiny
+Run: jaxembed train --workdir runs/tiny (tiny is the default; or --config configs/tiny.py)
 """
 
 from jaxembed.config import tiny_config

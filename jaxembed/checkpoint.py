@@ -1,59 +1,53 @@
 """Orbax checkpoints of the train state and the Grain iterator state.
 
 Each checkpoint holds the train state (params, optimiser state, step, PRNG
-key) and, per process, the Grain iterator state of the batch that step
-consumed last, so a resumed run sees exactly the batches it would have seen.
+key) and, per process, the state of the Grain iterator that fed the run
+(written by Grain's own orbax handler as ``process_i-of-N.json``), so a
+resumed run sees exactly the batches it would have seen.
 Orbax writes each step to a temporary directory and renames it when complete;
 a checkpoint that still fails to restore is moved aside (never deleted) and
 the next older one is used.
 
 Example:
-  >>> import tempfile, jax.numpy as jnp
+  >>> import tempfile, grain, jax.numpy as jnp
+  >>> iterator = iter(grain.MapDataset.range(10).to_iter_dataset())
+  >>> next(iterator), next(iterator)
+  (0, 1)
   >>> ckpt = Checkpointer(tempfile.mkdtemp(), keep=2)
-  >>> ckpt.save(1, {"w": jnp.ones(3)}, data_state={"next_index": 1})
+  >>> ckpt.save(1, {"w": jnp.ones(3)}, iterator)
   >>> ckpt.wait()
-  >>> state, data_state, step = ckpt.restore({"w": jnp.zeros(3)})
-  >>> step, data_state, state["w"].tolist()
-  (1, {'next_index': 1}, [1.0, 1.0, 1.0])
+  >>> fresh = iter(grain.MapDataset.range(10).to_iter_dataset())
+  >>> state, step = ckpt.restore({"w": jnp.zeros(3)}, fresh)
+  >>> step, state["w"].tolist(), next(fresh)
+  (1, [1.0, 1.0, 1.0], 2)
   >>> ckpt.close()
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import pathlib
 import sys
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint could be restored."""
 
 
-class _IteratorState:
-    """Carries a captured Grain iterator state through Grain's orbax handler.
+class DataIterator(Protocol):
+    """What a checkpoint needs of a data iterator: Grain's ``DatasetIterator`` has both."""
 
-    The live iterator runs ahead of training (device prefetch), so the state
-    to save is the one captured when the last consumed batch was drawn.
-    """
+    def get_state(self) -> dict: ...
 
-    def __init__(self, state: dict | None = None):
-        self.state = state
-
-    def get_state(self) -> bytes:
-        return json.dumps(self.state).encode()
-
-    def set_state(self, state: bytes) -> None:
-        self.state = json.loads(state)
-
-    def start_prefetch(self) -> None:
-        pass
+    def set_state(self, state: dict) -> None: ...
 
 
 def _quiet_failed_restore_noise() -> None:
@@ -98,7 +92,7 @@ _ASYNCIO_FILTER_ADDED = False
 
 
 class Checkpointer:
-    """Saves and restores ``(train_state, data_state)`` under ``directory``.
+    """Saves and restores the train state and the data iterator's state under ``directory``.
 
     Args:
       directory: where step directories go (created if missing).
@@ -118,30 +112,37 @@ class Checkpointer:
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, data_state: dict | None) -> None:
-        """Starts saving ``state`` as ``step`` (asynchronously; see ``wait``)."""
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=grain.checkpoint.CheckpointSave(_IteratorState(data_state)),
-            ),
-        )
+    def save(self, step: int, state: Any, data_iterator: DataIterator | None = None) -> None:
+        """Starts saving ``state`` (and ``data_iterator``'s state) as ``step``.
+
+        The iterator's state is read now; the arrays are written in the
+        background (see ``wait``). Give the iterator whose last batch the step
+        consumed: a Grain iterator behind a thread prefetch reports the state
+        after the last element it handed out, not how far it has read ahead.
+        """
+        items = {"state": ocp.args.StandardSave(state)}
+        if data_iterator is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        self._manager.save(step, args=ocp.args.Composite(**items))
 
     def wait(self) -> None:
         """Blocks until pending saves are on disk."""
         self._manager.wait_until_finished()
 
-    def restore(self, abstract_state: Any, *, read_only: bool = False) -> tuple[Any, dict | None, int]:
+    def restore(
+        self, abstract_state: Any, data_iterator: DataIterator | None = None, *, read_only: bool = False
+    ) -> tuple[Any, int]:
         """Restores the newest readable checkpoint into ``abstract_state``'s layout.
 
-        ``abstract_state`` is a pytree of arrays or ``jax.ShapeDtypeStruct``
-        (with shardings, to restore straight into a sharded layout).
-        ``read_only`` restores the train state alone (``data_state`` is then
-        ``None``) and leaves unreadable checkpoints where they are.
+        Args:
+          abstract_state: a pytree of arrays or ``jax.ShapeDtypeStruct`` (with
+            shardings, to restore straight into a sharded layout).
+          data_iterator: if given, its state is set to the one saved with the step.
+          read_only: leave unreadable checkpoints where they are (for readers
+            such as ``jaxembed neighbors``).
 
         Returns:
-          ``(state, data_state, step)``.
+          ``(state, step)``.
 
         Raises:
           CheckpointError: checkpoints exist but none can be read.
@@ -152,10 +153,9 @@ class Checkpointer:
         _quiet_failed_restore_noise()
         failures = []
         for step in reversed(steps):
-            holder = _IteratorState()
             items = {"state": ocp.args.StandardRestore(abstract_state)}
-            if not read_only:
-                items["data"] = grain.checkpoint.CheckpointRestore(holder)
+            if data_iterator is not None:
+                items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # orbax/tensorstore raise many types for a damaged step.
@@ -163,7 +163,7 @@ class Checkpointer:
                 if not read_only:
                     self._set_aside(step, e)
                 continue
-            return restored.state, holder.state, step
+            return restored.state, step
         raise CheckpointError(
             f"none of the checkpoints in {self.directory} could be restored:\n  "
             + "\n  ".join(failures)
@@ -182,7 +182,7 @@ class Checkpointer:
             f"checkpoint step {step} in {self.directory} is unreadable "
             f"({type(error).__name__}); falling back to an older one."
         )
-        print(f"warning: {message}", flush=True)
+        log.warning(message)
         if jax.process_index() == 0 and source.exists():
             source.rename(self.directory / f"{step}.unreadable-{int(time.time())}")
         self._manager.reload()

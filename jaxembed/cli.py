@@ -6,23 +6,30 @@ Commands:
   export       the token table as .npy plus TensorBoard-projector TSVs
   walkthrough  the seed notebook's walk-through: ids, decoded text, shapes
 
+Every user error ends in one line, ``jaxembed <command>: error: ...``, and
+exit status 2. The library logs through ``logging``; the CLI shows its info
+lines on stdout and its warnings on stderr.
+
 Example:
-  $ jaxembed train --config configs/tiny.py --workdir runs/tiny --config.train.steps=300
+  $ jaxembed train --workdir runs/tiny --config.train.steps=300
   $ jaxembed neighbors --workdir runs/tiny " the" " return"
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import importlib.util
+import logging
 import os
 import pathlib
 import sys
 
 from jaxembed import corpus
+from jaxembed.config import CONFIGS
 
-#: configs/ of a source checkout; `--config` defaults to its tiny.py.
+#: configs/ of a source checkout (the files users read and copy).
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
@@ -51,14 +58,27 @@ def _walkthrough(args: argparse.Namespace, extra: list[str]) -> int:
 # --- train -----------------------------------------------------------------
 
 
-def load_config(path: str, overrides: list[str]):
-    """Loads an ml_collections config file and applies ``--config.a.b=v`` overrides."""
+def load_config(name_or_path: str, overrides: list[str]):
+    """A config by name (``tiny``, ``default``, ``gpt2_small``) or file, with ``--config.a.b=v`` overrides.
+
+    Raises:
+      UsageError: no such config, an unknown field (the message lists the
+        valid ones and the closest match), or a value of the wrong type.
+
+    Example:
+      >>> load_config("tiny", ["--config.train.steps=5"]).train.steps
+      5
+    """
     from absl import flags
     from ml_collections import config_flags
 
-    if not pathlib.Path(path).is_file():
-        raise UsageError(f"--config {path}: no such config file.")
-    valid = _flat_keys(_load_config_module(path).get_config())
+    named = name_or_path in CONFIGS
+    if not named and not pathlib.Path(name_or_path).is_file():
+        raise UsageError(
+            f"--config {name_or_path}: no such config file, and not one of the named configs ({', '.join(CONFIGS)})."
+        )
+    base = CONFIGS[name_or_path]() if named else _load_config_module(name_or_path).get_config()
+    valid = _flat_keys(base)
     for arg in overrides:
         key = arg.split("=", 1)[0].removeprefix("--config.")
         if not arg.startswith("--config.") or key not in valid:
@@ -69,8 +89,14 @@ def load_config(path: str, overrides: list[str]):
                 "valid fields: " + ", ".join(valid)
             )
     flag_values = flags.FlagValues()
-    argv = ["jaxembed", f"--config={path}", *overrides]
-    config_flags.DEFINE_config_file("config", path, flag_values=flag_values, lock_config=True, sys_argv=argv)
+    argv = ["jaxembed", *overrides]
+    if named:
+        config_flags.DEFINE_config_dict("config", base, flag_values=flag_values, lock_config=True, sys_argv=argv)
+    else:
+        argv.insert(1, f"--config={name_or_path}")
+        config_flags.DEFINE_config_file(
+            "config", name_or_path, flag_values=flag_values, lock_config=True, sys_argv=argv
+        )
     try:
         flag_values(argv)
     except flags.Error as e:
@@ -136,30 +162,13 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
         config.data.corpus, config.data.text = args.corpus, None
     _initialize_distributed(args)
 
-    import jax
-
-    from jaxembed import report, tokenizer, train
+    from jaxembed import report, train
 
     result = train.train_and_evaluate(config, args.workdir, progress=not args.no_progress)
-    before_VxD, _ = result.tables(initial=True)
-    after_VxD, pos_LxD = result.tables()
-    if jax.process_index() != 0:
-        return 0
-    path = report.training_report(
-        result.workdir,
-        enc=tokenizer.get_encoding(config.data.tokenizer),
-        metrics=result.metrics,
-        before_VxD=before_VxD,
-        after_VxD=after_VxD,
-        pos_LxD=pos_LxD,
-        token_counts_V=result.token_counts(),
-        probe_tokens=config.report.probe_tokens,
-        num_neighbors=config.report.num_neighbors,
-        pca_tokens=config.report.pca_tokens,
-        projector_tokens=config.report.projector_tokens,
-    )
-    val = [m["val_loss"] for m in result.metrics if "val_loss" in m]
-    print(f"Validation loss {val[0]:.3f} -> {val[-1]:.3f}. Report: {path}")
+    path = report.write_run_report(result, config.report)
+    if path is not None:
+        val = [m["val_loss"] for m in result.metrics if "val_loss" in m]
+        print(f"Validation loss {val[0]:.3f} -> {val[-1]:.3f}. Report: {path}")
     return 0
 
 
@@ -167,25 +176,28 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _neighbors(args: argparse.Namespace, extra: list[str]) -> int:
-    from jaxembed import report, train
+    from jaxembed import analysis
+    from jaxembed.run import load_run
 
     _no_extra(extra)
-    run = train.load_run(args.workdir)
-    ids = report.resolve_tokens(run.enc, args.tokens)
-    candidates = report.most_frequent(run.token_counts_V, args.candidates)
-    neighbors = report.nearest_neighbors(run.token_VxD, ids, args.k, candidates)
+    run = load_run(args.workdir)
+    ids = analysis.resolve_tokens(run.enc, args.tokens)
+    candidates = analysis.most_frequent(run.token_counts_V, args.candidates)
+    neighbors = analysis.nearest_neighbors(run.token_VxD, ids, args.k, candidates)
     print(f"Step {run.step} of {run.workdir}:")
-    print(report.format_neighbors(run.enc, ids, neighbors))
+    print(analysis.format_neighbors(run.enc, ids, neighbors))
     return 0
 
 
 def _export(args: argparse.Namespace, extra: list[str]) -> int:
-    from jaxembed import report, train
+    from jaxembed import analysis, report
+    from jaxembed.run import load_run
 
     _no_extra(extra)
-    run = train.load_run(args.workdir)
+    run = load_run(args.workdir)
     out = pathlib.Path(args.out) if args.out else run.workdir / "projector"
-    paths = report.export_projector(run.enc, run.token_VxD, report.most_frequent(run.token_counts_V, args.tokens), out)
+    frequent = analysis.most_frequent(run.token_counts_V, args.tokens)
+    paths = report.export_projector(run.enc, run.token_VxD, frequent, out)
     for name, path in paths.items():
         print(f"{name:>10}: {path}")
     print("Load vectors.tsv and metadata.tsv at projector.tensorflow.org.")
@@ -207,7 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the embeddings and write a report (the main job)",
         epilog="Override any config field with --config.FIELD=VALUE, e.g. --config.train.steps=300.",
     )
-    train.add_argument("--config", default=str(CONFIG_DIR / "tiny.py"), help="ml_collections config file")
+    train.add_argument(
+        "--config",
+        default="tiny",
+        help=f"a named config ({', '.join(CONFIGS)}; default: tiny) or an ml_collections config file",
+    )
     train.add_argument("--workdir", required=True, help="metrics, checkpoints and report go here; rerun to resume")
     _add_text_source(train, "the config's data.corpus")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -245,17 +261,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _ConsoleHandler(logging.Handler):
+    """The library's log lines as the CLI shows them: info on stdout, warnings on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # sys.stdout/sys.stderr are looked up per record, so redirection (and pytest's capsys) sees them.
+        if record.levelno >= logging.WARNING:
+            print(f"warning: {record.getMessage()}", file=sys.stderr, flush=True)
+        else:
+            print(record.getMessage(), flush=True)
+
+
+@contextlib.contextmanager
+def _console_logging():
+    logger = logging.getLogger("jaxembed")
+    handler, level = _ConsoleHandler(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxembed`` console script."""
     args, extra = build_parser().parse_known_args(argv)
     from jaxembed.checkpoint import CheckpointError
     from jaxembed.train import TrainingError
+    from jaxembed.workdir import WorkdirError
 
-    try:
-        return args.run(args, extra)
-    except (corpus.CorpusUnavailableError, CheckpointError, TrainingError, OSError, ValueError) as e:
-        print(f"jaxembed {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    with _console_logging():
+        try:
+            return args.run(args, extra)
+        except (corpus.CorpusUnavailableError, CheckpointError, TrainingError, WorkdirError, OSError, ValueError) as e:
+            print(f"jaxembed {args.command}: error: {e}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 Config files in ``configs/`` define ``get_config()`` (the Flax/nanodo
 convention) and start from ``base_config()``, overriding what they change.
+The same configs ship inside the package by name (``CONFIGS``: ``tiny``,
+``default``, ``gpt2_small``), so ``jaxembed train --config tiny`` works from
+any install, and ``validate`` checks a config before anything runs.
 
 Example:
   >>> from jaxembed.config import base_config
@@ -11,6 +14,9 @@ Example:
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import ml_collections
 from ml_collections import config_dict
@@ -67,6 +73,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # Devices on the data-parallel axis (-1: all remaining).
     c.mesh.model = 1  # Devices the token table's vocabulary axis is split over.
+    # Logical axis name of every parameter/activation dimension -> mesh axis (None: replicated).
+    c.mesh.logical_axis_rules = (("batch", "data"), ("vocab", "model"), ("embed", None), ("position", None))
 
     c.report = ml_collections.ConfigDict()
     c.report.probe_tokens = (
@@ -111,3 +119,77 @@ def tiny_config() -> ml_collections.ConfigDict:
     c.report.pca_tokens = 100  # Fewer labels on the PCA map.
     c.report.projector_tokens = 1000  # Projector export of the 1,000 most frequent tokens.
     return c
+
+
+def gpt2_small_config() -> ml_collections.ConfigDict:
+    """GPT-2 small's embedding sizes (768 wide, 1024 context), for accelerators.
+
+    Example:
+      >>> c = gpt2_small_config()
+      >>> c.model.features, c.data.max_length, c.model.dtype
+      (768, 1024, 'bfloat16')
+    """
+    c = base_config()
+    c.data.max_length = 1024  # GPT-2's context length.
+    c.data.stride = 512  # Half-overlapping windows: twice the windows of a small corpus.
+    c.data.batch_size = 32  # 32,768 tokens per step.
+    c.model.features = 768  # GPT-2 small's width.
+    c.model.dtype = "bfloat16"  # bf16 compute on accelerators; params and Adam state stay float32.
+    c.optim.learning_rate = 3e-3  # Wider tables want a smaller step.
+    c.optim.warmup_steps = 100  # Longer warmup for the larger batch.
+    c.train.steps = 2000  # Total optimiser steps.
+    c.train.eval_every = 200  # Validation loss every 200 steps.
+    c.train.checkpoint_every = 500  # Checkpoints at 500, 1000, 1500, 2000.
+    return c
+
+
+#: Configs shipped inside the package, by the name ``--config NAME`` takes.
+CONFIGS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
+    "tiny": tiny_config,
+    "default": base_config,
+    "gpt2_small": gpt2_small_config,
+}
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Rejects settings that cannot run, naming the field path and the rule.
+
+    Raises:
+      ValueError: e.g. ``train.steps=0 is not allowed; it must be an integer >= 1.``
+
+    Example:
+      >>> c = tiny_config()
+      >>> c.train.steps = 0
+      >>> validate(c)
+      Traceback (most recent call last):
+      ...
+      ValueError: train.steps=0 is not allowed; it must be an integer >= 1.
+    """
+    t = config.train
+    for name in ("steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"):
+        value = t[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train.{name}={value!r} is not allowed; it must be an integer >= 1.")
+    for name in ("max_length", "stride", "batch_size"):
+        value = config.data[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"data.{name}={value!r} is not allowed; it must be an integer >= 1.")
+    if (
+        isinstance(config.data.num_workers, bool)
+        or not isinstance(config.data.num_workers, int)
+        or config.data.num_workers < 0
+    ):
+        raise ValueError(f"data.num_workers={config.data.num_workers!r} is not allowed; it must be an integer >= 0.")
+    for name in ("features", "vocab_multiple"):
+        value = config.model[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"model.{name}={value!r} is not allowed; it must be an integer >= 1.")
+    for name in ("dtype", "param_dtype"):
+        if config.model[name] not in _DTYPES:
+            allowed = ", ".join(repr(d) for d in _DTYPES)
+            raise ValueError(f"model.{name}={config.model[name]!r} is not allowed; use one of {allowed}.")
+    lr = config.optim.learning_rate
+    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"optim.learning_rate={lr} is not allowed; it must be a finite number > 0.")

@@ -22,7 +22,6 @@ import re
 import socket
 import sys
 import sysconfig
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import platformdirs
+
+from jaxembed.fileio import atomic_open
 
 __all__ = [
     "CORPORA",
@@ -203,15 +204,8 @@ def _read_text_file(path: Path, via: str = "") -> str:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     # Readers must never see a half-written cache file: write aside, then rename.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def _download(url: str, dest: Path, *, timeout: float) -> None:

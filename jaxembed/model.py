@@ -2,9 +2,10 @@
 
 ``EmbeddingLM`` embeds ids (token + learned position) and predicts the next
 token through the *tied* token table: ``logits = h @ E_tok.T``. There is no
-attention, so each position sees only its own token and position; that is
-enough for the token table to learn which tokens follow which, and for the
-positional table to learn position-dependent statistics.
+attention, so each position sees only its own token and position: the token
+table learns which tokens follow which, but the positional table can only
+learn one vector shared by every position (nothing position-specific reaches
+the loss without a layer that mixes positions).
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -22,6 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -110,3 +112,28 @@ def embedding_tables(params: Any, vocab_size: int | None = None) -> tuple[np.nda
         tables = multihost_utils.process_allgather(tables, tiled=True)
     token_VxD, position_LxD = (np.asarray(t, dtype=np.float32) for t in tables)
     return token_VxD[:vocab_size], position_LxD
+
+
+def make_model(model_config: ml_collections.ConfigDict, *, vocab_size: int, max_length: int) -> EmbeddingLM:
+    """The ``EmbeddingLM`` a config's ``model`` section describes (nanodo's ``model_factory``).
+
+    Args:
+      model_config: ``config.model`` (see ``jaxembed.config.base_config``).
+      vocab_size: rows of the token table before padding (the tokenizer's, or
+        ``K`` with ``model.active_vocab``).
+      max_length: the context length (``config.data.max_length``).
+
+    Example:
+      >>> from jaxembed.config import tiny_config
+      >>> make_model(tiny_config().model, vocab_size=50257, max_length=16).padded_vocab_size
+      50304
+    """
+    return EmbeddingLM(
+        vocab_size=vocab_size,
+        max_length=max_length,
+        features=model_config.features,
+        init_stddev=model_config.init_stddev,
+        dtype=jnp.dtype(model_config.dtype),
+        param_dtype=jnp.dtype(model_config.param_dtype),
+        vocab_multiple=model_config.vocab_multiple,
+    )

@@ -74,7 +74,7 @@ import numpy as np
 from IPython.display import Image, display
 from jax.experimental import checkify
 
-from jaxembed import corpus, data, model, modules, report, tokenizer, train
+from jaxembed import analysis, corpus, data, model, modules, report, tokenizer, train
 from jaxembed.config import base_config
 
 np.set_printoptions(precision=4, suppress=True)  # jax arrays print through NumPy
@@ -496,15 +496,15 @@ before_VxD, pos_before_LxD = model.embedding_tables(result.initial_params, vocab
 after_VxD, pos_after_LxD = model.embedding_tables(result.state.params, vocab_size=V)
 
 probe_words = [" Romeo", " thou", " love", " night"]
-probe_ids = report.resolve_tokens(gpt2_tokenizer, probe_words)  # raises unless each is one token
-counts_V = report.token_frequencies(result.splits.train_ids, V)
+probe_ids = analysis.resolve_tokens(gpt2_tokenizer, probe_words)  # raises unless each is one token
+counts_V = result.token_counts()
 candidate_ids = np.flatnonzero(counts_V >= 3)
 print(f"Probe ids: {dict(zip(probe_words, probe_ids))}; {len(candidate_ids):,} candidate tokens\n")
 
-neighbors_before = report.nearest_neighbors(before_VxD, probe_ids, k=5, candidate_ids=candidate_ids)
-neighbors_after = report.nearest_neighbors(after_VxD, probe_ids, k=5, candidate_ids=candidate_ids)
-print("Before training:\n" + report.format_neighbors(gpt2_tokenizer, probe_ids, neighbors_before))
-print("\nAfter training:\n" + report.format_neighbors(gpt2_tokenizer, probe_ids, neighbors_after))
+neighbors_before = analysis.nearest_neighbors(before_VxD, probe_ids, k=5, candidate_ids=candidate_ids)
+neighbors_after = analysis.nearest_neighbors(after_VxD, probe_ids, k=5, candidate_ids=candidate_ids)
+print("Before training:\n" + analysis.format_neighbors(gpt2_tokenizer, probe_ids, neighbors_before))
+print("\nAfter training:\n" + analysis.format_neighbors(gpt2_tokenizer, probe_ids, neighbors_after))
 
 # %%
 neighbors_png = report.plot_neighbors(gpt2_tokenizer, neighbors_before, neighbors_after, probe_ids, fig_dir / "neighbors.png")
@@ -543,7 +543,7 @@ print(f"Mean cosine of 2,000 random token pairs: before {mean_cosine(before_VxD)
 # most.
 
 # %%
-frequent_ids = report.most_frequent(counts_V, 100)
+frequent_ids = analysis.most_frequent(counts_V, 100)
 pca_png = report.plot_pca(gpt2_tokenizer, after_VxD, frequent_ids, fig_dir / "pca.png",
                           title="Token embeddings after training (PCA)")
 display(Image(filename=pca_png, width=600))
@@ -565,7 +565,7 @@ display(Image(filename=pca_png, width=600))
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(9, 4))
 for ax, pos_LxD, title in [(axes[0], pos_before_LxD, "before training"), (axes[1], pos_after_LxD, "after training")]:
-    image = ax.imshow(report.position_similarity(pos_LxD), cmap="RdBu_r", vmin=-1, vmax=1)
+    image = ax.imshow(analysis.position_similarity(pos_LxD), cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set(title=title, xlabel="position", ylabel="position")
 fig.suptitle("Cosine similarity between positional embeddings")
 fig.colorbar(image, ax=axes, label="cosine similarity")
@@ -583,7 +583,7 @@ plt.show()
 # %%
 prior_logits_V = after_VxD @ pos_after_LxD.mean(axis=0)
 top_ids = np.argsort(-prior_logits_V)[:10]
-print("Tokens the average position vector favours most:", ", ".join(report.token_label(gpt2_tokenizer, i) for i in top_ids))
+print("Tokens the average position vector favours most:", ", ".join(analysis.token_label(gpt2_tokenizer, i) for i in top_ids))
 seen = counts_V > 0
 correlation = np.corrcoef(prior_logits_V[seen], np.log(counts_V[seen]))[0, 1]
 print(f"Correlation of its scores with log token frequency (tokens in the play): {correlation:.2f}")

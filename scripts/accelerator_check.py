@@ -2,8 +2,8 @@
 
 Run once on a machine with a GPU or TPU (any number of local devices):
 
-  python scripts/accelerator_check.py                      # configs/default.py, 100 steps
-  python scripts/accelerator_check.py --config configs/gpt2_small.py --steps 50
+  python scripts/accelerator_check.py                      # the default config, 100 steps
+  python scripts/accelerator_check.py --config gpt2_small --steps 50
 
 It trains on the offline `python-docs` corpus, so it needs no network.
 """
@@ -21,7 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO / "configs" / "default.py"))
+    parser.add_argument("--config", default="default", help="a named config (tiny, default, gpt2_small) or a file")
     parser.add_argument("--steps", type=int, default=100)
     args, overrides = parser.parse_known_args()
 

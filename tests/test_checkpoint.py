@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
+import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +28,18 @@ def make_state(scale: float) -> dict:
         "step": jnp.asarray(int(scale * 10), jnp.int32),
         "key": jax.random.key_data(jax.random.key(int(scale * 10))),
     }
+
+
+def data_iterator(position: int = 0):
+    """A real Grain iterator over 0, 1, 2, ... that has handed out ``position`` elements."""
+    iterator = iter(grain.MapDataset.range(1000).shuffle(seed=3).to_iter_dataset())
+    for _ in range(position):
+        next(iterator)
+    return iterator
+
+
+def next_element_after(position: int) -> int:
+    return next(data_iterator(position))
 
 
 def abstract(state: dict):
@@ -62,7 +75,7 @@ def saved(tmp_path):
     ckpt = Checkpointer(directory, keep=5)
     states = {s: make_state(float(s)) for s in (1, 2, 3)}
     for s, state in states.items():
-        ckpt.save(s, state, data_state={"next_index": 10 * s, "epoch": 0})
+        ckpt.save(s, state, data_iterator(10 * s))
     ckpt.close()
     return directory, states
 
@@ -70,31 +83,34 @@ def saved(tmp_path):
 def test_round_trip_restores_state_and_data_state_bitwise(tmp_path):
     state = make_state(1.5)
     ckpt = Checkpointer(tmp_path / "c")
-    ckpt.save(7, state, data_state={"next_index": 42, "nested": {"a": [1, 2]}})
+    ckpt.save(7, state, data_iterator(42))
     ckpt.wait()
-    restored, data_state, step = ckpt.restore(abstract(state))
+    fresh = data_iterator()
+    restored, step = ckpt.restore(abstract(state), fresh)
     ckpt.close()
     assert step == 7
-    assert data_state == {"next_index": 42, "nested": {"a": [1, 2]}}
+    assert next(fresh) == next_element_after(42)
     assert_tree_equal(restored, state)
 
 
-def test_none_data_state_round_trips(tmp_path):
+def test_state_without_data_iterator_round_trips(tmp_path):
     ckpt = Checkpointer(tmp_path / "c")
-    ckpt.save(1, make_state(1.0), data_state=None)
+    ckpt.save(1, make_state(1.0))
     ckpt.wait()
-    _, data_state, _ = ckpt.restore(abstract(make_state(1.0)))
+    restored, step = ckpt.restore(abstract(make_state(1.0)))
     ckpt.close()
-    assert data_state is None
+    assert step == 1
+    assert_tree_equal(restored, make_state(1.0))
 
 
 def test_steps_lists_saves_oldest_first_and_survives_reopen(saved):
     directory, states = saved
     ckpt = Checkpointer(directory, keep=5)
     assert ckpt.steps() == [1, 2, 3]
-    restored, data_state, step = ckpt.restore(abstract(states[1]))
+    fresh = data_iterator()
+    restored, step = ckpt.restore(abstract(states[1]), fresh)
     ckpt.close()
-    assert step == 3 and data_state["next_index"] == 30
+    assert step == 3 and next(fresh) == next_element_after(30)
     assert_tree_equal(restored, states[3])
 
 
@@ -102,7 +118,7 @@ def test_keep_k_keeps_only_the_newest_k_step_dirs(tmp_path):
     directory = tmp_path / "c"
     ckpt = Checkpointer(directory, keep=2)
     for s in range(1, 6):
-        ckpt.save(s, make_state(float(s)), data_state={"next_index": s})
+        ckpt.save(s, make_state(float(s)), data_iterator(s))
     ckpt.close()
     reopened = Checkpointer(directory, keep=2)
     assert reopened.steps() == [4, 5]
@@ -117,19 +133,20 @@ def test_empty_directory_raises_checkpoint_error(tmp_path):
     ckpt.close()
 
 
-def test_corrupt_newest_step_falls_back_and_is_renamed_aside(saved, capsys):
+def test_corrupt_newest_step_falls_back_and_is_renamed_aside(saved, caplog):
     directory, states = saved
     corrupt(directory / "3")
     files_before = sorted(p.relative_to(directory / "3") for p in (directory / "3").rglob("*"))
 
     ckpt = Checkpointer(directory, keep=5)
-    restored, data_state, step = ckpt.restore(abstract(states[1]))
-    assert step == 2 and data_state["next_index"] == 20
+    fresh = data_iterator()
+    restored, step = ckpt.restore(abstract(states[1]), fresh)
+    assert step == 2 and next(fresh) == next_element_after(20)
     assert_tree_equal(restored, states[2])
     assert ckpt.steps() == [1, 2]
     ckpt.close()
 
-    assert "step 3" in capsys.readouterr().out
+    assert "step 3" in caplog.text
     names = step_dirs(directory)
     aside = [n for n in names if n.startswith("3.unreadable-")]
     assert names[:2] == ["1", "2"] and len(aside) == 1 and "3" not in names
@@ -142,9 +159,9 @@ def test_read_only_restore_falls_back_without_renaming(saved):
     corrupt(directory / "3")
     before = step_dirs(directory)
     ckpt = Checkpointer(directory, keep=5)
-    restored, data_state, step = ckpt.restore(abstract(states[1]), read_only=True)
+    restored, step = ckpt.restore(abstract(states[1]), read_only=True)
     ckpt.close()
-    assert step == 2 and data_state is None
+    assert step == 2
     assert_tree_equal(restored, states[2])
     assert step_dirs(directory) == before == ["1", "2", "3"]
 
@@ -179,11 +196,12 @@ def test_save_after_fallback_reuses_the_step_number(saved):
     directory, states = saved
     corrupt(directory / "3")
     ckpt = Checkpointer(directory, keep=5)
-    ckpt.restore(abstract(states[1]))
-    ckpt.save(3, states[3], data_state={"next_index": 33})
+    ckpt.restore(abstract(states[1]), data_iterator())
+    ckpt.save(3, states[3], data_iterator(33))
     ckpt.wait()
-    restored, data_state, step = ckpt.restore(abstract(states[1]))
+    fresh = data_iterator()
+    restored, step = ckpt.restore(abstract(states[1]), fresh)
     ckpt.close()
-    assert step == 3 and data_state == {"next_index": 33}
+    assert step == 3 and next(fresh) == next_element_after(33)
     assert_tree_equal(restored, states[3])
     assert sum(n.startswith("3.unreadable-") for n in step_dirs(directory)) == 1

@@ -23,7 +23,8 @@ import time
 import numpy as np
 import pytest
 
-from jaxembed import cli, report, train
+from jaxembed import analysis, cli, input_pipeline
+from jaxembed import run as run_lib
 from jaxembed.tokenizer import get_encoding
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -166,9 +167,11 @@ def test_train_writes_metrics_rows(finished):
     assert [r["step"] for r in rows] == list(range(0, STEPS + 1, 5))
     assert set(rows[0]) == {"step", "learning_rate", "val_loss"}
     for row in rows[1:]:
-        keys = {"step", "train_loss", "learning_rate", "tokens_per_sec"}
+        keys = {"step", "train_loss", "grad_norm", "learning_rate", "tokens_per_sec"}
         assert set(row) == keys | ({"val_loss"} if row["step"] % 10 == 0 else set())
         assert math.isfinite(row["train_loss"]) and row["tokens_per_sec"] > 0
+        # Mean gradient norm before clipping: finite and positive while the loss still falls.
+        assert math.isfinite(row["grad_norm"]) and row["grad_norm"] > 0
         # The rate the row's last step used (the schedule counts from 0).
         assert row["learning_rate"] == pytest.approx(reference_lr(row["step"] - 1), rel=1e-5)
     assert rows[0]["learning_rate"] == 0.0
@@ -189,7 +192,7 @@ def test_train_writes_report_plots_and_projector(finished):
         assert f"({name})" in text
     assert f"steps: {STEPS}" in text
 
-    run = train.load_run(workdir)
+    run = run_lib.load_run(workdir)
     embeddings = np.load(workdir / "projector" / "embeddings.npy")
     np.testing.assert_array_equal(embeddings, run.token_VxD)  # the trained table, not the initial one
     vectors = np.loadtxt(workdir / "projector" / "vectors.tsv", delimiter="\t", ndmin=2)
@@ -236,7 +239,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(finished, tex
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming from step {max(committed)}" in resumed.stdout
 
-    reference, killed = train.load_run(finished[0]), train.load_run(workdir)
+    reference, killed = run_lib.load_run(finished[0]), run_lib.load_run(workdir)
     assert reference.step == killed.step == STEPS
     np.testing.assert_array_equal(killed.token_VxD, reference.token_VxD)
     np.testing.assert_array_equal(killed.position_LxD, reference.position_LxD)
@@ -258,12 +261,12 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(finished_copy,
     )
 
     # load_run only reads: it falls back too, but renames nothing.
-    assert train.load_run(finished_copy).step == 30
+    assert run_lib.load_run(finished_copy).step == 30
     assert checkpoint_names(finished_copy) == ["30", "40"]
 
     code, out, err = main_in_process(train_args(finished_copy, text_path, "--config.train.steps=50"), capsys)
     assert code == 0, err
-    assert re.search(r"warning: checkpoint step 40 .* unreadable", out)
+    assert re.search(r"warning: checkpoint step 40 .* unreadable", err)
     assert "Traceback" not in err and "Event loop is closed" not in err
     assert "Resuming from step 30" in out
     names = checkpoint_names(finished_copy)
@@ -277,7 +280,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(finished_copy,
         == files
     )  # never deleted
     assert [n for n in names if n.isdigit()] == ["40", "50"]
-    assert train.load_run(finished_copy).step == 50
+    assert run_lib.load_run(finished_copy).step == 50
     assert [r["step"] for r in read_metrics(finished_copy)] == list(range(0, 51, 5))
 
 
@@ -362,7 +365,7 @@ def test_neighbors_prints_cosine_neighbours_from_the_latest_checkpoint(finished,
     assert code == 0, err
     assert out.startswith(f"Step {STEPS} of {workdir}:")
 
-    run = train.load_run(workdir)
+    run = run_lib.load_run(workdir)
     table = run.token_VxD.astype(np.float64)
     candidates = [i for i in np.argsort(-run.token_counts_V, kind="stable")[:5000] if run.token_counts_V[i] > 0]
     enc = get_encoding("gpt2")
@@ -374,8 +377,8 @@ def test_neighbors_prints_cosine_neighbours_from_the_latest_checkpoint(finished,
             if j != query
         }
         top = sorted(cosine, key=lambda j: (-cosine[j], j))[:3]
-        expected = f"{report.token_label(enc, query)} -> " + ", ".join(
-            f"{report.token_label(enc, j)} {cosine[j]:.2f}" for j in top
+        expected = f"{analysis.token_label(enc, query)} -> " + ", ".join(
+            f"{analysis.token_label(enc, j)} {cosine[j]:.2f}" for j in top
         )
         assert re.sub(r" +->", " ->", line) == expected
 
@@ -398,13 +401,13 @@ def test_export_writes_projector_files(finished, tmp_path, capsys):
     assert code == 0, err
     for name in ("embeddings.npy", "vectors.tsv", "metadata.tsv"):
         assert str(out_dir / name) in out
-    run = train.load_run(workdir)
+    run = run_lib.load_run(workdir)
     np.testing.assert_array_equal(np.load(out_dir / "embeddings.npy"), run.token_VxD)
     metadata = (out_dir / "metadata.tsv").read_text().splitlines()
     ids = [int(line.rsplit("\t", 1)[1]) for line in metadata[1:]]
     # The 50 most frequent training tokens, counted independently.
-    config = train.load_run(workdir).config
-    splits = train.split_corpus(pathlib.Path(config.data.text).read_text(encoding="utf-8"), config)
+    config = run_lib.load_run(workdir).config
+    splits = input_pipeline.split_corpus(pathlib.Path(config.data.text).read_text(encoding="utf-8"), config)
     counts = np.bincount(splits.train_ids, minlength=50257)
     assert ids == sorted(range(50257), key=lambda i: (-counts[i], i))[:50]
     np.testing.assert_allclose(np.loadtxt(out_dir / "vectors.tsv", delimiter="\t"), run.token_VxD[ids], rtol=1e-6)

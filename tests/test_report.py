@@ -10,7 +10,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from jaxembed import report
+from jaxembed import analysis, report
 from jaxembed.tokenizer import get_encoding
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -42,33 +42,30 @@ def assert_no_temp_files(directory):
 # Frequencies.
 
 
-def test_token_frequencies_match_counter():
-    ids = np.random.default_rng(0).integers(0, 30, size=500)
-    counts = report.token_frequencies(ids, vocab_size=40)
+def test_train_counts_match_counter():
+    from jaxembed.input_pipeline import Splits
+
+    ids = np.random.default_rng(0).integers(0, 30, size=500).astype(np.int32)
+    counts = Splits(ids, ids[:1], vocab_size=40).train_counts()
     counter = collections.Counter(ids.tolist())
     assert counts.shape == (40,)
     assert counts.tolist() == [counter[i] for i in range(40)]
 
 
-def test_token_frequencies_rejects_out_of_range_ids():
-    with pytest.raises(ValueError, match=r"\[0, 5\)"):
-        report.token_frequencies(np.array([1, 5]), vocab_size=5)
-
-
 @pytest.mark.parametrize("n", [1, 5, 12, 100])
-def test_frequent_token_ids_match_counter_with_tie_break(n):
+def test_most_frequent_matches_counter_with_tie_break(n):
     # Few distinct values over many draws: lots of equal counts.
     ids = np.random.default_rng(1).integers(0, 20, size=60)
     counter = collections.Counter(ids.tolist())
     assert len(counter.most_common()) == len(counter)
     expected = [i for i, _ in sorted(counter.most_common(), key=lambda kv: (-kv[1], kv[0]))][:n]
-    assert report.frequent_token_ids(ids, n).tolist() == expected
-    assert report.frequent_token_ids(ids, n, vocab_size=50257).tolist() == expected
+    assert analysis.most_frequent(np.bincount(ids), n).tolist() == expected
+    assert analysis.most_frequent(np.bincount(ids, minlength=50257), n).tolist() == expected
 
 
-def test_frequent_token_ids_on_corpus(enc, corpus_path):
+def test_most_frequent_on_corpus(enc, corpus_path):
     ids = np.array(enc.encode(corpus_path.read_text(encoding="utf-8")[:20_000]))
-    top = report.frequent_token_ids(ids, 10, vocab_size=enc.n_vocab)
+    top = analysis.most_frequent(np.bincount(ids, minlength=enc.n_vocab), 10)
     counts = collections.Counter(ids.tolist())
     assert [counts[i] for i in top.tolist()] == sorted((c for c in counts.values()), reverse=True)[:10]
 
@@ -86,25 +83,25 @@ def table_VxD():
 
 def test_cosine_similarity_matches_python_reference(table_VxD):
     queries = [0, 3, 5, 19]
-    sims = report.cosine_similarity(table_VxD, queries)
+    sims = analysis.cosine_similarity(table_VxD, queries)
     expected = [[reference_cosine(table_VxD.tolist(), q, j) for j in range(20)] for q in queries]
     assert sims.shape == (4, 20)
     np.testing.assert_allclose(sims, expected, atol=1e-12)
 
 
 def test_cosine_similarity_zero_row_gives_zero_not_nan(table_VxD):
-    sims = report.cosine_similarity(table_VxD, [5, 0])
+    sims = analysis.cosine_similarity(table_VxD, [5, 0])
     assert not np.isnan(sims).any()
     assert (sims[0] == 0).all() and sims[1, 5] == 0
 
 
 def test_cosine_similarity_keeps_float32(table_VxD):
-    assert report.cosine_similarity(table_VxD.astype(np.float32), [0]).dtype == np.float32
+    assert analysis.cosine_similarity(table_VxD.astype(np.float32), [0]).dtype == np.float32
 
 
 def test_nearest_neighbors_match_reference(table_VxD):
     rows = table_VxD.tolist()
-    got = report.nearest_neighbors(table_VxD, [0, 3, 11], k=4)
+    got = analysis.nearest_neighbors(table_VxD, [0, 3, 11], k=4)
     for query, neighbors in zip([0, 3, 11], got):
         expected = reference_neighbors(rows, query, 4, range(20))
         assert [i for i, _ in neighbors] == [i for i, _ in expected]
@@ -112,7 +109,7 @@ def test_nearest_neighbors_match_reference(table_VxD):
 
 
 def test_nearest_neighbor_known_by_design_and_query_excluded(table_VxD):
-    (neighbors,) = report.nearest_neighbors(table_VxD, [3], k=19)
+    (neighbors,) = analysis.nearest_neighbors(table_VxD, [3], k=19)
     assert neighbors[0][0] == 7 and neighbors[0][1] == pytest.approx(1.0, abs=1e-6)
     assert 3 not in [i for i, _ in neighbors]
     assert len(neighbors) == 19
@@ -120,7 +117,7 @@ def test_nearest_neighbor_known_by_design_and_query_excluded(table_VxD):
 
 def test_nearest_neighbors_respect_candidates(table_VxD):
     candidates = np.array([1, 2, 3, 5, 9, 12])  # 7, the true neighbour of 3, is not eligible.
-    (neighbors,) = report.nearest_neighbors(table_VxD, [3], k=10, candidate_ids=candidates)
+    (neighbors,) = analysis.nearest_neighbors(table_VxD, [3], k=10, candidate_ids=candidates)
     ids = [i for i, _ in neighbors]
     assert set(ids) == {1, 2, 5, 9, 12}  # All candidates but the query; k > pool is fine.
     assert ids == [i for i, _ in reference_neighbors(table_VxD.tolist(), 3, 10, candidates.tolist())]
@@ -131,13 +128,13 @@ def test_nearest_neighbors_respect_candidates(table_VxD):
 
 
 def test_resolve_tokens_single_tokens(enc):
-    assert report.resolve_tokens(enc, [" Romeo", " thou"]) == [enc.encode(" Romeo")[0], enc.encode(" thou")[0]]
+    assert analysis.resolve_tokens(enc, [" Romeo", " thou"]) == [enc.encode(" Romeo")[0], enc.encode(" thou")[0]]
     assert len(enc.encode(" Romeo")) == 1
 
 
 def test_resolve_tokens_names_ids_of_multi_token_word(enc):
     with pytest.raises(ValueError) as info:
-        report.resolve_tokens(enc, [" Romeo", "Romeo and"])
+        analysis.resolve_tokens(enc, [" Romeo", "Romeo and"])
     message = str(info.value)
     assert "'Romeo and'" in message and str(enc.encode("Romeo and")) in message
 
@@ -146,28 +143,28 @@ def test_resolve_tokens_hints_leading_space(enc):
     words = ["thou", "Romeo", "Juliet", "wherefore", "love"]
     word = next(w for w in words if len(enc.encode(w)) > 1 and len(enc.encode(" " + w)) == 1)
     with pytest.raises(ValueError, match="leading space") as info:
-        report.resolve_tokens(enc, [word])
+        analysis.resolve_tokens(enc, [word])
     assert repr(" " + word) in str(info.value)
 
 
 def test_resolve_tokens_hints_removing_space(enc):
     assert len(enc.encode("  the")) > 1 and len(enc.encode("the")) == 1
     with pytest.raises(ValueError, match="without the leading space") as info:
-        report.resolve_tokens(enc, ["  the"])
+        analysis.resolve_tokens(enc, ["  the"])
     assert "'the'" in str(info.value)
 
 
 def test_resolve_tokens_rejects_empty_word(enc):
     with pytest.raises(ValueError, match="0 GPT-2 tokens"):
-        report.resolve_tokens(enc, [""])
+        analysis.resolve_tokens(enc, [""])
 
 
 def test_format_neighbors_escapes_tokens(enc):
     newline, thou = 198, enc.encode(" thou")[0]
-    text = report.format_neighbors(enc, [thou, newline], [[(newline, 0.5)], [(thou, -0.25)]])
+    text = analysis.format_neighbors(enc, [thou, newline], [[(newline, 0.5)], [(thou, -0.25)]])
     assert text.splitlines() == ["' thou' -> '\\n' 0.50", "'\\n'    -> ' thou' -0.25"]
     with pytest.raises(ValueError):  # One neighbour list per probe, or it is a caller bug.
-        report.format_neighbors(enc, [thou, newline], [[(newline, 0.5)]])
+        analysis.format_neighbors(enc, [thou, newline], [[(newline, 0.5)]])
 
 
 # PCA and positions.
@@ -181,7 +178,7 @@ def test_pca_2d_preserves_distances_of_planar_data():
     rng = np.random.default_rng(4)
     basis_2x10 = np.linalg.qr(rng.normal(size=(10, 2)))[0].T
     data = rng.normal(size=(30, 2)) * [3.0, 1.0] @ basis_2x10 + rng.normal(size=10)
-    points = report.pca_2d(data)
+    points = analysis.pca_2d(data)
     assert points.shape == (30, 2)
     np.testing.assert_allclose(pairwise_distances(points), pairwise_distances(data), atol=1e-9)
 
@@ -189,8 +186,8 @@ def test_pca_2d_preserves_distances_of_planar_data():
 def test_pca_2d_deterministic_and_row_order_independent():
     data = np.random.default_rng(5).normal(size=(25, 8))
     perm = np.random.default_rng(6).permutation(25)
-    np.testing.assert_array_equal(report.pca_2d(data), report.pca_2d(data))
-    np.testing.assert_allclose(report.pca_2d(data[perm]), report.pca_2d(data)[perm], atol=1e-10)
+    np.testing.assert_array_equal(analysis.pca_2d(data), analysis.pca_2d(data))
+    np.testing.assert_allclose(analysis.pca_2d(data[perm]), analysis.pca_2d(data)[perm], atol=1e-10)
 
 
 def test_pca_2d_sign_rule():
@@ -198,22 +195,22 @@ def test_pca_2d_sign_rule():
     centred = data - data.mean(axis=0)
     # Recover the two axes the points were projected on; each must have its
     # largest-magnitude loading positive.
-    axes_Dx2 = np.linalg.lstsq(centred, report.pca_2d(data), rcond=None)[0]
+    axes_Dx2 = np.linalg.lstsq(centred, analysis.pca_2d(data), rcond=None)[0]
     np.testing.assert_allclose(np.linalg.norm(axes_Dx2, axis=0), 1.0, atol=1e-9)
     assert (axes_Dx2[np.abs(axes_Dx2).argmax(axis=0), [0, 1]] > 0).all()
-    np.testing.assert_allclose(report.pca_2d(-data), -report.pca_2d(data), atol=1e-10)
+    np.testing.assert_allclose(analysis.pca_2d(-data), -analysis.pca_2d(data), atol=1e-10)
 
 
 @pytest.mark.parametrize("shape", [(1, 4), (3, 1), (5, 3)])
 def test_pca_2d_degenerate_inputs_are_finite(shape):
     data = np.ones(shape) if shape[0] == 1 else np.arange(np.prod(shape), dtype=float).reshape(shape)
-    points = report.pca_2d(data)
+    points = analysis.pca_2d(data)
     assert points.shape == (shape[0], 2) and np.isfinite(points).all()
 
 
 def test_position_similarity_matches_numpy_reference():
     pos_LxD = np.random.default_rng(7).normal(size=(16, 8))
-    sims = report.position_similarity(pos_LxD)
+    sims = analysis.position_similarity(pos_LxD)
     unit = pos_LxD / np.linalg.norm(pos_LxD, axis=1, keepdims=True)
     np.testing.assert_allclose(sims, unit @ unit.T, atol=1e-12)
     np.testing.assert_allclose(np.diag(sims), 1.0, atol=1e-12)
@@ -233,7 +230,7 @@ def plots(enc, tmp_path_factory):
     rng = np.random.default_rng(8)
     table_VxD = rng.normal(size=(enc.n_vocab, 16)).astype(np.float32)
     probes = [enc.encode(" thou")[0], 198, DOLLARS]
-    before = report.nearest_neighbors(table_VxD, probes, k=3, candidate_ids=np.arange(300))
+    before = analysis.nearest_neighbors(table_VxD, probes, k=3, candidate_ids=np.arange(300))
     after = [[(DOLLARS, 0.9), (197, 0.5), (447, -0.1)]] * 3  # '$$', '\t' and a partial UTF-8 token.
     metrics = [
         {

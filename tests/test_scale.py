@@ -19,7 +19,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxembed import train
+from jaxembed import run as run_lib
+from jaxembed import train, trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Small and fast: 16-wide tables, context 8, 8 steps. Adam divides by sqrt(v), so near-zero
@@ -167,7 +168,7 @@ def test_two_processes_match_one_process_with_four_devices(small_text, tmp_path)
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]
     assert_same_losses(losses(tmp_path / "multi"), losses(tmp_path / "single"))
-    multi_run, single_run = train.load_run(tmp_path / "multi"), train.load_run(tmp_path / "single")
+    multi_run, single_run = run_lib.load_run(tmp_path / "multi"), run_lib.load_run(tmp_path / "single")
     assert multi_run.step == single_run.step == 8
     np.testing.assert_allclose(multi_run.token_VxD, single_run.token_VxD, rtol=1e-5, atol=1e-5)
     # Each process wrote its own Grain iterator state into the checkpoint.
@@ -214,17 +215,17 @@ def test_bfloat16_compute_learns_with_float32_params(small_text, tmp_path):
 
 def test_make_mesh_sizes_and_errors():
     devices = jax.devices() * 4  # mesh arithmetic only; never placed on
-    assert train.make_mesh(-1, 2, devices).shape == {"data": 2, "model": 2}
-    assert train.make_mesh(2, -1, devices).shape == {"data": 2, "model": 2}
-    assert train.make_mesh(1, 1, devices).shape == {"data": 1, "model": 1}
+    assert trainer.make_mesh(-1, 2, devices).shape == {"data": 2, "model": 2}
+    assert trainer.make_mesh(2, -1, devices).shape == {"data": 2, "model": 2}
+    assert trainer.make_mesh(1, 1, devices).shape == {"data": 1, "model": 1}
     with pytest.raises(ValueError, match="mesh.model=0"):
-        train.make_mesh(1, 0, devices)
+        trainer.make_mesh(1, 0, devices)
     with pytest.raises(ValueError, match="needs 8 devices, but 4"):
-        train.make_mesh(4, 2, devices)
+        trainer.make_mesh(4, 2, devices)
     with pytest.raises(ValueError, match="only one"):
-        train.make_mesh(-1, -1, devices)
+        trainer.make_mesh(-1, -1, devices)
     with pytest.raises(ValueError, match="3 does not divide"):
-        train.make_mesh(-1, 3, devices)
+        trainer.make_mesh(-1, 3, devices)
 
 
 def test_batch_must_split_over_the_data_axis(small_text, tmp_path):

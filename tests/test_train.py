@@ -17,12 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxembed import corpus, train
+from jaxembed import corpus, input_pipeline, train, trainer
+from jaxembed import run as run_lib
 from jaxembed.checkpoint import CheckpointError
 from jaxembed.cli import CONFIG_DIR
 from jaxembed.config import base_config
 from jaxembed.model import EmbeddingLM, cross_entropy
 from jaxembed.tokenizer import get_encoding
+from jaxembed.workdir import WorkdirError
 
 LN_VOCAB = math.log(50257)
 
@@ -61,7 +63,7 @@ def reference_lr(step: int, *, peak: float, warmup: int, total: int, final_fract
 def test_learning_rate_schedule_is_linear_warmup_then_cosine(peak, warmup, total, final):
     optim = base_config().optim
     optim.learning_rate, optim.warmup_steps, optim.final_lr_fraction = peak, warmup, final
-    schedule = train.learning_rate_schedule(optim, total)
+    schedule = trainer.learning_rate_schedule(optim, total)
     got = [float(schedule(s)) for s in range(total + 1)]
     want = [reference_lr(s, peak=peak, warmup=warmup, total=total, final_fraction=final) for s in range(total + 1)]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=peak * 1e-6)
@@ -79,11 +81,11 @@ def small_setup(**optim_overrides):
     optim = base_config().optim
     optim.update(optim_overrides)
     lm = EmbeddingLM(vocab_size=V, max_length=L, features=D, init_stddev=0.5)
-    tx = train.make_optimizer(optim, total_steps=10)
-    state = train.create_train_state(lm, tx, train.make_mesh(), jax.random.key(0))
+    tx = trainer.make_optimizer(optim, total_steps=10)
+    state = trainer.create_train_state(lm, tx, trainer.make_mesh(), jax.random.key(0))
     rng = np.random.default_rng(0)
     batches = [tuple(jnp.asarray(rng.integers(0, V, size=(B, L)), jnp.int32) for _ in range(2)) for _ in range(3)]
-    step = jax.jit(functools.partial(train.train_step, model=lm, tx=tx))
+    step = jax.jit(functools.partial(trainer.train_step, model=lm, tx=tx))
     return lm, optim, state, batches, step
 
 
@@ -193,7 +195,7 @@ def test_split_holds_out_the_end_of_the_gutenberg_body(corpus_path):
     raw = corpus_path.read_text(encoding="utf-8")
     enc = get_encoding("gpt2")
     config = tiny_config()
-    splits = train.split_corpus(raw, config)
+    splits = input_pipeline.split_corpus(raw, config)
     body = corpus.strip_gutenberg(raw)
     assert len(body) < len(raw) - 10_000  # the markers were found: a licence was cut
 
@@ -213,7 +215,7 @@ def test_split_holds_out_the_end_of_the_gutenberg_body(corpus_path):
 
 def test_split_of_text_without_markers_keeps_everything():
     text = "alpha beta gamma. " * 200
-    splits = train.split_corpus(text, base_config())
+    splits = input_pipeline.split_corpus(text, base_config())
     enc = get_encoding("gpt2")
     assert enc.decode(np.concatenate([splits.train_ids, splits.val_ids]).tolist()) == text
 
@@ -223,7 +225,7 @@ def test_split_rejects_bad_val_fraction(fraction):
     config = base_config()
     config.data.val_fraction = fraction
     with pytest.raises(ValueError, match="val_fraction"):
-        train.split_corpus("to be or not to be " * 50, config)
+        input_pipeline.split_corpus("to be or not to be " * 50, config)
 
 
 # --- Errors before any compute ---------------------------------------------
@@ -253,7 +255,7 @@ def test_unwritable_workdir_fails_before_reading_the_corpus(tmp_path, under_file
     config = tiny_config()
     # A corpus that does not exist: reaching it would raise a different error.
     config.data.text = str(tmp_path / "missing.txt")
-    with pytest.raises(train.TrainingError, match="cannot be written") as info:
+    with pytest.raises(WorkdirError, match="cannot be written") as info:
         train.train_and_evaluate(config, workdir, progress=False)
     assert str(workdir) in str(info.value)
     assert blocker.read_text() == "not a directory"
@@ -279,7 +281,7 @@ def test_nan_loss_stops_training_and_saves_no_checkpoint(tmp_path, corpus_path):
     assert not checkpoints.exists() or not any(p.name[0].isdigit() for p in checkpoints.iterdir())
     # The run left a config but no checkpoint: load_run says so.
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        train.load_run(tmp_path / "run")
+        run_lib.load_run(tmp_path / "run")
 
 
 def test_diverged_params_are_never_checkpointed(tmp_path, corpus_path):
@@ -313,7 +315,7 @@ def test_rerun_of_a_run_killed_before_its_first_checkpoint_logs_step_0_once(tmp_
 
 def test_load_run_of_a_non_run_directory_is_a_checkpoint_error(tmp_path):
     with pytest.raises(CheckpointError, match="not a jaxembed run") as info:
-        train.load_run(tmp_path)
+        run_lib.load_run(tmp_path)
     assert str(tmp_path) in str(info.value)
     assert list(tmp_path.iterdir()) == []  # read-only: nothing created
 
@@ -337,5 +339,5 @@ def test_active_vocabulary_trains_only_the_corpus_rows(tmp_path, corpus_path):
     inactive = np.setdiff1d(np.arange(50257), active)
     assert not token_VxD[inactive].any()
     assert np.all(np.abs(token_VxD[active] - before_VxD[active]).sum(axis=1) > 0)  # every corpus row moved
-    run = train.load_run(tmp_path / "run")  # the workdir remembers the mapping
+    run = run_lib.load_run(tmp_path / "run")  # the workdir remembers the mapping
     np.testing.assert_array_equal(run.token_VxD, token_VxD)

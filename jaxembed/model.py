@@ -7,10 +7,12 @@ next token through the *tied* token table: ``logits = h @ E_tok.T``.
 With ``num_layers=0`` (the default) there is no attention: each position sees
 only its own token and position, so the token table learns which tokens follow
 which but the positional table does not learn anything visible (every position
-drifts to one shared vector, off-diagonal cosine ~0.99). One causal attention
-layer lets a position read the tokens before it; only then does *where* a
-token sits matter, and the positional table becomes banded (neighbouring
-positions similar, distant ones not).
+drifts to one shared vector: on the tiny Romeo and Juliet run, cosine 0.99
+between any two positions). One causal attention layer lets a position read
+the tokens before it; only then does *where* a token sits matter, and the
+positional table becomes banded (same run with ``num_layers=1, num_heads=4``:
+cosine 0.81 between adjacent positions, 0.23 between positions >= L/2 apart;
+validation loss 6.81 -> 5.43).
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -25,7 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import flax.linen as nn
@@ -75,21 +76,19 @@ class CausalSelfAttentionBlock(nn.Module):
     """One pre-LayerNorm causal self-attention block: ``h + Attn(LN(h))``.
 
     GPT-2's block without the MLP: position ``t`` attends to ``0 .. t`` only.
-    Kernels start as N(0, init_stddev^2) (GPT-2), the output projection as
-    N(0, out_stddev^2); biases start at zero, the LayerNorm scale at one.
+    Flax's default initialisation: LeCun-normal kernels (variance 1/fan_in),
+    zero biases, LayerNorm scale one. (GPT-2's N(0, 0.02^2) kernels learned
+    slower on the tiny run: validation loss 6.07 against 5.93.)
 
     Attributes:
       features: width D of the residual stream.
       num_heads: attention heads H; must divide D (head width K = D // H).
-      init_stddev: stddev of the query/key/value kernels.
-      out_stddev: stddev of the output-projection kernel (GPT-2 scales it by
-        ``1/sqrt(number of residual blocks)``); ``None``: ``init_stddev``.
       dtype: computation dtype; softmax always runs in float32.
       param_dtype: storage dtype of the parameters.
 
     Raises:
-      ValueError: ``features`` < 1, ``num_heads`` < 1 or not dividing
-        ``features``, or a stddev that is negative or not finite.
+      ValueError: ``features`` < 1, or ``num_heads`` < 1 or not dividing
+        ``features`` (``TypeError`` if not an integer).
 
     Example:
       >>> block = CausalSelfAttentionBlock(features=8, num_heads=2)
@@ -100,8 +99,6 @@ class CausalSelfAttentionBlock(nn.Module):
 
     features: int
     num_heads: int = 1
-    init_stddev: float = 0.02
-    out_stddev: float | None = None
     dtype: Any = None
     param_dtype: Any = jnp.float32
 
@@ -109,9 +106,6 @@ class CausalSelfAttentionBlock(nn.Module):
         owner = type(self).__name__
         require_size(owner, "features", self.features)
         _check_heads(owner, self.features, self.num_heads)
-        require_stddev(owner, "init_stddev", self.init_stddev)
-        if self.out_stddev is not None:
-            require_stddev(owner, "out_stddev", self.out_stddev)
         super().__post_init__()
 
     @nn.compact
@@ -130,15 +124,15 @@ class CausalSelfAttentionBlock(nn.Module):
         """
         if h_xLxD.ndim < 2 or h_xLxD.shape[-1] != self.features:
             raise ValueError(f"h must have shape [..., L, {self.features}], got shape {h_xLxD.shape}.")
-        out_stddev = self.init_stddev if self.out_stddev is None else self.out_stddev
         axes = LOGICAL_AXES
+        kernel_init = nn.initializers.lecun_normal()
         attention = nn.MultiHeadDotProductAttention(
             num_heads=self.num_heads,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(self.init_stddev), axes["qkv_kernel"]),
+            kernel_init=nn.with_logical_partitioning(kernel_init, axes["qkv_kernel"]),
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes["qkv_bias"]),
-            out_kernel_init=nn.with_logical_partitioning(nn.initializers.normal(out_stddev), axes["out_kernel"]),
+            out_kernel_init=nn.with_logical_partitioning(kernel_init, axes["out_kernel"]),
             out_bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes["out_bias"]),
             force_fp32_for_softmax=True,  # bf16 softmax over long rows loses the small weights
             deterministic=True,
@@ -155,16 +149,16 @@ class EmbeddingLM(nn.Module):
 
     ``num_layers=0``: ``logits = (E_tok[ids] + E_pos[:L]) @ E_tok.T``.
     ``num_layers=N``: ``h = E_tok[ids] + E_pos[:L]``, then ``N`` times
-    ``h = h + Attn(LN(h))``, then ``logits = LN_f(h) @ E_tok.T``.
+    ``h = h + Attn(LN(h))`` (``CausalSelfAttentionBlock``), then ``logits =
+    h @ E_tok.T`` (or ``LN_f(h) @ E_tok.T`` with ``final_norm``).
 
     Attributes:
       vocab_size: token ids ``0 .. vocab_size - 1``; columns of the logits.
       max_length: rows of the positional table (the context length).
       features: embedding width D.
-      init_stddev: both tables and the attention kernels start as
-        N(0, init_stddev^2) (GPT-2); the attention output projections use
-        ``init_stddev / sqrt(num_layers)``. Small values give near-uniform
-        first predictions (loss about ln(vocab_size)).
+      init_stddev: both tables start as N(0, init_stddev^2); small values
+        give near-uniform first predictions (loss about ln(vocab_size)).
+        Attention blocks use Flax's default initialisation.
       dtype: computation dtype (e.g. ``jnp.bfloat16``); parameters stay in
         ``param_dtype``.
       param_dtype: storage dtype of the parameters.
@@ -176,6 +170,11 @@ class EmbeddingLM(nn.Module):
       num_layers: causal self-attention blocks (0: none, the embeddings-only
         model with exactly its old parameters and numbers).
       num_heads: attention heads per block; must divide ``features``.
+      final_norm: with ``num_layers > 0``, a final LayerNorm before the tied
+        head (GPT-2's ln_f). Off by default: on the tiny run it cost
+        validation loss (5.93 against 5.43 without) and blurred the
+        positional table; consider it for deep stacks, where the pre-LN
+        residual stream grows with depth.
 
     Raises:
       ValueError: a size attribute is out of range (sizes >= 1,
@@ -192,6 +191,7 @@ class EmbeddingLM(nn.Module):
     vocab_multiple: int = 1
     num_layers: int = 0
     num_heads: int = 1
+    final_norm: bool = False
 
     def __post_init__(self):
         owner = type(self).__name__
@@ -226,17 +226,14 @@ class EmbeddingLM(nn.Module):
                 CausalSelfAttentionBlock(
                     features=self.features,
                     num_heads=self.num_heads,
-                    init_stddev=self.init_stddev,
-                    out_stddev=self.init_stddev / math.sqrt(self.num_layers),
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
                     name=f"block_{i}",
                 )
                 for i in range(self.num_layers)
             ]
-            # GPT-2's ln_f: pre-LN blocks leave the residual stream unnormalised,
-            # and through the tied head its scale would set the logits' scale.
-            self.final_norm = _layer_norm(self.dtype, self.param_dtype, "final_norm")
+            if self.final_norm:
+                self.norm_f = _layer_norm(self.dtype, self.param_dtype, "final_norm")
 
     def hidden(self, ids_BxL: jax.Array) -> jax.Array:
         """Final hidden states ``h_BxLxD``: what the tied head multiplies by ``E_tok.T``.
@@ -262,7 +259,8 @@ class EmbeddingLM(nn.Module):
         if self.num_layers:
             for block in self.blocks:
                 h_BxLxD = block(h_BxLxD)
-            h_BxLxD = self.final_norm(h_BxLxD)
+            if self.final_norm:
+                h_BxLxD = self.norm_f(h_BxLxD)
         return h_BxLxD
 
     def output_table(self) -> jax.Array:

@@ -211,3 +211,9 @@ def test_out_of_range_id_poisons_only_its_own_sequence():
     logits = np.asarray(jax.jit(lm.apply)(params, ids))
     assert np.isnan(logits[1]).all()
     assert np.isfinite(logits[[0, 2]]).all()
+
+
+def test_block_rejects_input_of_the_wrong_width():
+    block = CausalSelfAttentionBlock(features=D, num_heads=H)
+    with pytest.raises(ValueError, match=r"\[\.\.\., L, 8\].*\(2, 3, 5\)"):
+        block.init(jax.random.key(0), jnp.zeros((2, 3, 5)))

@@ -52,6 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
     # softmax over those K ids (a different model: its loss starts at ln K, not ln 50257).
     # Table, softmax and AdamW shrink from 50,257 to K rows (5,196 for Romeo and Juliet).
     c.model.active_vocab = False
+    # Causal self-attention blocks after the input embeddings (0: embeddings only, today's
+    # smallest model; then the positional table cannot learn anything position-specific).
+    c.model.num_layers = 1
+    c.model.num_heads = 4  # Attention heads per block; must divide model.features.
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-2  # Peak learning rate after warmup.
@@ -74,7 +78,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # Devices on the data-parallel axis (-1: all remaining).
     c.mesh.model = 1  # Devices the token table's vocabulary axis is split over.
     # Logical axis name of every parameter/activation dimension -> mesh axis (None: replicated).
-    c.mesh.logical_axis_rules = (("batch", "data"), ("vocab", "model"), ("embed", None), ("position", None))
+    # vocab: token-table rows; heads: attention heads (num_heads must divide by mesh.model).
+    c.mesh.logical_axis_rules = (
+        ("batch", "data"),
+        ("vocab", "model"),
+        ("heads", "model"),
+        ("embed", None),
+        ("kv", None),
+        ("position", None),
+    )
 
     c.report = ml_collections.ConfigDict()
     c.report.probe_tokens = (
@@ -135,6 +147,7 @@ def gpt2_small_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 32  # 32,768 tokens per step.
     c.model.features = 768  # GPT-2 small's width.
     c.model.dtype = "bfloat16"  # bf16 compute on accelerators; params and Adam state stay float32.
+    c.model.num_heads = 12  # GPT-2 small's heads (64 features each).
     c.optim.learning_rate = 3e-3  # Wider tables want a smaller step.
     c.optim.warmup_steps = 100  # Longer warmup for the larger batch.
     c.train.steps = 2000  # Total optimiser steps.

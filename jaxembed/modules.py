@@ -10,8 +10,13 @@ notebook's numbers have the same scale; GPT-2 used ``normal(0.02)``::
   TokenEmbedding(50257, 768, embedding_init=jax.nn.initializers.normal(0.02))
 
 Out-of-range ids cannot raise inside ``jit``; like ``flax.linen.Embed`` the
-unchecked lookup returns NaN rows for them. Use ``check_ids`` eagerly or under
+unchecked lookup returns NaN rows for them (ids ``< 0`` or ``>= vocab_size``,
+padding rows included). Use ``check_ids`` eagerly or under
 ``jax.experimental.checkify`` for a checked path.
+
+Size attributes are validated when a module is constructed: a bad one raises
+``ValueError`` (or ``TypeError`` for a non-integer) naming it, instead of an
+XLA error deep inside ``init``.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -38,6 +43,49 @@ Axes = tuple[str | None, ...] | None
 
 #: ``torch.nn.Embedding``'s initialisation: N(0, 1).
 torch_embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+
+def require_size(owner: str, name: str, value: Any, minimum: int = 1) -> None:
+    """Raises unless ``value`` is a Python/numpy integer ``>= minimum`` (bools are not sizes).
+
+    Example:
+      >>> require_size("TokenEmbedding", "features", 4)
+      >>> require_size("TokenEmbedding", "features", 0)
+      Traceback (most recent call last):
+      ...
+      ValueError: TokenEmbedding.features=0 is not allowed: it must be an integer >= 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"{owner}.{name}={value!r} is not allowed: it must be an integer >= {minimum}, got {type(value).__name__}."
+        )
+    if value < minimum:
+        raise ValueError(f"{owner}.{name}={value!r} is not allowed: it must be an integer >= {minimum}.")
+
+
+def require_stddev(owner: str, name: str, value: Any) -> None:
+    """Raises unless ``value`` is a finite real number ``>= 0``.
+
+    Example:
+      >>> require_stddev("EmbeddingLM", "init_stddev", float("nan"))
+      Traceback (most recent call last):
+      ...
+      ValueError: EmbeddingLM.init_stddev=nan is not allowed: it must be a finite number >= 0.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{owner}.{name}={value!r} is not allowed: it must be a finite number >= 0.")
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"{owner}.{name}={value!r} is not allowed: it must be a finite number >= 0.")
+
+
+def padded_size(size: int, multiple: int) -> int:
+    """``size`` rounded up to a multiple of ``multiple``.
+
+    Example:
+      >>> padded_size(50257, 128)
+      50304
+    """
+    return -(-size // multiple) * multiple
 
 
 def _require_integer(name: str, x: Any) -> jax.Array:
@@ -105,6 +153,14 @@ class TokenEmbedding(nn.Module):
       embedding_init: table initialiser (default N(0, 1), as torch).
       embedding_axes: logical axis names for sharding, e.g.
         ``("vocab", "embed")``; ``None`` keeps plain arrays.
+      vocab_multiple: the table gets ``vocab_size`` rounded up to this multiple
+        of rows (``padded_vocab_size``), so it splits evenly over a mesh axis.
+        Padding rows behave as out of range: looking them up gives NaN rows,
+        and ``attend`` cuts their logits.
+
+    Raises:
+      ValueError: ``vocab_size``, ``features`` or ``vocab_multiple`` is < 1
+        (``TypeError`` if not an integer).
 
     Example:
       >>> tok = TokenEmbedding(vocab_size=6, features=3)
@@ -119,29 +175,58 @@ class TokenEmbedding(nn.Module):
     param_dtype: Any = jnp.float32
     embedding_init: Initializer = torch_embedding_init
     embedding_axes: Axes = None
+    vocab_multiple: int = 1
+
+    def __post_init__(self):
+        for name in ("vocab_size", "features", "vocab_multiple"):
+            require_size(type(self).__name__, name, getattr(self, name))
+        super().__post_init__()
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Rows of the table: ``vocab_size`` rounded up to ``vocab_multiple``."""
+        return padded_size(self.vocab_size, self.vocab_multiple)
 
     def setup(self):
         self.embedding = _table(
             self,
             "embedding",
             self.embedding_init,
-            (self.vocab_size, self.features),
+            (self.padded_vocab_size, self.features),
             self.embedding_axes,
             self.param_dtype,
         )
 
-    def _cast_table(self) -> jax.Array:
+    def table(self) -> jax.Array:
+        """The whole table ``[padded_vocab_size, D]`` (padding rows included) in the compute dtype."""
         return jnp.asarray(self.embedding, self.dtype or self.param_dtype)
 
     def __call__(self, ids: jax.Array) -> jax.Array:
-        """Maps ids of any shape ``[...]`` to vectors ``[..., D]``."""
+        """Maps ids of any shape ``[...]`` to vectors ``[..., D]``.
+
+        Args:
+          ids: integer token ids ``[...]``, valid in ``[0, vocab_size)``.
+
+        Returns:
+          ``[..., D]`` rows in the compute dtype; all-NaN rows for ids outside
+          ``[0, vocab_size)`` (padding rows included).
+
+        Raises:
+          TypeError: ``ids`` is not an integer array.
+        """
         ids = _require_integer("ids", ids)
-        return _lookup(self._cast_table(), ids)
+        rows = _lookup(self.table(), ids)
+        if self.padded_vocab_size != self.vocab_size:
+            # Ids in [vocab_size, padded_vocab_size) index real (padding) rows;
+            # they are out of range all the same.
+            rows = jnp.where((ids < self.vocab_size)[..., None], rows, jnp.nan)
+        return rows
 
     def attend(self, query: jax.Array) -> jax.Array:
-        """Tied output logits: ``query[..., D] @ table.T -> [..., vocab_size]``."""
+        """Tied output logits: ``query[..., D] @ table.T -> [..., vocab_size]`` (padding cut)."""
         dtype = self.dtype or self.param_dtype
-        return jnp.dot(jnp.asarray(query, dtype), self._cast_table().T)
+        logits = jnp.dot(jnp.asarray(query, dtype), self.table().T)
+        return logits[..., : self.vocab_size]
 
 
 class PositionalEmbedding(nn.Module):
@@ -151,6 +236,10 @@ class PositionalEmbedding(nn.Module):
     + length - 1`` (returns ``[L, D]``), or with explicit integer
     ``positions`` of shape ``[L]`` or ``[B, L]`` (packed sequences, decoding),
     to which ``start_index`` is added.
+
+    Raises:
+      ValueError: ``max_length`` or ``features`` is < 1 (``TypeError`` if not
+        an integer).
 
     Example:
       >>> pos = PositionalEmbedding(max_length=4, features=256)
@@ -165,6 +254,11 @@ class PositionalEmbedding(nn.Module):
     param_dtype: Any = jnp.float32
     embedding_init: Initializer = torch_embedding_init
     embedding_axes: Axes = None
+
+    def __post_init__(self):
+        for name in ("max_length", "features"):
+            require_size(type(self).__name__, name, getattr(self, name))
+        super().__post_init__()
 
     def setup(self):
         self.embedding = _table(
@@ -183,6 +277,29 @@ class PositionalEmbedding(nn.Module):
         positions: jax.Array | None = None,
         start_index: int | jax.Array = 0,
     ) -> jax.Array:
+        """Position vectors, by length or by explicit positions.
+
+        Args:
+          length: number of consecutive positions ``L`` (a Python int >= 1),
+            starting at ``start_index``; ignored when ``positions`` is given.
+          positions: explicit integer positions ``[L]`` or ``[B, L]``
+            (``L <= max_length``), to which ``start_index`` is added.
+          start_index: offset of the first position; a Python int or a traced
+            integer scalar (e.g. the decoding step under ``jit``).
+
+        Returns:
+          ``[L, D]`` (by length, or ``positions`` of shape ``[L]``) or
+          ``[B, L, D]`` (``positions`` of shape ``[B, L]``) in the compute
+          dtype. Positions outside ``[0, max_length)`` that are only known
+          under ``jit`` (traced ``start_index`` or ``positions``) give NaN rows.
+
+        Raises:
+          ValueError: ``length`` is not a Python int >= 1 (without
+            ``positions``); a Python-int ``start_index`` + ``length`` leaves
+            ``[0, max_length]``; ``positions`` has a rank other than 1 or 2 or
+            is longer than ``max_length``.
+          TypeError: ``positions`` is not an integer array.
+        """
         table = jnp.asarray(self.embedding, self.dtype or self.param_dtype)
         if positions is None:
             if isinstance(length, bool) or not isinstance(length, int) or length < 1:
@@ -213,7 +330,12 @@ class InputEmbedding(nn.Module):
 
     ``ids`` of shape ``[B, L]`` (or ``[L]``) give ``[B, L, D]`` (or ``[L, D]``)
     ``= token(ids) + position(L)``, the ``[L, D]`` positions broadcast over
-    the batch exactly as in the seed.
+    the batch exactly as in the seed. ``vocab_multiple`` pads the token table
+    as in ``TokenEmbedding``.
+
+    Raises:
+      ValueError: ``vocab_size``, ``max_length``, ``features`` or
+        ``vocab_multiple`` is < 1 (``TypeError`` if not an integer).
 
     Example:
       >>> embed = InputEmbedding(vocab_size=50257, max_length=4, features=256)
@@ -235,6 +357,12 @@ class InputEmbedding(nn.Module):
     position_init: Initializer = torch_embedding_init
     token_axes: Axes = None
     position_axes: Axes = None
+    vocab_multiple: int = 1
+
+    def __post_init__(self):
+        for name in ("vocab_size", "max_length", "features", "vocab_multiple"):
+            require_size(type(self).__name__, name, getattr(self, name))
+        super().__post_init__()
 
     def setup(self):
         self.token = TokenEmbedding(
@@ -244,6 +372,7 @@ class InputEmbedding(nn.Module):
             self.param_dtype,
             self.token_init,
             self.token_axes,
+            vocab_multiple=self.vocab_multiple,
         )
         self.position = PositionalEmbedding(
             self.max_length,
@@ -261,6 +390,28 @@ class InputEmbedding(nn.Module):
         positions: jax.Array | None = None,
         start_index: int | jax.Array = 0,
     ) -> jax.Array:
+        """Token vectors plus position vectors.
+
+        Args:
+          ids: integer token ids ``[B, L]`` or ``[L]``, ``L <= max_length``,
+            valid in ``[0, vocab_size)``.
+          positions: optional explicit positions ``[L]`` or ``[B, L]`` (packed
+            sequences, decoding); default ``start_index .. start_index + L - 1``.
+          start_index: offset added to the positions; a Python int or a traced
+            integer scalar.
+
+        Returns:
+          ``[B, L, D]`` (or ``[L, D]``) in the compute dtype: ``token(ids) +
+          position``. Out-of-range ids (``< 0`` or ``>= vocab_size``, padding
+          rows included) and positions known only under ``jit`` give NaN rows;
+          ``check`` raises for them instead.
+
+        Raises:
+          TypeError: ``ids`` or ``positions`` is not an integer array.
+          ValueError: ``ids`` has a rank other than 1 or 2 or is longer than
+            ``max_length``; ``positions`` does not match ``L``; a Python-int
+            ``start_index`` + ``L`` exceeds ``max_length``.
+        """
         ids = _require_integer("ids", ids)
         if ids.ndim not in (1, 2):
             raise ValueError(f"ids must have shape [L] or [B, L], got shape {ids.shape}.")
@@ -290,5 +441,8 @@ __all__: Sequence[str] = (
     "PositionalEmbedding",
     "InputEmbedding",
     "check_ids",
+    "padded_size",
+    "require_size",
+    "require_stddev",
     "torch_embedding_init",
 )

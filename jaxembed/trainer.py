@@ -41,7 +41,14 @@ from jaxembed.model import EmbeddingLM, cross_entropy, make_model
 AxisRules = Sequence[tuple[str, str | None]]
 
 #: Logical axis names -> mesh axes when a config gives none (``mesh.logical_axis_rules``).
-DEFAULT_AXIS_RULES: AxisRules = (("batch", "data"), ("vocab", "model"), ("embed", None), ("position", None))
+DEFAULT_AXIS_RULES: AxisRules = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("heads", "model"),
+    ("embed", None),
+    ("kv", None),
+    ("position", None),
+)
 
 
 @flax.struct.dataclass

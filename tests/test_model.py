@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import checkify
 
-from jaxembed.model import EmbeddingLM, cross_entropy, embedding_tables
+from jaxembed.model import CausalSelfAttentionBlock, EmbeddingLM, cross_entropy, embedding_tables
 
 V, L, D, B = 13, 6, 4, 3
 
@@ -170,3 +171,65 @@ def test_padded_vocabulary_is_the_same_function_and_padding_never_learns():
     assert not g_tok[V:].any() and g_tok[:V].any()
     tok_VxD, _ = embedding_tables(params, V)
     np.testing.assert_array_equal(tok_VxD, tok[:V].astype(np.float32))
+
+
+@pytest.mark.parametrize("bad_id", [50000, 50010, 50047, 50048, -1])
+def test_ids_past_vocab_size_are_out_of_range_whatever_the_padding(bad_id):
+    # 50,000 rows padded to 50,048: ids 50,000..50,047 index padding rows.
+    lm = EmbeddingLM(vocab_size=50000, max_length=4, features=2, vocab_multiple=128)
+    ids = np.array([[7, bad_id, 49999, 0]], np.int32)
+    params = jax.jit(lm.init)(jax.random.key(0), ids)
+    logits = np.asarray(jax.jit(lm.apply)(params, ids))
+    assert logits.shape == (1, 4, 50000)
+    np.testing.assert_array_equal(np.isnan(logits).all(-1), [[False, True, False, False]])
+    assert np.isfinite(logits[:, [0, 2, 3]]).all()
+
+    with pytest.raises(ValueError, match=rf"{bad_id}.*\[0, 50000\)"):
+        lm.check(ids)
+    err, _ = checkify.checkify(jax.jit(lm.check))(jnp.asarray(ids))
+    with pytest.raises(checkify.JaxRuntimeError, match=r"\[0, 50000\)"):
+        err.throw()
+    lm.check(np.array([[0, 49999]]))  # in range: must not raise
+
+
+def test_check_rejects_sequences_longer_than_max_length():
+    with pytest.raises(ValueError, match="positions"):
+        EmbeddingLM(vocab_size=V, max_length=L, features=D).check(np.zeros((1, L + 1), np.int32))
+
+
+_LM = dict(vocab_size=V, max_length=L, features=D)
+
+
+@pytest.mark.parametrize(
+    "name, value, allowed",
+    [
+        ("vocab_size", 0, ">= 1"),
+        ("max_length", -2, ">= 1"),
+        ("features", 0, ">= 1"),
+        ("vocab_multiple", 0, ">= 1"),
+        ("num_layers", -1, ">= 0"),
+        ("num_heads", 0, ">= 1"),
+        ("num_heads", 3, "divide features=4"),
+        ("init_stddev", -0.1, "finite number >= 0"),
+        ("init_stddev", float("inf"), "finite number >= 0"),
+        ("init_stddev", float("nan"), "finite number >= 0"),
+    ],
+)
+def test_bad_sizes_raise_value_error_naming_attribute(name, value, allowed):
+    with pytest.raises(ValueError) as info:
+        EmbeddingLM(**(_LM | {name: value}))
+    message = str(info.value)
+    assert f"EmbeddingLM.{name}={value}" in message and allowed in message
+
+
+@pytest.mark.parametrize("name, value", [("features", 4.0), ("num_layers", True), ("init_stddev", "0.02")])
+def test_non_numeric_sizes_raise_type_error(name, value):
+    with pytest.raises(TypeError, match=rf"EmbeddingLM\.{name}="):
+        EmbeddingLM(**(_LM | {name: value}))
+
+
+def test_attention_block_validates_heads():
+    with pytest.raises(ValueError, match=r"CausalSelfAttentionBlock\.num_heads=3 .*divide features=8"):
+        CausalSelfAttentionBlock(features=8, num_heads=3)
+    with pytest.raises(ValueError, match=r"CausalSelfAttentionBlock\.features=0"):
+        CausalSelfAttentionBlock(features=0)

@@ -450,3 +450,79 @@ def test_input_logical_partitioning_boxes_and_spec(maybe_jit):
     expected = table_of(params, "token")[IDS_3x4] + table_of(params, "position")[:4]
     np.testing.assert_allclose(maybe_jit(module.apply)(params, IDS_3x4), expected, rtol=1e-6)
     np.testing.assert_allclose(maybe_jit(module.apply)(nn.unbox(params), IDS_3x4), expected, rtol=1e-6)
+
+
+# --- padded tables: padding rows are out of range ------------------------------------
+
+
+@pytest.mark.parametrize("which", ["token", "input"])
+def test_padding_rows_are_out_of_range(maybe_jit, which):
+    # vocab 20 padded to 24: ids 20..23 index real (padding) rows but must act like 24 or -1.
+    if which == "token":
+        module = TokenEmbedding(20, 5, vocab_multiple=8)
+        ids = np.array([[0, 19, 20, 23], [24, -1, 22, 7]])
+    else:
+        module = InputEmbedding(**SMALL, vocab_multiple=8)
+        ids = np.array([[0, 19, 20, 23], [5, -1, 22, 7]])
+    params = module.init(jax.random.key(9), jnp.zeros((1, 4), jnp.int32))
+    table = table_of(params, *(["token"] if which == "input" else []))
+    assert table.shape == (24, 5) and module.vocab_size == 20
+    out = np.asarray(maybe_jit(module.apply)(params, ids))
+    bad = (ids < 0) | (ids >= 20)
+    np.testing.assert_array_equal(rows_all_nan(out), bad)
+    if which == "token":
+        np.testing.assert_array_equal(out[~bad], table[ids[~bad]])
+
+    with pytest.raises(ValueError, match=r"\[0, 20\)"):
+        module.check(ids) if which == "input" else check_ids(ids, module.vocab_size)
+
+
+def test_padded_token_attend_cuts_padding_logits(maybe_jit):
+    module = TokenEmbedding(20, 5, vocab_multiple=8)
+    params = module.init(jax.random.key(10), jnp.zeros((1,), jnp.int32))
+    query = np.random.default_rng(11).standard_normal((3, 5)).astype(np.float32)
+    logits = maybe_jit(lambda p, q: module.apply(p, q, method=TokenEmbedding.attend))(params, query)
+    assert logits.shape == (3, 20)
+    np.testing.assert_allclose(logits, query @ table_of(params)[:20].T, rtol=1e-5, atol=1e-6)
+    assert module.apply(params, method=TokenEmbedding.table).shape == (24, 5)
+
+
+# --- size validation ---------------------------------------------------------------
+
+_TOKEN = dict(vocab_size=6, features=3)
+_POSITION = dict(max_length=4, features=3)
+_INPUT = dict(vocab_size=6, max_length=4, features=3)
+
+
+@pytest.mark.parametrize(
+    "cls, base, name, value",
+    [
+        (TokenEmbedding, _TOKEN, "vocab_size", 0),
+        (TokenEmbedding, _TOKEN, "features", -1),
+        (TokenEmbedding, _TOKEN, "vocab_multiple", 0),
+        (PositionalEmbedding, _POSITION, "max_length", 0),
+        (PositionalEmbedding, _POSITION, "features", 0),
+        (InputEmbedding, _INPUT, "vocab_size", -3),
+        (InputEmbedding, _INPUT, "max_length", 0),
+        (InputEmbedding, _INPUT, "features", -1),
+        (InputEmbedding, _INPUT, "vocab_multiple", -128),
+    ],
+)
+def test_bad_sizes_raise_value_error_at_construction(cls, base, name, value):
+    with pytest.raises(ValueError) as info:
+        cls(**(base | {name: value}))
+    message = str(info.value)
+    assert f"{cls.__name__}.{name}={value}" in message and ">= 1" in message
+
+
+@pytest.mark.parametrize("value", [2.0, True, "4", None])
+@pytest.mark.parametrize("cls, base", [(TokenEmbedding, _TOKEN), (PositionalEmbedding, _POSITION)])
+def test_non_integer_sizes_raise_type_error(cls, base, value):
+    with pytest.raises(TypeError, match=rf"{cls.__name__}\.features=.*integer >= 1"):
+        cls(**(base | {"features": value}))
+
+
+def test_numpy_integer_sizes_are_accepted():
+    module = InputEmbedding(vocab_size=np.int64(6), max_length=np.int32(4), features=np.int64(3))
+    params = module.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    assert table_of(params, "token").shape == (6, 3)

@@ -44,7 +44,11 @@ def test_wheel_install_runs_the_default_train_from_outside_the_repo(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "JAXEMBED_CORPUS")}
     env["JAXEMBED_CACHE"] = str(tmp_path / "cache")
     where = subprocess.run(
-        [python, "-c", "import jaxembed; print(jaxembed.__file__)"], cwd=outside, env=env, capture_output=True, text=True
+        [python, "-c", "import jaxembed; print(jaxembed.__file__)"],
+        cwd=outside,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert where.stdout.startswith(str(venv)), where.stdout + where.stderr
 

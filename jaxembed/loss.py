@@ -188,9 +188,11 @@ def tied_cross_entropy(
 ) -> jax.Array:
     """``cross_entropy((h @ table.T)[:, :num_classes], targets, where=where)`` without the ``[N, V]`` logits.
 
-    With ``tile_tokens`` > 0 the tokens are split into ``ceil(N / tile_tokens)`` tiles of at most
+    With ``0 < tile_tokens < N`` the tokens are split into ``ceil(N / tile_tokens)`` tiles of at most
     ``tile_tokens`` each (padded with masked tokens; at most one padding token per tile); forward and
-    backward each scan over the tiles, so temporaries scale with ``tile_tokens * V``, not ``N * V``.
+    backward each scan over the tiles, so temporaries scale with ``tile_tokens * V``, not ``N * V``, for
+    one extra ``N x D x V`` product (the backward recomputes the logits). With ``N <= tile_tokens`` the
+    logits fit the budget and the dense path (no recompute) is used.
     Rows ``num_classes ..`` of the table (sharding padding) are excluded from the softmax and get zero
     gradient. Works under ``jax.jit`` with the table sharded along V and ``h`` along N: XLA's SPMD
     partitioner combines the per-shard max/sum of the logsumexp.
@@ -200,7 +202,7 @@ def tied_cross_entropy(
       table: ``table_VxD`` tied token table, ``V >= num_classes`` rows.
       targets: ``targets_N`` integer ids; out of ``[0, num_classes)`` at a kept position -> NaN loss.
       num_classes: classes in the softmax (the unpadded vocabulary size).
-      tile_tokens: most tokens per tile; 0 or None computes the dense logits instead.
+      tile_tokens: most tokens per tile; 0, None or >= N computes the dense logits instead.
       where: optional bool ``[N]``; False positions are excluded (their targets may be anything).
       dtype: dtype of the logits product (e.g. ``jnp.bfloat16``), as the model's computation dtype;
         None: ``h`` and ``table`` promoted. Softmax and gradient accumulation are float32.
@@ -239,7 +241,9 @@ def tied_cross_entropy(
     _check_where(where, (n,))
     dtype = jnp.promote_types(jnp.result_type(h), jnp.result_type(table)) if dtype is None else jnp.dtype(dtype)
 
-    if not tile_tokens or n == 0:
+    # One tile would hold all N x V logits anyway: the dense path, which skips the recompute, is then as
+    # small and faster. So tile_tokens is a memory budget that small batches never pay for in time.
+    if not tile_tokens or n <= tile_tokens:
         logits_NxV = _tile_logits(h, table, dtype)[:, :num_classes]
         return cross_entropy(logits_NxV, targets, where=where)
 

@@ -136,7 +136,7 @@ def loss_and_grads(tile_tokens, dtype, jit, seed=0, masked=True):
 
 
 @pytest.mark.parametrize("jit", [False, True])
-@pytest.mark.parametrize("tile_tokens", [5, 8, 64])
+@pytest.mark.parametrize("tile_tokens", [5, 8, 36, 64])  # 36: 2 tiles of 19, 1 padding; 64: dense
 @pytest.mark.parametrize("masked", [False, True])
 def test_tiled_float32_equals_dense_and_float64(tile_tokens, jit, masked):
     h_NxD, table_VxD, targets_N, where_N = tied_inputs(masked=masked)

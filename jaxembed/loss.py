@@ -111,10 +111,10 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, *, where: jax.Array | N
 
 
 def _tile_logits(h_TxD: jax.Array, table_VxD: jax.Array, dtype: Any) -> jax.Array:
-    # Inputs rounded to `dtype`, product accumulated and returned in float32. This is what the model's
-    # jitted dense path computes: `EmbeddingLM.attend` asks for a bf16 product and the loss widens it to
-    # float32, but XLA (xla_allow_excess_precision, on by default) drops that bf16 round trip of the logits.
-    # Asking for float32 explicitly gives the same numbers jitted or not, and on any backend.
+    # Operands rounded to `dtype`, product accumulated and returned in float32. `EmbeddingLM.attend` asks
+    # for a bf16 product that the loss widens; whether XLA really rounds those logits depends on fusion
+    # (jitted on CPU it drops the round trip unless the padding slice sits in between; see test_loss.py).
+    # Asking for float32 is the accurate choice and gives the same numbers jitted or not.
     return jnp.dot(h_TxD.astype(dtype), table_VxD.astype(dtype).T, preferred_element_type=jnp.float32)
 
 
@@ -204,8 +204,9 @@ def tied_cross_entropy(
       num_classes: classes in the softmax (the unpadded vocabulary size).
       tile_tokens: most tokens per tile; 0, None or >= N computes the dense logits instead.
       where: optional bool ``[N]``; False positions are excluded (their targets may be anything).
-      dtype: dtype of the logits product (e.g. ``jnp.bfloat16``), as the model's computation dtype;
-        None: ``h`` and ``table`` promoted. Softmax and gradient accumulation are float32.
+      dtype: operand dtype of the logits product (e.g. ``jnp.bfloat16``, the model's computation dtype);
+        None: ``h`` and ``table`` promoted. Logits, softmax and gradient accumulation are float32; the
+        logit gradient is rounded to ``dtype`` before its two products, as in the dense backward.
 
     Returns:
       Scalar float32 mean cross-entropy over kept tokens (nats); NaN if none is kept.

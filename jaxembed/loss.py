@@ -1,0 +1,259 @@
+"""Next-token cross-entropy, dense or tiled through a tied embedding table.
+
+``cross_entropy`` scores given logits. ``tied_cross_entropy`` scores
+``h @ table.T`` without ever holding the ``[N, V]`` logits: a ``lax.scan``
+over tiles of tokens keeps only each token's logsumexp and target logit, and
+a ``jax.custom_vjp`` backward recomputes each tile's logits to accumulate the
+gradients (softmax - onehot) into ``d_h`` and ``d_table`` (the idea of
+MaxText's vocabulary tiling and of "Cut Your Losses", Wijmans et al. 2024).
+
+Conventions shared by both functions:
+
+* Targets outside ``[0, num_classes)`` (e.g. -1, or PyTorch's -100 padding)
+  give a NaN loss rather than silently scoring some class.
+* ``where`` (bool, the targets' shape) excludes the positions where it is
+  False; the loss is the mean over the True positions, and masked-out targets
+  may hold anything. If every position is masked out the loss is NaN (the mean
+  of nothing, as ``numpy.mean([])`` and PyTorch's ``ignore_index`` give).
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> h_NxD = jnp.ones((5, 4)); table_VxD = jnp.zeros((8, 4))
+  >>> float(tied_cross_entropy(h_NxD, table_VxD, jnp.arange(5), num_classes=6, tile_tokens=2))  # ln 6
+  1.7917594909667969
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["cross_entropy", "tied_cross_entropy"]
+
+
+def _check_targets(targets: jax.Array, shape: tuple[int, ...], name: str = "targets") -> None:
+    if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {jnp.result_type(targets)}")
+    if tuple(jnp.shape(targets)) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(jnp.shape(targets))}")
+
+
+def _check_where(where: jax.Array | None, shape: tuple[int, ...]) -> None:
+    if where is None:
+        return
+    if jnp.result_type(where) != jnp.bool_:
+        raise TypeError(f"where must be a bool array, got dtype {jnp.result_type(where)}")
+    if tuple(jnp.shape(where)) != tuple(shape):
+        raise ValueError(f"where must have the targets' shape {tuple(shape)}, got {tuple(jnp.shape(where))}")
+
+
+def _lse_and_target_logit(logits_NxV: jax.Array, targets_N: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Array]:
+    """Per-token logsumexp over the first ``num_classes`` columns and the target's logit (NaN if out of range).
+
+    The target logit is a masked sum rather than a gather so that a vocabulary-sharded
+    ``logits_NxV`` needs only a reduction across shards, never an all-gather.
+    """
+    cols_V = jnp.arange(logits_NxV.shape[-1])
+    if num_classes < logits_NxV.shape[-1]:
+        logits_NxV = jnp.where(cols_V < num_classes, logits_NxV, -jnp.inf)
+    lse_N = jax.nn.logsumexp(logits_NxV, axis=-1)
+    picked_N = jnp.sum(jnp.where(cols_V == targets_N[..., None], logits_NxV, 0.0), axis=-1)
+    valid_N = (targets_N >= 0) & (targets_N < num_classes)
+    return lse_N, jnp.where(valid_N, picked_N, jnp.nan)
+
+
+def _masked_mean(losses_N: jax.Array, where_N: jax.Array | None) -> jax.Array:
+    if where_N is None:
+        return jnp.mean(losses_N)
+    # Select, not multiply: a masked-out NaN (out-of-range padding target) must not leak.
+    return jnp.sum(jnp.where(where_N, losses_N, 0.0)) / jnp.sum(where_N, dtype=jnp.float32)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array, *, where: jax.Array | None = None) -> jax.Array:
+    """Mean next-token cross-entropy in float32 (nats per token).
+
+    Args:
+      logits: ``[..., V]`` (e.g. ``logits_NxV`` or ``logits_BxLxV``), any float dtype; cast to float32.
+      targets: integer class ids, shape ``logits.shape[:-1]``. Ids outside ``[0, V)`` at kept positions make
+        the loss NaN.
+      where: optional bool mask, shape of ``targets``; False positions are excluded and may hold any target.
+
+    Returns:
+      Scalar float32: the mean over kept positions of ``logsumexp(logits) - logits[target]``; NaN if no
+      position is kept.
+
+    Raises:
+      TypeError: ``targets`` not integer or ``where`` not bool.
+      ValueError: shapes disagree.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> float(cross_entropy(jnp.zeros((1, 2, 4)), jnp.array([[0, 3]])))  # ln 4
+      1.3862943649291992
+      >>> float(cross_entropy(jnp.zeros((2, 4)), jnp.array([-1, 3])))
+      nan
+      >>> float(cross_entropy(jnp.zeros((2, 4)), jnp.array([-100, 3]), where=jnp.array([False, True])))
+      1.3862943649291992
+    """
+    if jnp.ndim(logits) < 1:
+        raise ValueError(f"logits must have a class axis, got shape {jnp.shape(logits)}")
+    _check_targets(targets, jnp.shape(logits)[:-1])
+    _check_where(where, jnp.shape(logits)[:-1])
+    lse, picked = _lse_and_target_logit(jnp.asarray(logits, jnp.float32), jnp.asarray(targets), jnp.shape(logits)[-1])
+    return _masked_mean(lse - picked, where)
+
+
+# --- Tiled ------------------------------------------------------------------
+
+
+def _tile_logits(h_TxD: jax.Array, table_VxD: jax.Array, dtype: Any) -> jax.Array:
+    # Operands rounded to `dtype`, product accumulated and returned in float32. `EmbeddingLM.attend` asks
+    # for a bf16 product that the loss widens; whether XLA really rounds those logits depends on fusion
+    # (jitted on CPU it drops the round trip unless the padding slice sits in between; see test_loss.py).
+    # Asking for float32 is the accurate choice and gives the same numbers jitted or not.
+    return jnp.dot(h_TxD.astype(dtype), table_VxD.astype(dtype).T, preferred_element_type=jnp.float32)
+
+
+def _to_tiles(x_N: jax.Array, num_tiles: int) -> jax.Array:
+    # Token n goes to tile n % num_tiles: a batch sharded over `data` along N stays sharded along each
+    # tile's token axis, so every scan step keeps every data shard busy and moves no activations.
+    tile = x_N.shape[0] // num_tiles
+    return jnp.swapaxes(x_N.reshape((tile, num_tiles) + x_N.shape[1:]), 0, 1)
+
+
+def _from_tiles(x_KxT: jax.Array) -> jax.Array:
+    x = jnp.swapaxes(x_KxT, 0, 1)
+    return x.reshape((-1,) + x.shape[2:])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _tiled_sum(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype):
+    """Sum over kept tokens of the token's cross-entropy (NaN if a kept target is out of range)."""
+    return _tiled_sum_fwd(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype)[0]
+
+
+def _tiled_sum_fwd(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype):
+    def tile_stats(_, tile):
+        h_TxD, targets_T = tile
+        return None, _lse_and_target_logit(_tile_logits(h_TxD, table_VxD, dtype), targets_T, num_classes)
+
+    _, (lse_KxT, picked_KxT) = jax.lax.scan(
+        tile_stats, None, (_to_tiles(h_NxD, num_tiles), _to_tiles(targets_N, num_tiles))
+    )
+    lse_N, picked_N = _from_tiles(lse_KxT), _from_tiles(picked_KxT)
+    total = jnp.sum(jnp.where(where_N, lse_N - picked_N, 0.0))
+    return total, (h_NxD, table_VxD, targets_N, where_N, lse_N)
+
+
+def _tiled_sum_bwd(num_classes, num_tiles, dtype, residuals, g):
+    h_NxD, table_VxD, targets_N, where_N, lse_N = residuals
+    # d total / d logits[i, v] = softmax[i, v] - onehot[i, v] at kept tokens; as in the dense path the
+    # float32 logit gradient is rounded to `dtype` before the two products, which accumulate in float32.
+    coef_N = jnp.where(where_N, g, 0.0).astype(jnp.float32)
+    cols_V = jnp.arange(table_VxD.shape[0])
+    table_c = table_VxD.astype(dtype)
+
+    def tile_grads(d_table_VxD, tile):
+        h_TxD, targets_T, lse_T, coef_T = tile
+        logits_TxV = _tile_logits(h_TxD, table_VxD, dtype)
+        probs_TxV = jnp.where(cols_V < num_classes, jnp.exp(logits_TxV - lse_T[:, None]), 0.0)
+        onehot_TxV = (cols_V == targets_T[:, None]).astype(jnp.float32)
+        d_logits_TxV = ((probs_TxV - onehot_TxV) * coef_T[:, None]).astype(dtype)
+        d_h_TxD = jnp.dot(d_logits_TxV, table_c, preferred_element_type=jnp.float32)
+        d_table_VxD = d_table_VxD + jnp.dot(d_logits_TxV.T, h_TxD.astype(dtype), preferred_element_type=jnp.float32)
+        return d_table_VxD, d_h_TxD
+
+    tiles = tuple(_to_tiles(x, num_tiles) for x in (h_NxD, targets_N, lse_N, coef_N))
+    d_table_VxD, d_h_KxTxD = jax.lax.scan(tile_grads, jnp.zeros(table_VxD.shape, jnp.float32), tiles)
+    d_h_NxD = _from_tiles(d_h_KxTxD)
+    return d_h_NxD.astype(h_NxD.dtype), d_table_VxD.astype(table_VxD.dtype), None, None
+
+
+_tiled_sum.defvjp(_tiled_sum_fwd, _tiled_sum_bwd)
+
+
+def tied_cross_entropy(
+    h: jax.Array,
+    table: jax.Array,
+    targets: jax.Array,
+    *,
+    num_classes: int,
+    tile_tokens: int | None,
+    where: jax.Array | None = None,
+    dtype: Any = None,
+) -> jax.Array:
+    """``cross_entropy((h @ table.T)[:, :num_classes], targets, where=where)`` without the ``[N, V]`` logits.
+
+    With ``0 < tile_tokens < N`` the tokens are split into ``ceil(N / tile_tokens)`` tiles of at most
+    ``tile_tokens`` each (padded with masked tokens; at most one padding token per tile); forward and
+    backward each scan over the tiles, so temporaries scale with ``tile_tokens * V``, not ``N * V``, for
+    one extra ``N x D x V`` product (the backward recomputes the logits). With ``N <= tile_tokens`` the
+    logits fit the budget and the dense path (no recompute) is used.
+    Rows ``num_classes ..`` of the table (sharding padding) are excluded from the softmax and get zero
+    gradient. Works under ``jax.jit`` with the table sharded along V and ``h`` along N: XLA's SPMD
+    partitioner combines the per-shard max/sum of the logsumexp.
+
+    Args:
+      h: ``h_NxD`` final hidden states (e.g. ``h_BxLxD.reshape(-1, D)``).
+      table: ``table_VxD`` tied token table, ``V >= num_classes`` rows.
+      targets: ``targets_N`` integer ids; out of ``[0, num_classes)`` at a kept position -> NaN loss.
+      num_classes: classes in the softmax (the unpadded vocabulary size).
+      tile_tokens: most tokens per tile; 0, None or >= N computes the dense logits instead.
+      where: optional bool ``[N]``; False positions are excluded (their targets may be anything).
+      dtype: operand dtype of the logits product (e.g. ``jnp.bfloat16``, the model's computation dtype);
+        None: ``h`` and ``table`` promoted. Logits, softmax and gradient accumulation are float32; the
+        logit gradient is rounded to ``dtype`` before its two products, as in the dense backward.
+
+    Returns:
+      Scalar float32 mean cross-entropy over kept tokens (nats); NaN if none is kept.
+
+    Raises:
+      TypeError: ``targets`` not integer, ``where`` not bool, or ``tile_tokens``/``num_classes`` not int.
+      ValueError: bad shapes, ``num_classes`` not in ``[1, V]``, or ``tile_tokens`` negative.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> h_NxD, table_VxD = jax.random.normal(jax.random.key(0), (7, 4)), jax.random.normal(jax.random.key(1), (8, 4))
+      >>> t_N = jnp.array([0, 1, 2, 3, 4, 5, 0])
+      >>> dense = tied_cross_entropy(h_NxD, table_VxD, t_N, num_classes=6, tile_tokens=0)
+      >>> tiled = tied_cross_entropy(h_NxD, table_VxD, t_N, num_classes=6, tile_tokens=3)
+      >>> bool(jnp.allclose(dense, tiled))
+      True
+    """
+    if jnp.ndim(h) != 2 or jnp.ndim(table) != 2:
+        raise ValueError(
+            f"h and table must be 2-D (h_NxD, table_VxD), got shapes {jnp.shape(h)} and {jnp.shape(table)}"
+        )
+    (n, d), (v, d_table) = jnp.shape(h), jnp.shape(table)
+    if d != d_table:
+        raise ValueError(f"h has width {d} but table has width {d_table}")
+    for name, value in (("num_classes", num_classes), ("tile_tokens", tile_tokens)):
+        if value is not None and (not isinstance(value, int | np.integer) or isinstance(value, bool)):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+    if num_classes is None or not 1 <= num_classes <= v:
+        raise ValueError(f"num_classes must be in [1, {v}] (rows of table), got {num_classes}")
+    if tile_tokens is not None and tile_tokens < 0:
+        raise ValueError(f"tile_tokens must be >= 0 (0 or None: dense), got {tile_tokens}")
+    _check_targets(targets, (n,))
+    _check_where(where, (n,))
+    dtype = jnp.promote_types(jnp.result_type(h), jnp.result_type(table)) if dtype is None else jnp.dtype(dtype)
+
+    # One tile would hold all N x V logits anyway: the dense path, which skips the recompute, is then as
+    # small and faster. So tile_tokens is a memory budget that small batches never pay for in time.
+    if not tile_tokens or n <= tile_tokens:
+        logits_NxV = _tile_logits(h, table, dtype)[:, :num_classes]
+        return cross_entropy(logits_NxV, targets, where=where)
+
+    num_tiles = -(-n // tile_tokens)
+    padded = -(-n // num_tiles) * num_tiles
+    where_N = jnp.ones((n,), jnp.bool_) if where is None else jnp.asarray(where)
+    pad = padded - n
+    h_NxD = jnp.pad(h, ((0, pad), (0, 0)))
+    targets_N = jnp.pad(jnp.asarray(targets), (0, pad))
+    where_N = jnp.pad(where_N, (0, pad))
+    total = _tiled_sum(h_NxD, table, targets_N, where_N, int(num_classes), num_tiles, dtype)
+    return total / jnp.sum(where_N, dtype=jnp.float32)

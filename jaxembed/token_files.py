@@ -45,6 +45,7 @@ import importlib.metadata
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -66,7 +67,7 @@ TOKENS_FILE, META_FILE = "tokens.npy", "meta.json"
 READ_BYTES = 1 << 20
 #: Characters handed to one encode call (pieces end at the last safe boundary past this).
 PIECE_CHARS = 1 << 20
-_COPY_TOKENS = 1 << 22  # tokens per step when building tokens.npy from the raw temp file
+_COPY_BYTES = 1 << 22  # per step when building tokens.npy from the raw temp file
 _GLOB_MAGIC = frozenset("*?[")
 
 # Gutenberg markers as jaxembed.corpus matches them (``^\*\*\* ?START OF``
@@ -527,13 +528,22 @@ def tokenize_files(
         meta["num_tokens"] = num_tokens
 
         tokens_tmp = _temp(out, TOKENS_FILE, temps)
-        tokens_NT = np.lib.format.open_memmap(tokens_tmp, mode="w+", dtype=dtype, shape=(num_tokens,))
-        raw_NT = np.memmap(raw, dtype=dtype, mode="r", shape=(num_tokens,))
-        for i in range(0, num_tokens, _COPY_TOKENS):
-            tokens_NT[i : i + _COPY_TOKENS] = raw_NT[i : i + _COPY_TOKENS]
-        tokens_NT.flush()
-        del tokens_NT, raw_NT
-        _fsync(tokens_tmp)
+        # open_memmap writes the .npy header and sizes the file; the tokens are
+        # then copied with plain file I/O, since pages touched through a map
+        # count towards this process's RSS until it ends.
+        tokens_N = np.lib.format.open_memmap(tokens_tmp, mode="w+", dtype=dtype, shape=(num_tokens,))
+        header_bytes = tokens_N.offset
+        del tokens_N
+        with open(raw, "rb") as src, open(tokens_tmp, "r+b") as dst:
+            dst.seek(header_bytes)
+            shutil.copyfileobj(src, dst, _COPY_BYTES)
+            if dst.tell() != header_bytes + num_tokens * dtype.itemsize:
+                raise RuntimeError(
+                    f"tokens.npy came out with {dst.tell()} bytes, not {header_bytes} + {num_tokens} tokens"
+                )
+            dst.flush()
+            os.fsync(dst.fileno())
+        raw.unlink()
         meta["tokens_sha256"] = _file_sha256(tokens_tmp)
 
         meta_tmp = _temp(out, META_FILE, temps)

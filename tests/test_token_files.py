@@ -158,9 +158,10 @@ def test_tokens_equal_each_document_encoded_whole(tmp_path, paragraphs, corpus_p
     assert not [p for p in (tmp_path / "out").iterdir() if p.name not in ("tokens.npy", "meta.json")]
 
 
-def test_default_pieces_and_the_tokenizer_module_agree(tmp_path, paragraphs, corpus_path):
+def test_default_pieces_with_a_progress_bar(tmp_path, paragraphs, corpus_path, capsys):
     paths = write_corpus(tmp_path / "in", paragraphs, corpus_path, seed=2)
-    token_files.tokenize_files(paths, tmp_path / "out")
+    token_files.tokenize_files(paths, tmp_path / "out", progress=True)
+    assert "tokenizing: 100%" in capsys.readouterr().err
     tokens, _ = token_files.open_tokens(tmp_path / "out")
     np.testing.assert_array_equal(tokens, reference_tokens(paths))
 

@@ -27,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import mmap
 import sys
 from collections.abc import Sequence
 
@@ -61,7 +63,14 @@ def tokenize(text: str, tokenizer: str = "gpt2") -> np.ndarray:
 
 
 def as_token_ids(text_or_ids: str | Sequence[int] | np.ndarray, tokenizer: str = "gpt2") -> np.ndarray:
-    """Returns a flat int32 id array: tokenizes text, validates given ids.
+    """Returns a flat id array: tokenizes text, validates given ids.
+
+    Text and id sequences become int32. Arrays already stored as ``int32``,
+    ``uint16`` or ``uint32`` (e.g. the memory-mapped ``tokens.npy`` of
+    ``jaxembed.token_files.open_tokens``) come back as they are, never copied;
+    batches are cast to int32 when gathered. The id range is checked in
+    chunks of ``_VALIDATE_CHUNK`` ids, so checking a memory map reads it once
+    (2 bytes per token for uint16) without ever holding a full-size temporary.
 
     Raises:
       ValueError: ids are not 1-D, or lie outside the tokenizer's vocabulary.
@@ -70,6 +79,9 @@ def as_token_ids(text_or_ids: str | Sequence[int] | np.ndarray, tokenizer: str =
     Example:
       >>> as_token_ids([464, 4935]).dtype
       dtype('int32')
+      >>> ids = np.array([464, 4935], dtype=np.uint16)
+      >>> as_token_ids(ids) is ids
+      True
     """
     if isinstance(text_or_ids, str):
         return tokenize(text_or_ids, tokenizer)
@@ -79,13 +91,33 @@ def as_token_ids(text_or_ids: str | Sequence[int] | np.ndarray, tokenizer: str =
     if ids.ndim != 1:
         raise ValueError(f"text_or_ids must be a flat (1-D) id array, got shape {ids.shape}.")
     n_vocab = tokenizer_lib.get_encoding(tokenizer).n_vocab
-    bad = np.flatnonzero((ids < 0) | (ids >= n_vocab))
-    if bad.size:
+    signed = np.issubdtype(ids.dtype, np.signedinteger)
+    for lo in range(0, len(ids), _VALIDATE_CHUNK):
+        chunk = ids[lo : lo + _VALIDATE_CHUNK]
+        if chunk.max() < n_vocab and not (signed and chunk.min() < 0):
+            continue
+        bad = lo + np.flatnonzero((chunk < 0) | (chunk >= n_vocab))
+        total = sum(
+            int(np.count_nonzero((c < 0) | (c >= n_vocab)))
+            for c in (ids[i : i + _VALIDATE_CHUNK] for i in range(lo, len(ids), _VALIDATE_CHUNK))
+        )
         raise ValueError(
             f"text_or_ids[{bad[0]}]={ids[bad[0]]} is outside tokenizer={tokenizer!r}'s vocabulary; "
-            f"ids must lie in [0, {n_vocab}) ({bad.size} ids out of range)."
+            f"ids must lie in [0, {n_vocab}) ({total} ids out of range)."
         )
-    return ids.astype(np.int32, copy=False)
+    return _storage_ids(ids)
+
+
+#: Ids checked per step by ``as_token_ids`` (bounds its temporaries).
+_VALIDATE_CHUNK = 1 << 22
+#: Id dtypes kept as they are (no copy); others are converted to int32.
+STORAGE_DTYPES = (np.dtype(np.int32), np.dtype(np.uint16), np.dtype(np.uint32))
+
+
+def _storage_ids(ids: np.ndarray) -> np.ndarray:
+    if ids.dtype in STORAGE_DTYPES and ids.flags.c_contiguous:
+        return ids
+    return np.ascontiguousarray(ids, dtype=np.int32)
 
 
 def num_windows(num_tokens: int, max_length: int, stride: int) -> int:
@@ -103,6 +135,11 @@ class StridedWindows:
 
     ``windows[i]`` is ``(ids[s:s+L], ids[s+1:s+L+1])`` with ``s = i * stride``;
     ``windows.gather(indices)`` returns a whole batch in one numpy gather.
+    ``ids`` stored as int32, uint16 or uint32 (e.g. a memory-mapped
+    ``tokens.npy``) are used in place: windows are gathered in that dtype and
+    cast to int32 per batch, so ``np.shares_memory(windows.ids, ids)``.
+    Pickling a memory-mapped ``ids`` (for Grain worker processes) sends the
+    file name and offset, not the tokens; the worker maps the file again.
 
     Example:
       >>> w = StridedWindows(np.arange(10, dtype=np.int32), max_length=4, stride=4)
@@ -113,9 +150,10 @@ class StridedWindows:
     def __init__(self, ids: np.ndarray, max_length: int, stride: int):
         self.max_length = _check_positive_int("max_length", max_length)
         self.stride = _check_positive_int("stride", stride)
-        self.ids = np.ascontiguousarray(ids, dtype=np.int32)
-        if self.ids.ndim != 1:
-            raise ValueError(f"ids must be 1-D, got shape {self.ids.shape}.")
+        ids = np.asarray(ids)
+        if ids.ndim != 1:
+            raise ValueError(f"ids must be 1-D, got shape {ids.shape}.")
+        self.ids = _storage_ids(ids)
         self._num_windows = num_windows(len(self.ids), self.max_length, self.stride)
         if self._num_windows == 0:
             raise ValueError(
@@ -134,20 +172,69 @@ class StridedWindows:
         if not -len(self) <= index < len(self):
             raise IndexError(f"window index {index} is out of range for {len(self)} windows.")
         span = self._spans[(index % len(self)) * self.stride]
-        return span[:-1].copy(), span[1:].copy()
+        return span[:-1].astype(np.int32), span[1:].astype(np.int32)
 
     def spans(self, window_indices: np.ndarray) -> np.ndarray:
-        """``spans_NxL1``: each window's ``L + 1`` tokens (inputs plus the last target)."""
+        """``spans_NxL1``: each window's ``L + 1`` tokens (inputs plus the last target).
+
+        In the dtype ``ids`` is stored in (int32, uint16 or uint32): a uint16
+        chunk is half the bytes to gather and to send to Grain workers;
+        ``split_spans`` casts to int32.
+        """
         return self._spans[np.asarray(window_indices) * self.stride]
 
     def gather(self, window_indices: np.ndarray) -> Batch:
         """Returns ``(inputs_BxL, targets_BxL)`` int32 for the given windows."""
         return split_spans(self.spans(window_indices))
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        del state["_spans"]  # a view; rebuilt from ids
+        mapped = _memmap_source(self.ids)
+        if mapped is not None:
+            state["ids"] = mapped
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state["ids"], _MappedIds):
+            state["ids"] = state["ids"].open()
+        self.__dict__.update(state)
+        self._spans = np.lib.stride_tricks.sliding_window_view(self.ids, self.max_length + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class _MappedIds:
+    """Where a memory-mapped id array lives: what a worker needs to map it again."""
+
+    filename: str
+    offset: int
+    dtype: str
+    length: int
+
+    def open(self) -> np.memmap:
+        return np.memmap(self.filename, dtype=np.dtype(self.dtype), mode="r", offset=self.offset, shape=(self.length,))
+
+
+def _memmap_source(ids: np.ndarray) -> _MappedIds | None:
+    # The root memmap (the one whose base is the mmap itself) has its data at
+    # file offset root.offset; slices of it copy that offset, so they can't be trusted.
+    root = ids
+    while not (isinstance(root, np.memmap) and isinstance(root.base, mmap.mmap)):
+        root = getattr(root, "base", None)
+        if root is None:
+            return None
+    if root.filename is None or root.mode not in ("r", "c"):
+        return None  # writable maps may hold unflushed changes: pickle the data instead
+    delta = ids.__array_interface__["data"][0] - root.__array_interface__["data"][0]
+    return _MappedIds(str(root.filename), int(root.offset) + delta, ids.dtype.str, len(ids))
+
 
 def split_spans(spans_BxL1: np.ndarray) -> Batch:
-    """``(inputs_BxL, targets_BxL)`` from windows of ``L + 1`` tokens."""
-    return np.ascontiguousarray(spans_BxL1[:, :-1]), np.ascontiguousarray(spans_BxL1[:, 1:])
+    """``(inputs_BxL, targets_BxL)``, int32, from windows of ``L + 1`` tokens (any integer dtype)."""
+    return (
+        np.ascontiguousarray(spans_BxL1[:, :-1], dtype=np.int32),
+        np.ascontiguousarray(spans_BxL1[:, 1:], dtype=np.int32),
+    )
 
 
 class WindowBatches:

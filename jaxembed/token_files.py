@@ -1,0 +1,720 @@
+"""Tokenize many text files once into a memory-mapped token file.
+
+``tokenize_files`` turns text files into one flat token array on disk,
+``out_dir/tokens.npy`` (``uint16`` when the vocabulary fits, else
+``uint32``), plus ``out_dir/meta.json`` describing it. ``open_tokens`` maps
+it back read-only; ``jaxembed.data`` gathers training windows straight from
+that map, so a corpus never has to fit in RAM as text or as ids.
+
+Layout: each document's tokens followed by the separator ``<|endoftext|>``
+(GPT-2's convention), documents ordered by path. ``meta.json`` holds, per
+document, its source path, byte size, SHA-256, whether a Project Gutenberg
+header/licence was stripped, and ``[start, stop)``, its tokens in
+``tokens.npy`` (the separator sits at ``stop``).
+
+Streaming: each file is read and decoded in pieces of ``READ_BYTES`` bytes
+and encoded in pieces of about ``PIECE_CHARS`` characters, cut only where
+the tokenizer's pre-tokenization regex provably splits anyway (see
+``_BoundaryRule``), so the ids equal those of encoding each document whole
+while memory stays independent of the corpus size. Pieces are encoded by
+``workers`` threads (tiktoken releases the GIL while encoding).
+
+Text is read as ``jaxembed.corpus.load_text(path, strip=True)`` reads it:
+strict UTF-8, BOM dropped, CRLF/CR turned into LF, Gutenberg header and
+licence stripped when both START and END lines are present. A literal
+``<|endoftext|>`` inside a file is encoded as ordinary text, so separator
+ids mark exactly the document ends.
+
+Example:
+  >>> import pathlib, tempfile
+  >>> src = pathlib.Path(tempfile.mkdtemp())
+  >>> _ = (src / "a.txt").write_text("Hello world")
+  >>> _ = (src / "b.txt").write_text("To be, or not to be")
+  >>> meta = tokenize_files([src], src / "tokens")
+  >>> tokens, meta = open_tokens(src / "tokens")
+  >>> tokens.dtype, tokens[:3].tolist(), meta["documents"][1]["start"]
+  (dtype('uint16'), [15496, 995, 50256], 3)
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob as glob_lib
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+
+from jaxembed import tokenizer as tokenizer_lib
+
+__all__ = ["FORMAT_VERSION", "PIECE_CHARS", "READ_BYTES", "SEPARATOR", "open_tokens", "tokenize_files"]
+
+FORMAT_VERSION = 1
+SEPARATOR = tokenizer_lib.ENDOFTEXT
+TOKENS_FILE, META_FILE = "tokens.npy", "meta.json"
+#: Bytes read (and decoded) from a file at a time.
+READ_BYTES = 1 << 20
+#: Characters handed to one encode call (pieces end at the last safe boundary past this).
+PIECE_CHARS = 1 << 20
+_COPY_BYTES = 1 << 22  # per step when building tokens.npy from the raw temp file
+_GLOB_MAGIC = frozenset("*?[")
+
+# Gutenberg markers as jaxembed.corpus matches them (``^\*\*\* ?START OF``
+# and ``^\*\*\* ?END OF``); the line-start check is done by hand, in a stream.
+_MARK = re.compile(r"\*\*\* ?(START|END) OF")
+_MARK_LEN = len("*** START OF")
+
+
+@dataclass(frozen=True)
+class _BoundaryRule:
+    """Where a text may be cut without changing its tokens.
+
+    tiktoken splits text with a regex, then byte-pair-encodes each match on
+    its own; ``encode(a + b) == encode(a) + encode(b)`` whenever the matches
+    of ``a + b`` are those of ``a`` followed by those of ``b``. Cut at ``p``
+    with ``text[p - 1]`` in ``left`` and ``text[p]`` one of ``right`` (ASCII
+    space, tab, newline: whitespace for every regex engine).
+
+    GPT-2 (r50k) regex ``'(?:[sdmt]|ll|ve|re)| ?\\p{L}++| ?\\p{N}++|
+    ?[^\\s\\p{L}\\p{N}]++|\\s++$|\\s+(?!\\S)|\\s`` (older tiktoken: the same
+    without possessives and ``\\s++$``): with ``left`` = not whitespace,
+
+    * in ``a + b`` the match holding ``text[p - 1]`` ends at ``p``: the only
+      alternatives that can consume a non-space character (letters, digits,
+      other symbols, contractions) cannot consume the whitespace at ``p``;
+    * matching ``a`` alone differs from matching ``a + b`` only where an
+      attempt reads position ``p`` (end of text instead of whitespace). An
+      attempt reaches ``p`` only by consuming ``text[p - 1]`` first, so with
+      one of the non-space atoms, whose next step fails on both whitespace
+      and end of text; the whitespace atoms (``\\s+``, ``\\s++$``) cannot
+      cross the non-space ``text[p - 1]``; ``$`` only follows ``\\s++``;
+    * the regex looks only forward (no look-behind, no ``^``), so matching
+      ``b`` alone equals matching ``a + b`` from ``p`` on.
+
+    ``left`` is ``not str.isspace()``, a subset of ``\\S`` (Unicode
+    White_Space is a subset of Python's whitespace). For the cl100k and o200k
+    regexes the same argument holds with ``left`` = ASCII letters and digits:
+    there punctuation may swallow following newlines (``[\\r\\n]*``) and
+    digits group in threes, but no atom that consumes a letter or digit can
+    consume whitespace. The tests check every rule against encoding whole
+    texts, on real and adversarial text.
+    """
+
+    name: str
+    left_is_ok: object  # Callable[[str], bool]
+    right: tuple[str, ...] = ("\n", " ", "\t")
+
+    def last_boundary(self, text: str, start: int = 1) -> int:
+        """The largest safe cut ``p`` in ``[max(start, 1), len(text))``, else 0."""
+        best = 0
+        lo = max(start, 1)
+        for sep in self.right:
+            p = text.rfind(sep, max(lo, best + 1))
+            while p >= lo and p > best:
+                if self.left_is_ok(text[p - 1]):
+                    best = p
+                    break
+                p = text.rfind(sep, max(lo, best + 1), p)
+        return best
+
+
+def _not_space(ch: str) -> bool:
+    return not ch.isspace()
+
+
+def _ascii_alnum(ch: str) -> bool:
+    return ch.isascii() and ch.isalnum()
+
+
+# Patterns as tiktoken 0.14 spells them; a tokenizer with any other pattern is
+# encoded one whole document at a time (correct, but memory grows with the
+# largest document).
+CL100K_PATTERN = (
+    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|"""
+    r"""\s+(?!\S)|\s"""
+)
+O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+_GPT2_PATTERNS = (
+    tokenizer_lib.GPT2_PATTERN,
+    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
+)
+_RULES = {
+    **{p: _BoundaryRule("gpt2", _not_space) for p in _GPT2_PATTERNS},
+    CL100K_PATTERN: _BoundaryRule("cl100k", _ascii_alnum),
+    O200K_PATTERN: _BoundaryRule("o200k", _ascii_alnum),
+}
+
+
+def _boundary_rule(enc: tiktoken.Encoding) -> _BoundaryRule | None:
+    return _RULES.get(enc._pat_str)
+
+
+def _token_dtype(n_vocab: int, name: str) -> np.dtype:
+    if n_vocab <= 1 << 16:
+        return np.dtype("<u2")
+    if n_vocab <= 1 << 32:
+        return np.dtype("<u4")
+    raise ValueError(
+        f"tokenizer={name!r} has n_vocab={n_vocab}; its ids do not fit uint32, the widest dtype tokens.npy uses "
+        f"(allowed: n_vocab <= {1 << 32})."
+    )
+
+
+@dataclass
+class _Source:
+    path: Path
+    size: int
+    sha256: str
+    body_start: int = 0  # characters of the normalised text, Gutenberg header skipped
+    body_end: int | None = None  # None: to the end
+    gutenberg: bool = False
+
+    def record(self) -> dict:
+        return {"path": str(self.path), "bytes": self.size, "sha256": self.sha256, "gutenberg_stripped": self.gutenberg}
+
+
+def _decoded(path: Path, digest=None) -> Iterator[tuple[str, int]]:
+    """Yields ``(text, n_bytes)``: the file's text as ``corpus.load_text`` normalises it, in pieces.
+
+    Raises:
+      ValueError: the file is not UTF-8 (names the file and byte offset).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset, carry, at_start = 0, "", True
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(READ_BYTES)
+            final = not data
+            if digest is not None:
+                digest.update(data)
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(data, final=final)
+            except UnicodeDecodeError as e:
+                at = offset - pending + e.start
+                raise ValueError(
+                    f"input file is not UTF-8: {path}: byte 0x{e.object[e.start]:02x} at offset {at}"
+                ) from None
+            offset += len(data)
+            if at_start and text:
+                text, at_start = text.removeprefix("\ufeff"), False
+            text, carry = carry + text, ""
+            if not final and text.endswith("\r"):
+                text, carry = text[:-1], "\r"  # maybe half of a CRLF
+            yield text.replace("\r\n", "\n").replace("\r", "\n"), len(data)
+            if final:
+                return
+
+
+def _scan(path: Path) -> _Source:
+    """First pass: size, SHA-256, UTF-8 check, Gutenberg body and emptiness, in bounded memory."""
+    digest = hashlib.sha256()
+    pos = 0  # characters before the current piece
+    tail = ""  # the last _MARK_LEN + 1 characters before the piece, to see markers that straddle pieces
+    start_seen = False  # a START line was found (the first one counts, as in re.search)
+    body_start = None  # character after the START line's newline
+    body_end = None
+    first_body_char = None  # first non-whitespace character at or after body_start
+    any_text = False
+    for text, _ in _decoded(path, digest):
+        any_text = any_text or not text.isspace() and text != ""
+        if body_end is None:
+            buf, base = tail + text, pos - len(tail)
+            if start_seen and body_start is None and (nl := text.find("\n")) >= 0:
+                body_start = pos + nl + 1
+            for m in _MARK.finditer(buf):
+                if m.end() <= len(tail) or not (base + m.start() == 0 or buf[m.start() - 1] == "\n"):
+                    continue  # seen in the previous piece, or not at a line start
+                at = base + m.start()
+                if not start_seen and m.group(1) == "START":
+                    start_seen = True
+                    if (nl := buf.find("\n", m.end())) >= 0:
+                        body_start = base + nl + 1
+                elif body_start is not None and m.group(1) == "END" and at >= body_start:
+                    first_body_char = _first_text_char(buf, base, body_start, first_body_char)
+                    body_end = at
+                    break
+            if body_end is None and body_start is not None:
+                first_body_char = _first_text_char(buf, base, body_start, first_body_char)
+            tail = buf[-(_MARK_LEN + 1) :]
+        pos += len(text)
+    sha = digest.hexdigest()
+    size = path.stat().st_size
+    if body_end is not None:
+        if first_body_char is None or first_body_char >= body_end:
+            raise ValueError(
+                f"input file has an empty Project Gutenberg body (only whitespace between START and END): {path}"
+            )
+        return _Source(path, size, sha, body_start, body_end, gutenberg=True)
+    if not any_text:
+        raise ValueError(f"input file is empty (or only whitespace): {path}")
+    return _Source(path, size, sha)
+
+
+def _first_text_char(buf: str, base: int, body_start: int, found: int | None) -> int | None:
+    if found is not None:
+        return found
+    lo = max(body_start - base, 0)
+    rest = buf[lo:]
+    stripped = rest.lstrip()
+    return base + lo + len(rest) - len(stripped) if stripped else None
+
+
+def _document_pieces(src: _Source, rule: _BoundaryRule | None, progress=None) -> Iterator[str]:
+    """Second pass: the document's body in pieces cut at ``rule``'s safe boundaries."""
+    digest = hashlib.sha256()
+    pos, pending, searched = 0, "", 1
+    for text, n_bytes in _decoded(src.path, digest):
+        lo = max(src.body_start - pos, 0)
+        hi = len(text) if src.body_end is None else min(src.body_end - pos, len(text))
+        pos += len(text)
+        if hi > lo:
+            pending += text[lo:hi]
+        if progress is not None:
+            progress.update(n_bytes)
+        while rule is not None and len(pending) >= PIECE_CHARS:
+            cut = rule.last_boundary(pending, searched)
+            if cut == 0:  # no safe boundary yet: read on (memory grows only for such text)
+                searched = len(pending)
+                break
+            yield pending[:cut]
+            pending, searched = pending[cut:], 1
+    if digest.hexdigest() != src.sha256:
+        raise ValueError(f"input file changed while it was being tokenized: {src.path}; run again.")
+    if pending:
+        yield pending
+
+
+def _resolve_inputs(inputs: Sequence[str | os.PathLike[str]], glob: str) -> list[Path]:
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not isinstance(inputs, Sequence) or not inputs:
+        raise ValueError(f"inputs={inputs!r} is not allowed; give one or more files, directories or glob patterns.")
+    if not isinstance(glob, str) or not glob:
+        raise ValueError(f"glob={glob!r} is not allowed; give a file name pattern such as '*.txt'.")
+    found: dict[str, Path] = {}
+    for item in inputs:
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(f"inputs must hold paths (str or os.PathLike), got {type(item).__name__}: {item!r}.")
+        name = os.fspath(item)
+        path = Path(name)
+        if path.is_file():
+            matches = [path]
+        elif path.is_dir():
+            matches = [p for p in path.rglob(glob) if p.is_file()]
+        elif _GLOB_MAGIC & set(name):
+            matches = []
+            for hit in map(Path, glob_lib.glob(name, recursive=True)):
+                matches += [hit] if hit.is_file() else [p for p in hit.rglob(glob) if p.is_file()]
+        else:
+            raise ValueError(f"input {name!r} does not exist (and is not a glob pattern).")
+        if not matches:
+            raise ValueError(f"input {name!r} matches no files (directories are searched for glob={glob!r}).")
+        for p in matches:
+            found.setdefault(os.path.abspath(p), Path(os.path.abspath(p)))
+    return sorted(found.values())
+
+
+def _jaxembed_version() -> str:
+    try:
+        return importlib.metadata.version("jaxembed")
+    except importlib.metadata.PackageNotFoundError:
+        import jaxembed
+
+        return jaxembed.__version__
+
+
+def _identity(meta: dict) -> tuple:
+    """What makes two token directories the same corpus: format, tokenizer and source contents."""
+    docs = tuple((d["sha256"], d["bytes"]) for d in meta.get("documents", ()))
+    return (meta.get("format_version"), meta.get("tokenizer"), meta.get("n_vocab"), meta.get("dtype"), docs)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _get_encoding(tokenizer: str | tiktoken.Encoding) -> tiktoken.Encoding:
+    if isinstance(tokenizer, tiktoken.Encoding):
+        return tokenizer
+    if not isinstance(tokenizer, str):
+        raise TypeError(f"tokenizer must be an encoding name or a tiktoken.Encoding, got {type(tokenizer).__name__}.")
+    return tokenizer_lib.get_encoding(tokenizer)
+
+
+def _check_out_dir(out: Path, new_meta: dict, overwrite: bool) -> dict | None:
+    """Returns the existing meta when ``out`` already holds this very corpus, intact."""
+    has_tokens, has_meta = (out / TOKENS_FILE).exists(), (out / META_FILE).exists()
+    if not (has_tokens or has_meta):
+        return None
+    try:
+        _, old = open_tokens(out)
+    except ValueError as e:
+        if overwrite:
+            return None
+        raise ValueError(
+            f"out_dir={str(out)!r} already holds {TOKENS_FILE}/{META_FILE} that are not a complete token corpus "
+            f"({e}); pass overwrite=True (--overwrite) to replace them."
+        ) from None
+    if _identity(old) == _identity(new_meta):
+        if overwrite:
+            return None
+        if _file_sha256(out / TOKENS_FILE) == old.get("tokens_sha256"):
+            return old
+        return None  # same corpus, damaged file: rebuild it
+    if overwrite:
+        return None
+    raise ValueError(
+        f"out_dir={str(out)!r} already holds a different token corpus ({_describe_difference(old, new_meta)}); "
+        "pass overwrite=True (--overwrite) to replace it, or choose another out_dir."
+    )
+
+
+def _describe_difference(old: dict, new: dict) -> str:
+    for key in ("format_version", "tokenizer", "n_vocab", "dtype"):
+        if old.get(key) != new.get(key):
+            return f"{key} {old.get(key)!r} there, {new.get(key)!r} now"
+    a, b = old.get("documents", []), new["documents"]
+    for i, (x, y) in enumerate(zip(a, b)):
+        if (x.get("sha256"), x.get("bytes")) != (y["sha256"], y["bytes"]):
+            return f"document {i}: {x.get('path')} (sha256 {str(x.get('sha256'))[:12]}...) there, {y['path']} (sha256 {y['sha256'][:12]}...) now"
+    return f"{len(a)} documents there, {len(b)} now"
+
+
+def tokenize_files(
+    inputs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    *,
+    tokenizer: str | tiktoken.Encoding = "gpt2",
+    glob: str = "*.txt",
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Tokenizes text files into ``out_dir/tokens.npy`` and ``out_dir/meta.json``.
+
+    Each file is one document: its tokens, then the ``<|endoftext|>`` id.
+    Documents are ordered by path (component-wise), whatever the order of
+    ``inputs``; a file named twice counts once. Memory stays bounded (about
+    ``READ_BYTES + (2 * workers + 2) * PIECE_CHARS`` characters plus the
+    tokenizer) whatever the corpus size, except for text with no safe cut
+    (see ``_BoundaryRule``) for ``PIECE_CHARS`` characters, or a tokenizer
+    whose regex is not one of GPT-2's, cl100k's or o200k's (then each document
+    is encoded whole).
+
+    Writing is atomic: results go to temporary files in ``out_dir`` that are
+    renamed at the end, ``meta.json`` last (an old ``meta.json`` is removed
+    before the new ``tokens.npy`` replaces the old), so an interrupted run
+    leaves either the previous result or none. ``open_tokens`` refuses a
+    ``tokens.npy`` without ``meta.json``.
+
+    Running again on the same corpus (same tokenizer, same file contents in
+    the same order; paths may differ) is a no-op that returns the existing
+    meta, once ``tokens.npy`` is checked against its SHA-256.
+
+    Args:
+      inputs: text files, directories (searched recursively for ``glob``)
+        or glob patterns (``**`` recursive); CLI ``INPUT...``.
+      out_dir: directory for ``tokens.npy`` and ``meta.json``, created if
+        missing; CLI ``--out``.
+      tokenizer: encoding name for ``jaxembed.tokenizer.get_encoding``, or a
+        ``tiktoken.Encoding`` that has ``<|endoftext|>``; CLI ``--tokenizer``.
+      glob: file name pattern used inside directories; CLI ``--glob``.
+      workers: encoding threads; ``None``: one per CPU; CLI ``--workers``.
+      overwrite: replace a different corpus already in ``out_dir`` (or
+        rebuild the same one); CLI ``--overwrite``.
+      progress: show a tqdm bar (bytes read, tokens/s) on stderr.
+
+    Returns:
+      The meta dict written to ``meta.json``: ``format_version``,
+      ``tokenizer``, ``n_vocab``, ``separator``, ``separator_id``, ``dtype``
+      (``"uint16"``/``"uint32"``), ``num_tokens``, ``num_documents``,
+      ``tokens_sha256`` (of the whole ``tokens.npy`` file),
+      ``jaxembed_version`` and ``documents``: a list of ``{"path", "bytes",
+      "sha256", "gutenberg_stripped", "start", "stop"}``.
+
+    Raises:
+      ValueError: an input does not exist or matches no files; a file is
+        empty, only whitespace, or not UTF-8 (path and byte offset); out_dir
+        holds another corpus and ``overwrite`` is False; the tokenizer is
+        unknown, lacks ``<|endoftext|>``, or its ids do not fit uint32;
+        ``workers`` or ``glob`` is invalid.
+      TypeError: an input is not a path.
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> d = pathlib.Path(tempfile.mkdtemp())
+      >>> _ = (d / "play.txt").write_text("Romeo, Romeo!\\n")
+      >>> meta = tokenize_files([d / "play.txt"], d / "out")
+      >>> meta["num_tokens"], meta["dtype"], meta["documents"][0]["stop"]
+      (8, 'uint16', 7)
+    """
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers={workers!r} is not allowed; it must be an integer >= 1 (or None: one per CPU).")
+    workers = int(workers)
+    enc = _get_encoding(tokenizer)
+    if SEPARATOR not in enc.special_tokens_set:
+        raise ValueError(f"tokenizer={enc.name!r} has no {SEPARATOR} special token to separate documents.")
+    dtype = _token_dtype(enc.n_vocab, enc.name)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"out_dir={str(out)!r} exists and is not a directory.")
+    paths = _resolve_inputs(inputs, glob)
+
+    bar = _bar(progress, sum(p.stat().st_size for p in paths), "scanning")
+    sources = []
+    for p in paths:
+        sources.append(_scan(p))
+        if bar is not None:
+            bar.update(sources[-1].size)
+    if bar is not None:
+        bar.close()
+    meta = {
+        "format": "jaxembed-tokens",
+        "format_version": FORMAT_VERSION,
+        "tokenizer": enc.name,
+        "n_vocab": enc.n_vocab,
+        "separator": SEPARATOR,
+        "separator_id": enc.encode_single_token(SEPARATOR),
+        "dtype": dtype.name,
+        "num_tokens": None,
+        "num_documents": len(sources),
+        "tokens_sha256": None,
+        "jaxembed_version": _jaxembed_version(),
+        "documents": [s.record() for s in sources],
+    }
+    existing = _check_out_dir(out, meta, overwrite)
+    if existing is not None:
+        return existing
+    out.mkdir(parents=True, exist_ok=True)
+    temps: list[Path] = []
+    try:
+        raw = _temp(out, "tokens.raw", temps)
+        bar = _bar(progress, sum(s.size for s in sources), "tokenizing")
+        with open(raw, "wb") as f:
+            spans = _encode_all(sources, enc, dtype, workers, f, bar)
+        if bar is not None:
+            bar.close()
+        num_tokens = spans[-1][1] + 1
+        for record, (start, stop) in zip(meta["documents"], spans):
+            record["start"], record["stop"] = start, stop
+        meta["num_tokens"] = num_tokens
+
+        tokens_tmp = _temp(out, TOKENS_FILE, temps)
+        # open_memmap writes the .npy header and sizes the file; the tokens are
+        # then copied with plain file I/O, since pages touched through a map
+        # count towards this process's RSS until it ends.
+        tokens_N = np.lib.format.open_memmap(tokens_tmp, mode="w+", dtype=dtype, shape=(num_tokens,))
+        header_bytes = tokens_N.offset
+        del tokens_N
+        with open(raw, "rb") as src, open(tokens_tmp, "r+b") as dst:
+            dst.seek(header_bytes)
+            shutil.copyfileobj(src, dst, _COPY_BYTES)
+            if dst.tell() != header_bytes + num_tokens * dtype.itemsize:
+                raise RuntimeError(
+                    f"tokens.npy came out with {dst.tell()} bytes, not {header_bytes} + {num_tokens} tokens"
+                )
+            dst.flush()
+            os.fsync(dst.fileno())
+        raw.unlink()
+        meta["tokens_sha256"] = _file_sha256(tokens_tmp)
+
+        meta_tmp = _temp(out, META_FILE, temps)
+        meta_tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+        _fsync(meta_tmp)
+        # meta.json goes first and comes back last: in between, tokens.npy has
+        # no meta.json, which open_tokens refuses, so old meta never describes new tokens.
+        (out / META_FILE).unlink(missing_ok=True)
+        os.replace(tokens_tmp, out / TOKENS_FILE)
+        os.replace(meta_tmp, out / META_FILE)
+        _fsync_dir(out)
+    finally:
+        for t in temps:
+            t.unlink(missing_ok=True)
+    return meta
+
+
+def _temp(out: Path, name: str, temps: list[Path]) -> Path:
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".part")
+    os.close(fd)
+    temps.append(Path(tmp))
+    return Path(tmp)
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _bar(progress: bool, total: int, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, dynamic_ncols=True)
+
+
+def _encode_all(sources, enc, dtype, workers, f, bar) -> list[tuple[int, int]]:
+    """Encodes every document into ``f`` (raw ``dtype``), in order; returns each ``(start, stop)``."""
+    rule = _boundary_rule(enc)
+    eot = np.array([enc.encode_single_token(SEPARATOR)], dtype=dtype)
+    spans: list[tuple[int, int]] = []
+    count, start = 0, 0
+
+    def encode(text: str) -> np.ndarray:
+        # encode_to_numpy skips the Python list (and releases the GIL); no
+        # special tokens allowed or disallowed: literal "<|endoftext|>" is text.
+        return enc.encode_to_numpy(text, disallowed_special=())
+
+    def drain_one() -> None:
+        nonlocal count, start
+        item = inflight.popleft()
+        if item is None:  # end of a document
+            spans.append((start, count))
+            f.write(eot.data)
+            count += 1
+            start = count
+            return
+        ids = item.result()
+        f.write(ids.astype(dtype).data)
+        count += len(ids)
+        if bar is not None:
+            bar.set_postfix_str(f"{count / max(bar.format_dict['elapsed'], 1e-9) / 1e6:.2f}M tok/s", refresh=False)
+
+    # A bounded queue of futures keeps results in order and memory bounded.
+    inflight: deque = deque()
+    with ThreadPoolExecutor(workers, thread_name_prefix="tokenize") as pool:
+        for src in sources:
+            for piece in _document_pieces(src, rule, bar):
+                inflight.append(pool.submit(encode, piece))
+                while len(inflight) > 2 * workers:
+                    drain_one()
+            inflight.append(None)
+        while inflight:
+            drain_one()
+    return spans
+
+
+def open_tokens(directory: str | os.PathLike[str], *, verify: bool = False) -> tuple[np.memmap, dict]:
+    """Maps ``directory/tokens.npy`` read-only and returns it with its meta.
+
+    Checks that ``meta.json`` describes the file: format, dtype (``uint16``
+    or ``uint32``), length, and document spans inside it; ``verify=True``
+    also checks the SHA-256 of ``tokens.npy`` (reads the whole file).
+
+    Args:
+      directory: a directory written by ``tokenize_files``.
+      verify: also compare the file's SHA-256 with ``meta["tokens_sha256"]``.
+
+    Returns:
+      ``(tokens_N, meta)``: ``tokens_N`` a read-only ``np.memmap`` of shape
+      ``[num_tokens]``; ``meta`` the dict of ``meta.json``.
+
+    Raises:
+      ValueError: the directory, ``meta.json`` or ``tokens.npy`` is missing
+        (e.g. an interrupted run), unreadable, or they disagree.
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> d = pathlib.Path(tempfile.mkdtemp())
+      >>> _ = (d / "a.txt").write_text("Hello world")
+      >>> _ = tokenize_files([d], d)
+      >>> tokens_N, meta = open_tokens(d, verify=True)
+      >>> tokens_N.tolist(), meta["tokenizer"]
+      ([15496, 995, 50256], 'gpt2')
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise ValueError(
+            f"token directory {str(d)!r} does not exist (write one with tokenize_files / jaxembed tokenize)."
+        )
+    meta_path, tokens_path = d / META_FILE, d / TOKENS_FILE
+    if not meta_path.is_file():
+        hint = " (tokens.npy without meta.json: an interrupted run?)" if tokens_path.exists() else ""
+        raise ValueError(f"{str(d)!r} is not a complete token directory: {META_FILE} is missing{hint}.")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict):
+            raise ValueError("not a JSON object")
+        n, dtype_name, docs = int(meta["num_tokens"]), str(meta["dtype"]), meta["documents"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{str(meta_path)!r} is not a valid token meta file: {type(e).__name__}: {e}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{str(meta_path)!r} has format_version={meta.get('format_version')!r}; this jaxembed reads {FORMAT_VERSION}."
+        )
+    if dtype_name not in ("uint16", "uint32"):
+        raise ValueError(f"{str(meta_path)!r} says dtype={dtype_name!r}; allowed: 'uint16', 'uint32'.")
+    if not tokens_path.is_file():
+        raise ValueError(f"{str(d)!r} is not a complete token directory: {TOKENS_FILE} is missing.")
+    try:
+        tokens = np.load(tokens_path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{str(tokens_path)!r} is not a readable .npy file: {e}") from None
+    if tokens.ndim != 1 or tokens.dtype != np.dtype(dtype_name) or len(tokens) != n:
+        raise ValueError(
+            f"{str(tokens_path)!r} holds {tokens.dtype} of shape {tokens.shape}, but {META_FILE} says {dtype_name} of "
+            f"shape ({n},); the directory is corrupt: rebuild it with overwrite=True."
+        )
+    _check_spans(meta_path, tokens, docs, meta.get("separator_id"))
+    if verify and _file_sha256(tokens_path) != meta.get("tokens_sha256"):
+        raise ValueError(
+            f"{str(tokens_path)!r} does not match the SHA-256 in {META_FILE}; rebuild it with overwrite=True."
+        )
+    return tokens, meta
+
+
+def _check_spans(meta_path: Path, tokens: np.ndarray, docs: list, separator_id: object) -> None:
+    try:
+        starts = np.array([d["start"] for d in docs], dtype=np.int64)
+        stops = np.array([d["stop"] for d in docs], dtype=np.int64)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{str(meta_path)!r}: bad document spans: {type(e).__name__}: {e}") from None
+    n = len(tokens)
+    # Documents tile tokens.npy: each [start, stop) followed by the separator at stop.
+    ok = len(docs) > 0 and starts[0] == 0 and stops[-1] == n - 1 and bool(np.all(starts <= stops))
+    ok = ok and bool(np.all(starts[1:] == stops[:-1] + 1))
+    if ok and not bool(np.all(tokens[stops] == separator_id)):
+        raise ValueError(f"{str(meta_path)!r}: tokens.npy has no separator id {separator_id} at some document end.")
+    if not ok:
+        raise ValueError(f"{str(meta_path)!r}: document spans do not tile tokens.npy ({n} tokens).")

@@ -5,10 +5,13 @@
 # it needs ../shared/data and no network.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-text=../shared/data/romeo_juliet_gutenberg.txt
+text=$(realpath ../shared/data/romeo_juliet_gutenberg.txt)
 test -f "$text" || { echo "missing $text" >&2; exit 1; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# From outside the repo, so a plain (non-editable) install is what runs, with its packaged configs.
+cd "$tmp"
+export TEXT="$text"
 
 echo "smoke: versions"
 python - <<'PY'
@@ -23,7 +26,8 @@ python - <<'PY'
 import jax, jax.numpy as jnp
 from jaxembed import corpus, data, modules
 
-text = corpus.load_text("../shared/data/romeo_juliet_gutenberg.txt")  # README: "python-docs"
+import os
+text = corpus.load_text(os.environ["TEXT"])  # README: "python-docs"
 loader = data.create_dataloader(text, batch_size=8, max_length=4, stride=4, shuffle=False)
 inputs_BxL, targets_BxL = next(iter(loader))  # int32 numpy, [8, 4] each
 embed = modules.InputEmbedding(vocab_size=50257, max_length=4, features=256)
@@ -33,18 +37,18 @@ print(h_BxLxD.shape)  # (8, 4, 256)
 assert h_BxLxD.shape == (8, 4, 256), h_BxLxD.shape
 PY
 
-echo "smoke: (b) jaxembed train, 5 steps"
-jaxembed train --config configs/tiny.py --workdir "$tmp/w" --text "$text" \
+echo "smoke: (b) jaxembed train (the packaged tiny config), 5 steps, from outside the repo"
+jaxembed train --workdir "$tmp/w" --text "$text" \
   --config.train.steps=5 --config.train.checkpoint_every=5 --config.train.eval_every=5 --no-progress
 test -s "$tmp/w/report.md" || { echo "smoke: jaxembed train wrote no $tmp/w/report.md" >&2; exit 1; }
 echo "smoke: (b') the same command resumes from step 5 (orbax + grain restore) and trains to step 6"
 rm "$tmp/w/report.md"
-jaxembed train --config configs/tiny.py --workdir "$tmp/w" --text "$text" \
+jaxembed train --workdir "$tmp/w" --text "$text" \
   --config.train.steps=6 --config.train.checkpoint_every=5 --config.train.eval_every=5 --no-progress
 test -s "$tmp/w/report.md" || { echo "smoke: resumed jaxembed train wrote no $tmp/w/report.md" >&2; exit 1; }
 
 echo "smoke: (c) imports, the cache dir (platformdirs) and a progress bar as train draws it (tqdm)"
-python -c "import jaxembed.train, jaxembed.cli"
+python -c "import jaxembed.train, jaxembed.cli; print('imported from', jaxembed.__file__)"
 env -u JAXEMBED_CACHE python - <<'PY'  # unset: cache_dir() then asks platformdirs
 import sys
 

@@ -56,6 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
     # smallest model; then the positional table cannot learn anything position-specific).
     c.model.num_layers = 1
     c.model.num_heads = 4  # Attention heads per block; must divide model.features.
+    # Tokens per tile of the tied head's loss (0: the full [B, L, V] logits at once). Batches
+    # of at most this many tokens run the dense program; gpt2_small's 32,768 tokens per step
+    # need 1 GiB of loss temporaries in 16 tiles instead of 12 GiB (jaxembed plan shows it).
+    c.model.loss_tile_tokens = 2048
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-2  # Peak learning rate after warmup.
@@ -195,6 +199,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         or config.data.num_workers < 0
     ):
         raise ValueError(f"data.num_workers={config.data.num_workers!r} is not allowed; it must be an integer >= 0.")
+    tile = config.model.get("loss_tile_tokens", 0)
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
+        raise ValueError(f"model.loss_tile_tokens={tile!r} is not allowed; it must be an integer >= 0 (0: dense).")
     for name in ("features", "vocab_multiple"):
         value = config.model[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -34,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
+from jaxembed.loss import cross_entropy, tied_cross_entropy
 from jaxembed.modules import InputEmbedding, check_ids, padded_size, require_size, require_stddev
 
 #: Logical axis names of every parameter (map them to mesh axes with
@@ -283,6 +283,49 @@ class EmbeddingLM(nn.Module):
         """
         return self.embed.attend(self.hidden(ids_BxL))
 
+    def loss(
+        self,
+        ids_BxL: jax.Array,
+        targets_BxL: jax.Array,
+        *,
+        tile_tokens: int = 0,
+        where_BxL: jax.Array | None = None,
+    ) -> jax.Array:
+        """Mean next-token cross-entropy (float32 nats per token) of ``targets_BxL``.
+
+        Args:
+          ids_BxL: integer token ids ``[B, L]``; see ``hidden``.
+          targets_BxL: the next token at each position, ``[B, L]``; a target
+            outside ``[0, vocab_size)`` at a kept position gives NaN.
+          tile_tokens: ``0`` (or ``>= B * L``) computes the ``[B, L, V]``
+            logits as ``__call__`` does; otherwise ``loss.tied_cross_entropy``
+            scans tiles of this many tokens and never holds all the logits
+            (same loss and gradients to float32 round-off).
+          where_BxL: optional bool mask; the mean is over the True positions.
+
+        Example:
+          >>> lm = EmbeddingLM(vocab_size=10, max_length=4, features=2)
+          >>> ids = jnp.array([[1, 2, 3, 4]])
+          >>> params = lm.init(jax.random.key(0), ids)
+          >>> dense = lm.apply(params, ids, ids, method=EmbeddingLM.loss)
+          >>> tiled = lm.apply(params, ids, ids, tile_tokens=3, method=EmbeddingLM.loss)
+          >>> bool(jnp.allclose(dense, tiled)), bool(jnp.allclose(dense, jnp.log(10), atol=0.01))
+          (True, True)
+        """
+        tokens = int(np.prod(jnp.shape(targets_BxL)))
+        if not tile_tokens or tokens <= tile_tokens:
+            return cross_entropy(self(ids_BxL), targets_BxL, where=where_BxL)
+        h_BxLxD = self.hidden(ids_BxL)
+        return tied_cross_entropy(
+            h_BxLxD.reshape(tokens, h_BxLxD.shape[-1]),
+            self.output_table(),
+            jnp.reshape(targets_BxL, (tokens,)),
+            num_classes=self.vocab_size,
+            tile_tokens=tile_tokens,
+            where=None if where_BxL is None else jnp.reshape(where_BxL, (tokens,)),
+            dtype=self.dtype,
+        )
+
     def check(self, ids_BxL: jax.Array) -> None:
         """Raises for ids outside ``[0, vocab_size)`` or sequences longer than ``max_length``.
 
@@ -298,17 +341,6 @@ class EmbeddingLM(nn.Module):
         """
         check_ids(ids_BxL, self.vocab_size, "ids")
         check_ids(jnp.arange(jnp.shape(ids_BxL)[-1]), self.max_length, "positions")
-
-
-def cross_entropy(logits_BxLxV: jax.Array, targets_BxL: jax.Array) -> jax.Array:
-    """Mean next-token cross-entropy in float32 (nats per token).
-
-    Example:
-      >>> float(cross_entropy(jnp.zeros((1, 2, 4)), jnp.array([[0, 3]])))  # ln 4
-      1.3862943649291992
-    """
-    losses_BxL = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV.astype(jnp.float32), targets_BxL)
-    return losses_BxL.mean()
 
 
 def embedding_tables(params: Any, vocab_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -358,3 +390,6 @@ def make_model(model_config: ml_collections.ConfigDict, *, vocab_size: int, max_
         num_layers=model_config.get("num_layers", 0),
         num_heads=model_config.get("num_heads", 1),
     )
+
+
+__all__ = ["CausalSelfAttentionBlock", "EmbeddingLM", "cross_entropy", "embedding_tables", "make_model"]

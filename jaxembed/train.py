@@ -56,6 +56,9 @@ class TrainResult:
     workdir: pathlib.Path | None
     config: ml_collections.ConfigDict
     initial_params: Any = None
+    #: Validation loss with the trained positional rows permuted at random: the gap to the
+    #: final validation loss is how much the model relies on where a token sits.
+    val_loss_positions_shuffled: float | None = None
 
     def tables(self, initial: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(token_VxD, position_LxD)`` as float32 numpy, padding rows dropped.
@@ -136,11 +139,26 @@ def train_and_evaluate(
                 }
             )
         state = _loop(config, trainer, state, iterator, eval_batches, metrics, ckpt, start_step, progress)
+        shuffled = positions_shuffled_loss(trainer, state.params, eval_batches, seed=config.seed)
     finally:
         if ckpt is not None:
             ckpt.close()
         iterator.close()
-    return TrainResult(state, metrics.rows, trainer.model, splits, workdir, config, initial_params)
+    return TrainResult(state, metrics.rows, trainer.model, splits, workdir, config, initial_params, shuffled)
+
+
+def positions_shuffled_loss(trainer: Trainer, params: Any, eval_batches: list, *, seed: int = 0) -> float:
+    """Validation loss with the positional table's rows permuted at random (a fixed, seeded permutation).
+
+    Equal to the ordinary validation loss when the model ignores position;
+    higher by as much as it relies on it.
+    """
+    position_LxD = params["params"]["embed"]["position"]["embedding"]
+    order_L = np.random.default_rng(seed).permutation(position_LxD.shape[0])
+    shuffled_LxD = jax.device_put(jnp.asarray(position_LxD)[order_L], position_LxD.sharding)
+    shuffled = jax.tree.map(lambda x: x, params)  # a new tree: the state's params stay untouched
+    shuffled["params"]["embed"]["position"]["embedding"] = shuffled_LxD
+    return trainer.evaluate(shuffled, eval_batches)
 
 
 def _write_run_files(workdir: pathlib.Path, config: ml_collections.ConfigDict, splits: input_pipeline.Splits) -> None:

@@ -36,7 +36,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxembed.model import EmbeddingLM, cross_entropy, make_model
+from jaxembed.model import EmbeddingLM, make_model
 
 AxisRules = Sequence[tuple[str, str | None]]
 
@@ -182,8 +182,12 @@ def train_step(
     *,
     model: EmbeddingLM,
     tx: optax.GradientTransformation,
+    loss_tile_tokens: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on next-token cross-entropy. Pure; jit it.
+
+    ``loss_tile_tokens`` > 0 computes the loss over tiles of that many tokens
+    (``EmbeddingLM.loss``): the same numbers without the ``[B, L, V]`` logits.
 
     Returns:
       ``(new_state, {"loss", "grad_norm"})``: the batch's mean loss (nats per
@@ -200,7 +204,7 @@ def train_step(
     """
 
     def loss_fn(params):
-        return cross_entropy(model.apply(params, inputs_BxL), targets_BxL)
+        return model.apply(params, inputs_BxL, targets_BxL, tile_tokens=loss_tile_tokens, method=EmbeddingLM.loss)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -209,9 +213,11 @@ def train_step(
     return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
 
-def eval_step(params: Any, inputs_BxL: jax.Array, targets_BxL: jax.Array, *, model: EmbeddingLM) -> jax.Array:
+def eval_step(
+    params: Any, inputs_BxL: jax.Array, targets_BxL: jax.Array, *, model: EmbeddingLM, loss_tile_tokens: int = 0
+) -> jax.Array:
     """Mean next-token cross-entropy (nats per token) of one held-out batch."""
-    return cross_entropy(model.apply(params, inputs_BxL), targets_BxL)
+    return model.apply(params, inputs_BxL, targets_BxL, tile_tokens=loss_tile_tokens, method=EmbeddingLM.loss)
 
 
 class Trainer:
@@ -223,6 +229,7 @@ class Trainer:
       mesh: the device mesh (``make_mesh``).
       batch_size: global rows per batch (split over the mesh's ``data`` axis).
       rules: logical axis name -> mesh axis (``mesh.logical_axis_rules``).
+      loss_tile_tokens: tokens per loss tile (``model.loss_tile_tokens``; 0: dense logits).
 
     Attributes:
       step: the compiled ``train_step``: ``(state, inputs_BxL, targets_BxL) ->
@@ -240,15 +247,17 @@ class Trainer:
         *,
         batch_size: int,
         rules: AxisRules = DEFAULT_AXIS_RULES,
+        loss_tile_tokens: int = 0,
     ):
         self.model, self.tx, self.mesh, self.rules = model, tx, mesh, tuple(map(tuple, rules))
+        self.loss_tile_tokens = loss_tile_tokens
         self.abstract_state, self.state_shardings = state_shardings(model, tx, mesh, self.rules)
         self.batch_sharding = NamedSharding(mesh, P("data", None))
         batch = jax.ShapeDtypeStruct((batch_size, model.max_length), jnp.int32, sharding=self.batch_sharding)
         # Compiled ahead of time so that tokens/s never includes compilation.
         self.compiled_step = (
             jax.jit(
-                functools.partial(train_step, model=model, tx=tx),
+                functools.partial(train_step, model=model, tx=tx, loss_tile_tokens=loss_tile_tokens),
                 in_shardings=(self.state_shardings, self.batch_sharding, self.batch_sharding),
                 out_shardings=(self.state_shardings, None),
                 donate_argnums=0,
@@ -259,7 +268,7 @@ class Trainer:
         self.step = self.compiled_step
         self.eval = (
             jax.jit(
-                functools.partial(eval_step, model=model),
+                functools.partial(eval_step, model=model, loss_tile_tokens=loss_tile_tokens),
                 in_shardings=(self.state_shardings.params, self.batch_sharding, self.batch_sharding),
             )
             .lower(self.abstract_state.params, batch, batch)
@@ -276,7 +285,8 @@ class Trainer:
         model = make_model(config.model, vocab_size=vocab_size, max_length=config.data.max_length)
         tx = make_optimizer(config.optim, config.train.steps)
         rules = config.mesh.get("logical_axis_rules", DEFAULT_AXIS_RULES)
-        return cls(model, tx, mesh, batch_size=config.data.batch_size, rules=rules)
+        tile = config.model.get("loss_tile_tokens", 0)
+        return cls(model, tx, mesh, batch_size=config.data.batch_size, rules=rules, loss_tile_tokens=tile)
 
     def init(self, key: jax.Array) -> TrainState:
         """A fresh state, initialised straight into its sharded layout."""

@@ -16,9 +16,11 @@ Example:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import pathlib
+import socket
 
 import jax
 
@@ -111,3 +113,147 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+class WorkdirLock:
+    """An exclusive OS lock on ``W/.lock`` so two runs never write one workdir.
+
+    ``fcntl.flock`` locks belong to the open file, so the OS releases them
+    when the process ends, however it ends (``kill -9`` included): a lock
+    never goes stale and never needs cleaning by hand. The file keeps the
+    holder's pid and host, for the refusal message.
+
+    Raises:
+      WorkdirError: another process holds the lock (the message names its
+        pid and host).
+
+    Example:
+      >>> import tempfile
+      >>> w = check_workdir(tempfile.mkdtemp())
+      >>> with WorkdirLock(w):
+      ...     WorkdirLock(w).acquire()
+      Traceback (most recent call last):
+      ...
+      jaxembed.workdir.WorkdirError: workdir ... is in use by pid ... on host ...
+    """
+
+    def __init__(self, workdir: str | os.PathLike):
+        self.workdir = pathlib.Path(workdir)
+        self._fd: int | None = None
+
+    def acquire(self) -> WorkdirLock:
+        path = self.workdir / ".lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise WorkdirError(
+                f"workdir {self.workdir} is in use by {holder}; wait for that run to finish (or stop it), "
+                "or choose another --workdir."
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the file releases the flock
+            self._fd = None
+
+    def __enter__(self) -> WorkdirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+#: How each config field may differ when a run resumes (first match wins; ``*`` ends a prefix).
+#: ``refuse``: it changes shapes, data or what a number means, so resuming would silently mix two runs.
+#: ``notice``: allowed, said out loud and recorded in ``W/config_changes.jsonl``.
+#: Everything else is free (where files go, how often to log, devices, the report).
+RESUME_RULES: tuple[tuple[str, str], ...] = (
+    ("seed", "refuse"),
+    ("model.*", "refuse"),
+    ("data.tokenizer", "refuse"),
+    ("data.max_length", "refuse"),
+    ("data.stride", "refuse"),
+    ("data.batch_size", "refuse"),
+    ("data.val_fraction", "refuse"),
+    ("train.eval_batches", "refuse"),
+    ("train.steps", "notice"),
+    ("optim.*", "notice"),
+    ("train.eval_every", "notice"),
+    ("train.checkpoint_every", "notice"),
+)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def resume_rule(field: str) -> str:
+    """``"refuse"``, ``"notice"`` or ``"free"``: how ``field`` may change on resume (``RESUME_RULES``).
+
+    Example:
+      >>> resume_rule("model.features"), resume_rule("train.steps"), resume_rule("train.log_every")
+      ('refuse', 'notice', 'free')
+    """
+    for pattern, rule in RESUME_RULES:
+        if field == pattern or (pattern.endswith("*") and field.startswith(pattern[:-1])):
+            return rule
+    return "free"
+
+
+def config_changes(stored: dict, requested: dict) -> dict[str, tuple[object, object]]:
+    """Every field whose value differs: ``{field: (stored, requested)}`` (missing fields count as None).
+
+    Example:
+      >>> config_changes({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}})
+      {'a.c': (2, 3)}
+    """
+    old, new = _flatten(json.loads(json.dumps(stored))), _flatten(json.loads(json.dumps(requested)))
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)}
+
+
+def check_resume(workdir: pathlib.Path, requested: dict) -> dict[str, tuple[object, object]]:
+    """Compares the requested config with the run's ``config.json``, before anything is restored.
+
+    Returns:
+      The changes allowed with a notice (``{field: (old, new)}``); free
+      changes are not returned.
+
+    Raises:
+      WorkdirError: a field that must match differs; the message lists every
+        such field with both values, and says what to do. Nothing is touched.
+    """
+    path = workdir / "config.json"
+    if not path.is_file():
+        return {}
+    changes = config_changes(json.loads(path.read_text()), requested)
+    refused = {k: v for k, v in changes.items() if resume_rule(k) == "refuse"}
+    if refused:
+        listed = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, (old, new) in refused.items())
+        raise WorkdirError(
+            f"workdir {workdir} holds a run with other settings ({listed}). Resuming would mix two different "
+            "runs, so nothing was changed: rerun with the run's settings (see its config.json), "
+            "or choose a new --workdir."
+        )
+    return {k: v for k, v in changes.items() if resume_rule(k) == "notice"}
+
+
+def record_changes(workdir: pathlib.Path, step: int, changes: dict[str, tuple[object, object]]) -> None:
+    """Appends one row ``{"step", "changes"}`` to ``W/config_changes.jsonl`` (the run's history)."""
+    row = {"step": step, "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()}}
+    with (workdir / "config_changes.jsonl").open("a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -97,7 +97,7 @@ def _data(rows: list[dict]) -> list[str]:
             f"{fmt(r['jaxembed_tokens_per_s'] / 1e6)} M | {fmt(r.get('reference_tokens_per_s', math.nan) / 1e6, 3)} M | "
             f"{fmt(speed, 1)}x {_goal(speed >= GOALS['data']) if speed else ''} | "
             f"{fmt(r.get('jaxembed_build_s', math.nan) * 1e3)} ms / {fmt(r.get('reference_build_s', math.nan) * 1e3, 1)} ms | "
-            f"{fmt(r['tokens_per_unit'] / r['floor_s'] / 1e6, 0)} M | {fmt(r['jaxembed_x_floor'], 0)}x |"
+            f"{fmt(r['tokens_per_unit'] / r['floor_s'] / 1e6, 0)} M | {fmt(r['jaxembed_x_floor'], 1)}x |"
         )
     return lines
 

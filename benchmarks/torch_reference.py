@@ -15,7 +15,7 @@ PyTorch's defaults:
   ``jaxembed.model.EmbeddingLM``: ``logits = (tok(ids) + pos(arange(L))) @
   tok.weight.T``; ``train_step`` does cross-entropy, global-norm gradient
   clipping and ``torch.optim.AdamW`` on the same warmup + cosine schedule as
-  ``jaxembed.train.make_optimizer``.
+  ``jaxembed.trainer.make_optimizer``.
 
 Importing this module needs torch (``pip install -e ".[bench]"``); the pure
 Python ``reference_windows`` below is importable without it.
@@ -149,7 +149,7 @@ def make_embedding_lm(vocab_size: int, max_length: int, features: int, init_stdd
 
 
 def warmup_cosine(step: int, *, peak: float, warmup_steps: int, total_steps: int, end_fraction: float) -> float:
-    """``optax.warmup_cosine_decay_schedule`` as ``jaxembed.train`` configures it."""
+    """``optax.warmup_cosine_decay_schedule`` as ``jaxembed.trainer.learning_rate_schedule`` configures it."""
     warmup = min(warmup_steps, max(total_steps - 1, 0))
     decay_steps = max(total_steps, warmup + 1)
     if step < warmup:

@@ -1,14 +1,15 @@
-"""The benchmark script (benchmarks/run.py) in its smoke size, so it never rots.
+"""The benchmarks (benchmarks/) at their smoke size, so they never rot.
 
 torch is not a dev dependency: without it the smoke run measures jaxembed
-alone and says so, and these tests check the jaxembed figures and the
-hardware floors; with torch installed (``pip install -e ".[bench]"``) they
-check the reference's columns too, and that the reference computes what
-jaxembed computes.
+alone and says so, and these tests check the jaxembed figures, the floors,
+the memory plan and the mesh run against sizes worked out here; with torch
+installed (``pip install -e ".[bench]"``) they check the reference's columns
+too.
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
 import math
@@ -24,6 +25,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
+# The smoke run's sizes (benchmarks/run.py --quick), restated so the tests check them independently.
+QUICK_TOKENS = 5000
+QUICK_DATA = [(4, 4, 8), (64, 1, 16)]  # (max_length, stride, batch)
+B, L, D, V = 8, 4, 256, 4096  # the quick train step; 4,096 is already a multiple of vocab_multiple=128
 
 
 def _positive(x) -> bool:
@@ -47,25 +52,40 @@ def quick(tmp_path_factory):
 def test_hardware_probes_are_sane(quick):
     results, _, _ = quick
     hw = results["hardware"]
-    assert _positive(hw["bandwidth_Bps"]) and _positive(hw["matmul_flops"]["peak"])
     assert 1e8 < hw["bandwidth_Bps"] < 1e13  # between 0.1 GB/s and 10 TB/s
     assert 1e8 < hw["matmul_flops"]["peak"] < 1e16
+    assert hw["matmul_flops"]["peak"] == max(hw["matmul_flops"]["numpy"], hw["matmul_flops"]["xla"])
 
 
-@pytest.mark.parametrize("kind", ["data", "embed", "train"])
-def test_jaxembed_measurements_and_floors(quick, kind):
+def test_data_rows_count_the_seeds_windows(quick):
     results, _, _ = quick
-    rows = results[kind]
-    assert rows
-    for row in rows:
-        assert len(row["times_s"]["jaxembed"]) == results["settings"]["reps"]
-        assert all(_positive(t) for t in row["times_s"]["jaxembed"])
-        assert _positive(row["jaxembed_s"]) and _positive(row["jaxembed_tokens_per_s"])
-        assert _positive(row["floor_s"]) and _positive(row["jaxembed_x_floor"])
-    if kind == "data":
-        assert all(row["batches"] > 0 for row in rows)
-    if kind == "train":
-        assert all(_positive(row["floor_terms"]["flops"]) and _positive(row["floor_terms"]["bytes"]) for row in rows)
+    rows = results["data"]
+    assert [(r["max_length"], r["stride"], r["batch"]) for r in rows] == QUICK_DATA
+    hw = results["hardware"]
+    for r in rows:
+        # The seed's rule: a window starts at every stride below len(ids) - max_length.
+        windows = len(range(0, QUICK_TOKENS - r["max_length"], r["stride"]))
+        assert r["windows"] == windows and r["batches"] == windows // r["batch"]
+        assert r["tokens_per_unit"] == r["batches"] * r["batch"] * r["max_length"]
+        assert len(r["times_s"]["jaxembed"]) == results["settings"]["reps"]
+        assert r["jaxembed_s"] == pytest.approx(float(np.median(r["times_s"]["jaxembed"])))
+        assert r["jaxembed_tokens_per_s"] == pytest.approx(r["tokens_per_unit"] / r["jaxembed_s"])
+        floor_bytes = r["batches"] * r["batch"] * (3 * r["max_length"] + 1) * 4
+        assert r["floor_s"] == pytest.approx(floor_bytes / hw["bandwidth_Bps"])
+
+
+def test_train_row_floor_is_the_tied_models_work(quick):
+    results, _, _ = quick
+    (row,) = results["train"]
+    assert (row["batch"], row["length"], row["features"], row["vocab"]) == (B, L, D, V)
+    flops = 3 * 2 * B * L * D * V  # logits, d(h), d(table): three [B*L, D] x [D, V] matmuls
+    adamw_bytes = 7 * (V + L) * D * 4  # read param, grad, mu, nu; write param, mu, nu (float32)
+    assert row["floor_terms"]["flops"] == flops and row["floor_terms"]["bytes"] == adamw_bytes
+    hw = results["hardware"]
+    want = flops / hw["matmul_flops"]["peak"] + adamw_bytes / hw["bandwidth_Bps"]
+    assert row["floor_s"] == pytest.approx(want)
+    assert row["jaxembed_x_floor"] == pytest.approx(row["jaxembed_s"] / want)
+    assert all(_positive(t) for t in row["times_s"]["jaxembed"])
 
 
 def test_reference_columns_match_torch_availability(quick):
@@ -73,27 +93,96 @@ def test_reference_columns_match_torch_availability(quick):
     for kind in ("data", "embed", "train"):
         for row in results[kind]:
             if HAS_TORCH:
-                assert _positive(row["reference_s"]) and _positive(row["speedup_vs_reference"])
+                assert _positive(row["reference_s"])
+                assert row["speedup_vs_reference"] == pytest.approx(row["reference_s"] / row["jaxembed_s"])
             else:
                 assert "reference_s" not in row
+    assert results["settings"]["reference"] == HAS_TORCH
     if not HAS_TORCH:
         assert "torch is not installed" in stdout
-    assert results["settings"]["reference"] == HAS_TORCH
 
 
-def test_sweep_memory_and_report_files(quick):
+def test_memory_plan_holds_the_state_and_the_dense_gradient(quick):
+    from jaxembed.config import base_config
+
+    results, _, _ = quick
+    xla = results["memory"]["xla"]
+    has_tiled = "loss_tile_tokens" in base_config().model
+    assert {r["variant"] for r in xla} == ({"dense", "tiled loss"} if has_tiled else {"dense"})
+    dense = next(r for r in xla if r["variant"] == "dense")
+    params = (V + L) * D * 4  # token + position tables, float32
+    batch_bytes = 2 * B * L * 4  # inputs and targets, int32
+    # Arguments: params, Adam's mu and nu, the batch, and a few scalars (step, counts, key).
+    assert 3 * params + batch_bytes <= dense["argument_bytes"] <= 3 * params + batch_bytes + 64
+    # The donated state is reused for the new state: everything but the batch is aliased.
+    assert dense["alias_bytes"] == dense["argument_bytes"] - batch_bytes
+    # Clipping needs the gradient's global norm before any update: the dense gradient is a temporary.
+    assert dense["temp_bytes"] >= params
+    assert dense["live_bytes"] == (
+        dense["argument_bytes"] + dense["temp_bytes"] + dense["output_bytes"] - dense["alias_bytes"]
+    )
+    (rss,) = [r for r in results["memory"]["rss"] if r["variant"] == "dense"]
+    assert "error" not in rss, rss.get("error")
+    assert rss["resident_MiB"] >= params / 2**20  # the initialised tables are in memory
+    assert rss["peak_MiB"] >= rss["resident_MiB"] - 1  # stepping keeps the state resident
+
+
+def test_mesh_child_sees_the_simulated_devices(quick):
+    results, _, _ = quick
+    mesh = results["mesh"]
+    assert mesh["device_count"] == 2  # XLA_FLAGS reached the child
+    assert [r["devices"] for r in mesh["rows"]] == [1, 2]
+    assert all(len(r["times_s"]) == results["settings"]["reps"] and _positive(r["step_s"]) for r in mesh["rows"])
+
+
+def test_sweep_plot_and_report_files(quick):
     results, out, _ = quick
-    sweep = results["sweep"]
-    assert len(sweep["rows"]) >= 2 and all(_positive(r["jaxembed_s"]) for r in sweep["rows"])
-    assert all(abs(sum(r["shares"].values()) - 1) < 1e-6 for r in sweep["rows"])
-    assert all("error" not in m and _positive(m["peak_MiB"]) for m in results["memory"])
+    rows = results["sweep"]["rows"]
+    assert {(r["vocab"], r["length"]) for r in rows} == {(1024, 16), (V, L)}
+    assert all(abs(sum(r["shares"].values()) - 1) < 1e-6 for r in rows)
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
-    for heading in ("Data pipeline", "InputEmbedding forward", "Train step", "Memory", "How cost grows"):
+    for heading in ("Data pipeline", "InputEmbedding forward", "Train step", "How cost grows", "Memory", "mesh"):
         assert heading in table
+    temp_mib = next(r for r in results["memory"]["xla"] if r["variant"] == "dense")["temp_bytes"] / 2**20
+    assert f"| {temp_mib:,.1f} |" in table  # the memory table shows the run's figure
 
 
-# --- The reference pieces themselves ---------------------------------------------------
+# --- Structure ----------------------------------------------------------------------------
+
+
+def _benchmark_imports(path: pathlib.Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module == "benchmarks":
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("benchmarks."):
+            names.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            names |= {a.name.split(".")[1] for a in node.names if a.name.startswith("benchmarks.")}
+    return names
+
+
+def test_benchmarks_import_downward_only():
+    modules = {p.stem: _benchmark_imports(p) for p in (ROOT / "benchmarks").glob("*.py") if p.stem != "__init__"}
+    assert modules["harness"] <= set()  # the bottom: imports no other benchmark module
+    for name, imports in modules.items():
+        if name != "run":
+            assert "run" not in imports, f"benchmarks/{name}.py imports run.py"
+    assert "prototypes" not in modules["cases"] | modules["harness"] | modules["memory"]
+
+
+def test_config_override_of_a_missing_field_names_it():
+    from benchmarks import harness
+
+    config = harness.make_config(2, 3, 4, {"optim.warmup_steps": 1})
+    assert (config.data.batch_size, config.data.max_length, config.model.features) == (2, 3, 4)
+    assert config.optim.warmup_steps == 1
+    with pytest.raises(KeyError, match="model.no_such_field"):
+        harness.make_config(2, 3, 4, {"model.no_such_field": 1})
+
+
+# --- The reference and the prototypes ----------------------------------------------------
 
 
 @pytest.mark.parametrize("max_length, stride", [(4, 4), (5, 2), (3, 7), (1, 1)])
@@ -120,9 +209,6 @@ def test_fast_loader_prototype_yields_grain_loaders_batches(shard_count, chunk_t
     ids = np.random.default_rng(1).integers(0, 50257, 700).astype(np.int32)
     for shard_index in range(shard_count):
         kwargs = dict(
-            batch_size=6,
-            max_length=5,
-            stride=3,
             shuffle=True,
             seed=2,
             drop_last=False,
@@ -130,15 +216,16 @@ def test_fast_loader_prototype_yields_grain_loaders_batches(shard_count, chunk_t
             shard_index=shard_index,
             shard_count=shard_count,
         )
-        want = list(data.create_dataloader(ids, **kwargs))
-        fast = fast_dataloader(ids, kwargs.pop("batch_size"), kwargs.pop("max_length"), kwargs.pop("stride"), **kwargs)
+        sizes = dict(batch_size=6, max_length=5, stride=3)
+        want = list(data.create_dataloader(ids, **sizes, **kwargs))
+        fast = fast_dataloader(ids, *sizes.values(), **kwargs)
         got = list(fast)
         assert len(got) == len(want)
-        for (x, y), (u, v) in zip(got, want):
+        for (x, y), (u, v) in zip(got, want, strict=True):
             np.testing.assert_array_equal(x, u)
             np.testing.assert_array_equal(y, v)
         # Its iterator state is the Grain loader's: each restores the other's.
-        grain_loader = data.create_dataloader(ids, **{**kwargs, "batch_size": 6, "max_length": 5, "stride": 3})
+        grain_loader = data.create_dataloader(ids, **sizes, **kwargs)
         for taken in (0, 1, 7, len(want) - 1):
             it, git = iter(fast), iter(grain_loader)
             for _ in range(taken):
@@ -149,3 +236,39 @@ def test_fast_loader_prototype_yields_grain_loaders_batches(shard_count, chunk_t
             from_grain.set_state(git.get_state())
             np.testing.assert_array_equal(next(from_fast)[0], want[taken][0])
             np.testing.assert_array_equal(next(from_grain)[0], want[taken][0])
+
+
+def test_fused_adamw_prototype_matches_float64_clip_then_adamw():
+    import jax.numpy as jnp
+
+    from benchmarks.prototypes import fused_adamw_transformation
+    from benchmarks.torch_reference import warmup_cosine
+    from jaxembed.config import base_config
+
+    optim = base_config().optim
+    optim.warmup_steps, optim.weight_decay, optim.grad_clip = 2, 0.1, 0.5
+    total = 10
+    rng = np.random.default_rng(0)
+    params64 = {"a": rng.standard_normal((5, 3)), "b": rng.standard_normal(4)}
+    tx = fused_adamw_transformation(optim, total)
+    params = {k: jnp.asarray(v, jnp.float32) for k, v in params64.items()}
+    state = tx.init(params)
+    m = {k: np.zeros_like(v) for k, v in params64.items()}
+    n = {k: np.zeros_like(v) for k, v in params64.items()}
+    for t in range(1, 5):
+        grads64 = {k: 3 * rng.standard_normal(v.shape) for k, v in params64.items()}  # norms above the clip
+        updates, state = tx.update({k: jnp.asarray(g, jnp.float32) for k, g in grads64.items()}, state, params)
+        params = {k: params[k] + updates[k] for k in params}
+        norm = math.sqrt(sum(float((g**2).sum()) for g in grads64.values()))
+        scale = min(1.0, optim.grad_clip / norm)
+        lr = optim.learning_rate * warmup_cosine(
+            t - 1, peak=1.0, warmup_steps=optim.warmup_steps, total_steps=total, end_fraction=optim.final_lr_fraction
+        )
+        for k, g in grads64.items():
+            g = g * scale
+            m[k] = optim.b1 * m[k] + (1 - optim.b1) * g
+            n[k] = optim.b2 * n[k] + (1 - optim.b2) * g * g
+            step = (m[k] / (1 - optim.b1**t)) / (np.sqrt(n[k] / (1 - optim.b2**t)) + 1e-8)
+            params64[k] = params64[k] - lr * (step + optim.weight_decay * params64[k])
+    for k in params64:
+        np.testing.assert_allclose(np.asarray(params[k]), params64[k], rtol=1e-5, atol=1e-6)

@@ -1,0 +1,241 @@
+"""``results.md``: a run's results (``results.json``'s dict) as markdown tables.
+
+Pure formatting: every figure comes from the results dict, so the tables
+``benchmarks.run`` writes are the run's and nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+
+#: Goals, as speedups of jaxembed over the reference on the same machine and run.
+GOALS = {"data": 10.0, "train": 5.0, "train_floor": 3.0}
+
+
+def fmt(x, digits: int = 2) -> str:
+    """``x`` with thousands separators and ``digits`` decimals; ``–`` for None, NaN or inf."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "–"
+    return f"{x:,.{digits}f}"
+
+
+def _goal(ok: bool | None) -> str:
+    return "–" if ok is None else ("met" if ok else "not met")
+
+
+def _mib(n_bytes) -> str:
+    return fmt(n_bytes / 2**20, 1) if n_bytes is not None else "–"
+
+
+def markdown(results: dict) -> str:
+    """The whole report: header, then one section per measured section."""
+    lines = _header(results)
+    for name, section in (
+        ("data", _data),
+        ("embed", _embed),
+        ("train", _train),
+        ("sweep", _sweep),
+        ("memory", _memory),
+        ("mesh", _mesh),
+        ("prototypes", _prototypes),
+    ):
+        if results.get(name):
+            lines += section(results[name]) + [""]
+    if not results["settings"]["reference"]:
+        lines += ["The reference was not run (torch is not installed, or `--no-reference`): jaxembed alone.", ""]
+    return "\n".join(lines)
+
+
+def _header(results: dict) -> list[str]:
+    hw, m, v = results["hardware"], results["machine"], results["versions"]
+    probes = results.get("hardware_probes", [hw])
+    first = probes[0]
+    lines = [
+        f"Run {results['started']} · `{results['command']}` · {results['settings']['reps']} repetitions "
+        f"(medians), warm-up {results['settings']['warmup']} · {results.get('wall_s', math.nan):.0f} s",
+        "",
+        f"Machine: {m['cpu']}, nproc {m['nproc']} (XLA uses {m['threads_used']} threads"
+        + (", torch as many" if results["settings"]["reference"] else "")
+        + f"), {m['memory_GiB']} GiB; Python {m['python']}; "
+        + ", ".join(f"{k} {v[k]}" for k in ("jax", "jaxlib", "flax", "optax", "grain", "numpy", "torch")),
+        f"Load average at start / end: {results['load_start']} / {results.get('load_end')}",
+        "",
+        f"Hardware probes (best of {len(probes)} probe(s) of {first.get('tries', '?')} tries each): copy "
+        f"bandwidth **{hw['bandwidth_Bps'] / 1e9:.1f} GB/s** (bytes read + written by a {first.get('copy_MiB', '?')} "
+        f"MiB numpy copy); float32 {first.get('matmul_n', '?')}² matmul **{hw['matmul_flops']['numpy'] / 1e9:.1f} "
+        f"GFLOP/s** numpy, **{hw['matmul_flops']['xla'] / 1e9:.1f} GFLOP/s** XLA (floors use the faster). Per probe: "
+        + "; ".join(
+            f"{p['bandwidth_Bps'] / 1e9:.1f} GB/s, {p['matmul_flops']['peak'] / 1e9:.0f} GFLOP/s" for p in probes
+        )
+        + ".",
+        "",
+    ]
+    if "equivalence" in results:
+        e = results["equivalence"]
+        lines += [
+            f"Reference check: from the same parameters, after {e['steps']} AdamW steps the losses differ by "
+            f"{e['loss_max_abs_diff']:.1e} and the token tables by {e['token_table_max_abs_diff']:.1e} "
+            f"(they moved {e['table_moved']:.1e}); input embeddings differ by "
+            f"{e['input_embedding_max_abs_diff']:.1e}.",
+            "",
+        ]
+    return lines
+
+
+def _data(rows: list[dict]) -> list[str]:
+    lines = [
+        "### Data pipeline: one shuffled epoch over the corpus",
+        "",
+        "| (max_length, stride, batch) | batches | jaxembed tok/s | reference tok/s | speedup (goal ≥ 10x) "
+        "| build: jaxembed / reference | floor tok/s | jaxembed time / floor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        speed = r.get("speedup_vs_reference")
+        lines.append(
+            f"| ({r['max_length']}, {r['stride']}, {r['batch']}) | {r['batches']:,} | "
+            f"{fmt(r['jaxembed_tokens_per_s'] / 1e6)} M | {fmt(r.get('reference_tokens_per_s', math.nan) / 1e6, 3)} M | "
+            f"{fmt(speed, 1)}x {_goal(speed >= GOALS['data']) if speed else ''} | "
+            f"{fmt(r.get('jaxembed_build_s', math.nan) * 1e3)} ms / {fmt(r.get('reference_build_s', math.nan) * 1e3, 1)} ms | "
+            f"{fmt(r['tokens_per_unit'] / r['floor_s'] / 1e6, 0)} M | {fmt(r['jaxembed_x_floor'], 1)}x |"
+        )
+    return lines
+
+
+def _embed(rows: list[dict]) -> list[str]:
+    lines = [
+        "### InputEmbedding forward",
+        "",
+        "| ids, width, vocabulary | jaxembed | reference | speedup | floor | jaxembed time / floor |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['case']}, V={r['vocab']:,} | {fmt(r['jaxembed_s'] * 1e6, 1)} µs | "
+            f"{fmt(r.get('reference_s', math.nan) * 1e6, 1)} µs | {fmt(r.get('speedup_vs_reference'))}x | "
+            f"{fmt(r['floor_s'] * 1e6, 1)} µs | {fmt(r['jaxembed_x_floor'], 1)}x |"
+        )
+    return lines
+
+
+def _train(rows: list[dict]) -> list[str]:
+    lines = [
+        "### Train step (`Trainer.step`: tied model, AdamW + global-norm clipping)",
+        "",
+        "| case | jaxembed | reference (AdamW default) | reference (AdamW fused) "
+        "| speedup vs default (goal ≥ 5x) | vs fused | floor (matmul + optimiser) | jaxembed / floor (goal ≤ 3x) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        t, speed = r["floor_terms"], r.get("speedup_vs_reference")
+        lines.append(
+            f"| {r['case']} | {fmt(r['jaxembed_s'] * 1e3, 1)} ms | "
+            f"{fmt(r.get('reference_s', math.nan) * 1e3, 1)} ms | {fmt(r.get('reference_fused_s', math.nan) * 1e3, 1)} ms | "
+            f"{fmt(speed)}x {_goal(speed >= GOALS['train']) if speed else ''} | "
+            f"{fmt(r.get('speedup_vs_reference_fused'))}x | "
+            f"{fmt(r['floor_s'] * 1e3, 1)} ms ({fmt(t['compute_s'] * 1e3, 1)} + {fmt(t['memory_s'] * 1e3, 1)}) | "
+            f"{fmt(r['jaxembed_x_floor'])}x {_goal(r['jaxembed_x_floor'] <= GOALS['train_floor'])} |"
+        )
+    return lines
+
+
+def _sweep(s: dict) -> list[str]:
+    f = s["fit"]
+    lines = [
+        f"### How cost grows: jaxembed train step, batch {s['batch']}, width {s['features']}",
+        "",
+        f"Fit over these points: t = {f['fixed_s'] * 1e3:.2f} ms + matmul FLOPs / "
+        f"{fmt(f['effective_GFLOPs'], 1)} GFLOP/s + AdamW bytes / {fmt(f['effective_table_GBps'], 1)} GB/s. "
+        "The second term stands for all work proportional to the table (V x D) whatever the tokens per step: "
+        "AdamW's sweep, the dense gradient buffer, clipping. The two terms are equal at "
+        f"**{fmt(f['crossover_tokens_per_step'], 0)} tokens per step**. Plot: `sweep.png`.",
+        "",
+        "| vocabulary | context | step | floor | step / floor | matmul share | table-sized share | dominant |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in s["rows"]:
+        lines.append(
+            f"| {r['vocab']:,} | {r['length']} | {fmt(r['jaxembed_s'] * 1e3, 1)} ms | {fmt(r['floor_s'] * 1e3, 1)} ms | "
+            f"{fmt(r['jaxembed_x_floor'])}x | {100 * r['shares']['matmul']:.0f}% | "
+            f"{100 * r['shares']['table']:.0f}% | {r['dominant']} |"
+        )
+    return lines
+
+
+def _memory(mem: dict) -> list[str]:
+    variants = list(dict.fromkeys(r["variant"] for r in mem["xla"]))
+    lines = [
+        "### Memory of the train step",
+        "",
+        "XLA's buffer plan for `Trainer(...).compiled_step` (`memory_analysis()`, MiB): temporaries; "
+        "arguments / outputs (the outputs' aliased part reuses the donated state); *live* = arguments + "
+        "temporaries + outputs not aliased, an upper bound on what one step holds. Compiled only, never run, "
+        "for gpt2_small. One column per step variant.",
+        "",
+        "| case | " + " | ".join(f"{v}: temp | {v}: args / outputs (aliased) | {v}: live" for v in variants) + " |",
+        "| --- |" + " ---: | ---: | ---: |" * len(variants),
+    ]
+    by_case: dict[str, dict] = {}
+    for r in mem["xla"]:
+        by_case.setdefault(r["case"], {})[r["variant"]] = r
+    for case, row in by_case.items():
+        cells = []
+        for v in variants:
+            r = row.get(v)
+            if r is None:
+                cells += ["–"] * 3
+                continue
+            cells += [
+                _mib(r["temp_bytes"]),
+                f"{_mib(r['argument_bytes'])} / {_mib(r['output_bytes'])} ({_mib(r['alias_bytes'])})",
+                _mib(r["live_bytes"]),
+            ]
+        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+    if mem.get("rss"):
+        lines += [
+            "",
+            "Measured in a fresh process per case and variant (MiB above the idle process with its framework "
+            "imported; `/proc/self/clear_refs` resets the high-water mark, since `memory_stats()` is None on CPU): "
+            "*resident* after building the step and running it once, *peak* while running 2 more steps, "
+            "*setup peak* while building and compiling.",
+            "",
+            "| case | variant | resident | peak | setup peak |",
+            "| --- | --- | ---: | ---: | ---: |",
+        ]
+        for r in mem["rss"]:
+            if "error" in r:
+                lines.append(f"| {r['case']} | {r['variant']} | failed | – | – |")
+            else:
+                lines.append(
+                    f"| {r['case']} | {r['variant']} | {fmt(r['resident_MiB'], 1)} | {fmt(r['peak_MiB'], 1)} | "
+                    f"{fmt(r['setup_peak_MiB'], 1)} |"
+                )
+    return lines
+
+
+def _mesh(mesh: dict) -> list[str]:
+    lines = [
+        f"### Data-parallel mesh ({mesh['device_count']} simulated CPU devices sharing this host's cores)",
+        "",
+        "| config | devices | step | vs one device |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for r in mesh["rows"]:
+        lines.append(f"| {r['case']} | {r['devices']} | {fmt(r['step_s'] * 1e3, 1)} ms | {fmt(r['x_one_device'])}x |")
+    return lines
+
+
+def _prototypes(rows: list[dict]) -> list[str]:
+    lines = [
+        "### Prototypes (benchmarks/prototypes.py; alternating with jaxembed as it is)",
+        "",
+        "| variant | case | jaxembed today | prototype | speedup vs today | speedup vs reference | same result? |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        proto = r["proto"] + (f" ({r['x_floor']:.1f}x its floor)" if r.get("x_floor") else "")
+        lines.append(
+            f"| {r['variant']} | {r['case']} | {r['today']} | {proto} | {fmt(r.get('speedup_vs_jaxembed'))}x | "
+            f"{fmt(r.get('speedup_vs_reference'))}x | {r['exact']} |"
+        )
+    return lines

@@ -341,6 +341,8 @@ def make_config(batch: int, length: int, features: int, overrides: dict[str, Any
     config = base_config()
     config.data.batch_size, config.data.max_length, config.data.stride = batch, length, length
     config.model.features = features
+    # The seed's model (and the PyTorch reference) has no attention: compare like with like.
+    config.model.num_layers = 0
     return apply_overrides(config, overrides)
 
 

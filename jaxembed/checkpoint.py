@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import pathlib
 import sys
@@ -40,6 +41,23 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(RuntimeError):
     """No usable checkpoint could be restored."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, permission lost, ...); older ones are intact."""
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error)
+    for needle, reason in (
+        ("No space left on device", "no space left on device"),
+        ("Permission denied", "permission denied"),
+        ("Read-only file system", "read-only file system"),
+        ("Disk quota exceeded", "disk quota exceeded"),
+    ):
+        if needle in text:
+            return reason
+    return f"{type(error).__name__}: {text[:200]}"
 
 
 class DataIterator(Protocol):
@@ -106,6 +124,8 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
             item_names=("state", "data"),
         )
+        self._pending: int | None = None
+        self._failed: CheckpointWriteError | None = None
 
     def steps(self) -> list[int]:
         """Complete checkpoint steps on disk, oldest first."""
@@ -123,11 +143,40 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
-        self._manager.save(step, args=ocp.args.Composite(**items))
+        with self._writing(step):
+            self._manager.save(step, args=ocp.args.Composite(**items))
 
     def wait(self) -> None:
-        """Blocks until pending saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending saves are on disk.
+
+        Raises:
+          CheckpointWriteError: a save failed; the message names the last good step.
+        """
+        with self._writing(self._pending):
+            self._manager.wait_until_finished()
+
+    @contextlib.contextmanager
+    def _writing(self, step: int | None):
+        """Turns any failure of orbax's (possibly background) writes into one clear error."""
+        if step is not None and self._failed is None:
+            self._pending = step
+        try:
+            yield
+        except Exception as e:  # orbax/tensorstore raise many types (ValueError for ENOSPC, OSError, ...).
+            if self._failed is not None:
+                raise self._failed from None
+            good = [s for s in self._complete_steps() if s != self._pending]
+            last = f"The last good checkpoint is step {good[-1]}" if good else "No checkpoint was completed"
+            self._failed = CheckpointWriteError(
+                f"could not write checkpoint step {self._pending} in {self.directory} ({_reason(e)}). "
+                f"{last}; fix the problem (e.g. free disk space) and rerun the same command to resume"
+                + (" from it." if good else ".")
+            )
+            raise self._failed from None
+
+    def _complete_steps(self) -> list[int]:
+        # A half-written step stays in orbax's *.orbax-checkpoint-tmp directory, never under its number.
+        return sorted(int(p.name) for p in self.directory.glob("*") if p.name.isdigit() and p.is_dir())
 
     def restore(
         self, abstract_state: Any, data_iterator: DataIterator | None = None, *, read_only: bool = False
@@ -160,7 +209,14 @@ class Checkpointer:
                 restored = self._manager.restore(step, args=ocp.args.Composite(**items))
             except Exception as e:  # orbax/tensorstore raise many types for a damaged step.
                 failures.append(f"step {step}: {type(e).__name__}: {str(e)[:200]}")
-                if not read_only:
+                if read_only:
+                    log.warning(
+                        "checkpoint step %d in %s is unreadable (%s); reading an older one.",
+                        step,
+                        self.directory,
+                        type(e).__name__,
+                    )
+                else:
                     self._set_aside(step, e)
                 continue
             return restored.state, step
@@ -188,6 +244,14 @@ class Checkpointer:
         self._manager.reload()
 
     def close(self) -> None:
-        """Waits for pending saves and releases orbax's resources."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Waits for pending saves and releases orbax's resources.
+
+        Raises:
+          CheckpointWriteError: a pending save failed (not raised again if it already was).
+        """
+        try:
+            if self._failed is None:
+                self.wait()
+        finally:
+            with contextlib.suppress(Exception):
+                self._manager.close()

@@ -289,13 +289,26 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxembed`` console script."""
     args, extra = build_parser().parse_known_args(argv)
     from jaxembed.checkpoint import CheckpointError
-    from jaxembed.train import TrainingError
+    from jaxembed.tokenizer import TokenizerUnavailableError
+    from jaxembed.train import Preempted, TrainingError
     from jaxembed.workdir import WorkdirError
 
+    user_errors = (
+        corpus.CorpusUnavailableError,
+        TokenizerUnavailableError,
+        CheckpointError,
+        TrainingError,
+        WorkdirError,
+        OSError,
+        ValueError,
+    )
     with _console_logging():
         try:
             return args.run(args, extra)
-        except (corpus.CorpusUnavailableError, CheckpointError, TrainingError, WorkdirError, OSError, ValueError) as e:
+        except Preempted as e:  # not an error: the run stopped cleanly and can resume
+            print(f"jaxembed {args.command}: {e}", file=sys.stderr)
+            return 128 + e.signum
+        except user_errors as e:
             print(f"jaxembed {args.command}: error: {e}", file=sys.stderr)
             return 2
 

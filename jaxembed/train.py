@@ -17,12 +17,17 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import os
 import pathlib
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -34,9 +39,21 @@ import numpy as np
 from jaxembed import config as config_lib
 from jaxembed import input_pipeline
 from jaxembed.checkpoint import Checkpointer
+from jaxembed.fileio import atomic_open, write_text_atomic
 from jaxembed.model import EmbeddingLM, embedding_tables
 from jaxembed.trainer import Trainer, TrainState, learning_rate_schedule, make_mesh
-from jaxembed.workdir import MetricsLog, check_workdir
+from jaxembed.workdir import (
+    MetricsLog,
+    WorkdirError,
+    WorkdirLock,
+    check_resume,
+    check_shared,
+    check_workdir,
+    create_workdir,
+    library_log,
+    record_changes,
+    remove_if_empty,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +111,12 @@ def train_and_evaluate(
 ) -> TrainResult:
     """Trains ``EmbeddingLM`` as ``config`` says; resumes from ``workdir``.
 
+    Everything is validated before anything is written; a workdir is used by
+    one run at a time (an OS lock); resuming with settings that change shapes
+    or data is refused before any checkpoint is touched (``workdir.RESUME_RULES``);
+    SIGTERM or SIGINT finish the current step, save a checkpoint and raise
+    ``Preempted``.
+
     Args:
       config: a config from ``configs/`` (see ``jaxembed.config``).
       workdir: where metrics, checkpoints and the config go; ``None`` keeps
@@ -106,45 +129,134 @@ def train_and_evaluate(
 
     Raises:
       ValueError: a config field is invalid (the message names it).
-      WorkdirError: ``workdir`` cannot be written (raised before any compute).
+      WorkdirError: ``workdir`` cannot be written, is in use, is not shared by
+        every process, or holds a run with other settings or another corpus.
       TrainingError: the loss became NaN/inf (the last good checkpoint is kept).
-      CheckpointError: checkpoints exist but none can be restored.
+      CheckpointError: checkpoints exist but none can be restored, or one
+        cannot be written (disk full: the message names the last good step).
+      Preempted: a SIGTERM/SIGINT stopped the run after saving a checkpoint.
     """
     config_lib.validate(config)
-    workdir = check_workdir(workdir) if workdir is not None else None
-    mesh = make_mesh(config.mesh.data, config.mesh.model)
-    iterator, eval_batches, splits = input_pipeline.get_datasets(config, mesh, text=text)
-    ckpt = None
-    try:
-        trainer = Trainer.from_config(config, splits.model_vocab_size, mesh)
-        state = trainer.init(jax.random.key(config.seed))
-        # The step donates its input state; keep the untrained tables for the report.
-        initial_params = jax.tree.map(jnp.copy, state.params)
-        start_step = 0
-        if workdir is not None:
-            ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
-            if ckpt.steps():
-                state, start_step = ckpt.restore(trainer.abstract_state, iterator)
-                log.info("Resuming from step %d (%s).", start_step, ckpt.directory)
-            if jax.process_index() == 0:
-                _write_run_files(workdir, config, splits)
-        metrics = MetricsLog(workdir / "metrics.jsonl" if workdir else None, resume_step=start_step)
+    path = check_workdir(workdir) if workdir is not None else None
+    with contextlib.ExitStack() as stack:
+        resuming = path is not None and _has_checkpoints(path)
+        lock = _lock(path, stack) if path is not None and path.is_dir() else None  # a busy workdir: refuse at once
+        notices = check_resume(path, config.to_dict()) if resuming else {}
+        mesh = make_mesh(config.mesh.data, config.mesh.model)
+        iterator, eval_batches, splits = input_pipeline.get_datasets(config, mesh, text=text)
+        stack.callback(iterator.close)
+        fingerprint = corpus_fingerprint(splits, config)
+        if resuming:
+            check_corpus(path, fingerprint)
+        if path is not None:
+            if create_workdir(path):
+                stack.callback(remove_if_empty, path)  # a run that fails before writing leaves no debris
+            if lock is None:
+                _lock(path, stack)
+            check_shared(path)
+            stack.enter_context(library_log(path / "train.log"))
+        return _train(config, path, iterator, eval_batches, splits, mesh, notices, fingerprint, progress, stack)
+
+
+def _lock(path: pathlib.Path, stack: contextlib.ExitStack) -> WorkdirLock | None:
+    if jax.process_index() != 0:  # one lock per run: the other processes write under process 0's
+        return None
+    return stack.enter_context(WorkdirLock(path))
+
+
+def _has_checkpoints(path: pathlib.Path) -> bool:
+    folder = path / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+
+def corpus_fingerprint(splits: input_pipeline.Splits, config: ml_collections.ConfigDict) -> dict:
+    """What identifies the training text: its token count and a SHA-256 of its token ids."""
+    digest = hashlib.sha256()
+    for ids in (splits.train_ids, splits.val_ids):
+        digest.update(np.ascontiguousarray(ids, dtype=np.int32).tobytes())
+    source = config.data.text or config.data.corpus
+    return {
+        "source": str(source),
+        "num_tokens": int(len(splits.train_ids) + len(splits.val_ids)),
+        "sha256": digest.hexdigest(),
+    }
+
+
+def check_corpus(path: pathlib.Path, fingerprint: dict) -> None:
+    """Refuses to resume a run on another corpus than the one it was trained on.
+
+    Raises:
+      WorkdirError: ``W/corpus.json`` names a different corpus (both are named).
+    """
+    stored_path = path / "corpus.json"
+    if not stored_path.is_file():
+        return
+    stored = json.loads(stored_path.read_text())
+    if stored.get("sha256") != fingerprint["sha256"]:
+        raise WorkdirError(
+            f"workdir {path} holds a run trained on {stored.get('source')} ({stored.get('num_tokens'):,} tokens); "
+            f"this run's corpus is {fingerprint['source']} ({fingerprint['num_tokens']:,} tokens), another text. "
+            "Nothing was changed: rerun with the run's corpus, or choose a new --workdir."
+        )
+
+
+def _train(config, path, iterator, eval_batches, splits, mesh, notices, fingerprint, progress, stack) -> TrainResult:
+    trainer = Trainer.from_config(config, splits.model_vocab_size, mesh)
+    state = trainer.init(jax.random.key(config.seed))
+    # The step donates its input state; keep the untrained tables for the report.
+    initial_params = jax.tree.map(jnp.copy, state.params)
+    start_step, ckpt = 0, None
+    if path is not None:
+        ckpt = Checkpointer(path / "checkpoints", keep=config.train.keep_checkpoints)
+        stack.callback(ckpt.close)
+        if ckpt.steps():
+            state, start_step = ckpt.restore(trainer.abstract_state, iterator)
+            log.info("Resuming from step %d (%s).", start_step, ckpt.directory)
+            _announce(notices, config, start_step)
+        if jax.process_index() == 0:
+            _write_run_files(path, config, splits, fingerprint, notices, start_step)
+    metrics = MetricsLog(path / "metrics.jsonl" if path else None, resume_step=start_step)
+    if start_step == 0:
         schedule = learning_rate_schedule(config.optim, config.train.steps)
-        if start_step == 0:
-            metrics.append(
-                {
-                    "step": 0,
-                    "learning_rate": float(schedule(0)),
-                    "val_loss": trainer.evaluate(state.params, eval_batches),
-                }
-            )
-        state = _loop(config, trainer, state, iterator, eval_batches, metrics, ckpt, start_step, progress)
-        shuffled = positions_shuffled_loss(trainer, state.params, eval_batches, seed=config.seed)
-    finally:
-        if ckpt is not None:
-            ckpt.close()
-        iterator.close()
-    return TrainResult(state, metrics.rows, trainer.model, splits, workdir, config, initial_params, shuffled)
+        metrics.append(
+            {"step": 0, "learning_rate": float(schedule(0)), "val_loss": trainer.evaluate(state.params, eval_batches)}
+        )
+    state = _loop(config, trainer, state, iterator, eval_batches, metrics, ckpt, start_step, progress)
+    shuffled = positions_shuffled_loss(trainer, state.params, eval_batches, seed=config.seed)
+    return TrainResult(state, metrics.rows, trainer.model, splits, path, config, initial_params, shuffled)
+
+
+def _announce(notices: dict, config: ml_collections.ConfigDict, step: int) -> None:
+    """Says out loud what a resume with changed settings changes."""
+    if not notices:
+        return
+    listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in notices.items())
+    message = f"Resuming with changed settings: {listed}."
+    if any(k == "train.steps" or k.startswith("optim.") for k in notices):
+        old_optim = ml_collections.ConfigDict(config.optim.to_dict())
+        for key, (old, _) in notices.items():
+            if key.startswith("optim."):
+                old_optim[key.split(".", 1)[1]] = old
+        old_steps = notices.get("train.steps", (config.train.steps,))[0]
+        before = float(learning_rate_schedule(old_optim, old_steps)(step))
+        after = float(learning_rate_schedule(config.optim, config.train.steps)(step))
+        message += (
+            f" The learning-rate schedule is re-planned for {config.train.steps} steps: "
+            f"step {step + 1} uses {after:.6g} (the old plan: {before:.6g})."
+        )
+    log.warning(message + " Recorded in config_changes.jsonl.")
+
+
+def _write_run_files(path, config, splits, fingerprint: dict, notices: dict, start_step: int) -> None:
+    if notices:
+        record_changes(path, start_step, notices)
+    write_text_atomic(path / "config.json", config.to_json_best_effort(indent=2))
+    write_text_atomic(path / "corpus.json", json.dumps(fingerprint, indent=2))
+    with atomic_open(path / "token_counts.npy", "wb") as f:
+        np.save(f, splits.train_counts())
+    if splits.active_ids is not None:
+        with atomic_open(path / "active_ids.npy", "wb") as f:
+            np.save(f, splits.active_ids)
 
 
 def positions_shuffled_loss(trainer: Trainer, params: Any, eval_batches: list, *, seed: int = 0) -> float:
@@ -161,15 +273,61 @@ def positions_shuffled_loss(trainer: Trainer, params: Any, eval_batches: list, *
     return trainer.evaluate(shuffled, eval_batches)
 
 
-def _write_run_files(workdir: pathlib.Path, config: ml_collections.ConfigDict, splits: input_pipeline.Splits) -> None:
-    from jaxembed.fileio import atomic_open, write_text_atomic
+class Preempted(RuntimeError):
+    """A SIGTERM or SIGINT stopped training after the current step; a checkpoint of it was saved."""
 
-    write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
-    with atomic_open(workdir / "token_counts.npy", "wb") as f:
-        np.save(f, splits.train_counts())
-    if splits.active_ids is not None:
-        with atomic_open(workdir / "active_ids.npy", "wb") as f:
-            np.save(f, splits.active_ids)
+    def __init__(self, signum: int, step: int, saved: bool):
+        name = signal.Signals(signum).name
+        where = "a checkpoint of it was saved" if saved else "no workdir, so nothing was saved"
+        super().__init__(f"stopped by {name} after step {step}; {where}. Rerun the same command to resume.")
+        self.signum, self.step = signum, step
+
+
+class _StopSignals:
+    """Turns SIGTERM/SIGINT into a request to stop after the current step (a second signal stops at once).
+
+    With several processes, JAX's coordination service owns SIGTERM and
+    ``multihost_utils.reached_preemption_sync_point`` makes every process stop
+    at the same step; signal handlers can only be set from the main thread.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous = {}
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            mine = self.SIGNALS if jax.process_count() == 1 else (signal.SIGINT,)
+            for sig in mine:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # asked twice: stop now
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        log.warning(
+            "%s received: finishing step and saving a checkpoint (send it again to stop at once).",
+            signal.Signals(signum).name,
+        )
+
+    def requested(self, step: int) -> int | None:
+        """The signal to stop for at this step, or None (collective: call it on every process every step)."""
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(step):
+                return self.signum or signal.SIGTERM
+            return None
+        return self.signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _loop(config, trainer: Trainer, state, iterator, eval_batches, metrics: MetricsLog, ckpt, start_step, progress):
@@ -178,34 +336,58 @@ def _loop(config, trainer: Trainer, state, iterator, eval_batches, metrics: Metr
     tokens_per_step = config.data.batch_size * config.data.max_length
     window, window_start = [], time.perf_counter()
     try:
-        for step in range(start_step + 1, config.train.steps + 1):
-            inputs_BxL, targets_BxL = next(iterator)
-            state, step_metrics = trainer.step(state, inputs_BxL, targets_BxL)
-            window.append(step_metrics)
-            due, evaluate, save = _row_due(step, config.train)
-            if not due:
-                continue
-            losses = jax.device_get([m["loss"] for m in window])
-            norms = jax.device_get([m["grad_norm"] for m in window])
-            train_loss = float(np.mean(losses))
-            row = {
-                "step": step,
-                "train_loss": train_loss,
-                "grad_norm": float(np.mean(norms)),
-                "learning_rate": float(schedule(step - 1)),
-                "tokens_per_sec": len(window) * tokens_per_step / (time.perf_counter() - window_start),
-            }
-            if evaluate and math.isfinite(train_loss):
-                row["val_loss"] = trainer.evaluate(state.params, eval_batches)
-            _check_finite(row, step, config, ckpt)
-            metrics.append(row)
-            bar(step, row)
-            if save and ckpt is not None:
-                ckpt.save(step, state, iterator)
-            window, window_start = [], time.perf_counter()
+        with _StopSignals() as stop:
+            for step in range(start_step + 1, config.train.steps + 1):
+                inputs_BxL, targets_BxL = next(iterator)
+                state, step_metrics = trainer.step(state, inputs_BxL, targets_BxL)
+                window.append(step_metrics)
+                stop_signal = stop.requested(step)
+                due, evaluate, save = _row_due(step, config.train)
+                if stop_signal is not None:  # a preempted run saves where it stands, validated as usual
+                    due = evaluate = save = True
+                if not due:
+                    continue
+                losses = jax.device_get([m["loss"] for m in window])
+                norms = jax.device_get([m["grad_norm"] for m in window])
+                train_loss = float(np.mean(losses))
+                row = {
+                    "step": step,
+                    "train_loss": train_loss,
+                    "grad_norm": float(np.mean(norms)),
+                    "learning_rate": float(schedule(step - 1)),
+                    "tokens_per_sec": len(window) * tokens_per_step / (time.perf_counter() - window_start),
+                }
+                if evaluate and math.isfinite(train_loss):
+                    row["val_loss"] = trainer.evaluate(state.params, eval_batches)
+                _check_finite(row, step, config, ckpt)
+                _write(metrics.append, row, ckpt=ckpt)
+                bar(step, row)
+                if save and ckpt is not None:
+                    ckpt.save(step, state, iterator)
+                if stop_signal is not None:
+                    if ckpt is not None:
+                        ckpt.wait()
+                    raise Preempted(stop_signal, step, saved=ckpt is not None)
+                window, window_start = [], time.perf_counter()
     finally:
         bar(None, None)
     return state
+
+
+def _write(write, *args, ckpt: Checkpointer | None) -> None:
+    """Runs a file write; a failure (disk full, permission lost) becomes one clear error."""
+    try:
+        write(*args)
+    except OSError as e:
+        if ckpt is not None:
+            with contextlib.suppress(Exception):
+                ckpt.wait()
+        good = ckpt.steps() if ckpt is not None else []
+        last = f"The last good checkpoint is step {good[-1]}" if good else "No checkpoint was completed"
+        raise WorkdirError(
+            f"could not write {getattr(e, 'filename', None) or 'a run file'} ({e.strerror or e}). "
+            f"{last}; fix the problem (e.g. free disk space) and rerun the same command to resume."
+        ) from None
 
 
 def _check_finite(row: dict, step: int, config: ml_collections.ConfigDict, ckpt: Checkpointer | None) -> None:

@@ -16,8 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -32,20 +34,44 @@ class WorkdirError(RuntimeError):
 
 
 def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
-    """Creates ``workdir`` and proves it writable, before any compute.
+    """Checks that ``workdir`` can be created and written, without creating anything.
+
+    A run refused for a bad setting must leave no empty workdir behind, so
+    the folder is made only once everything has been validated
+    (``create_workdir``).
 
     Returns:
       The absolute path.
 
     Raises:
-      WorkdirError: it cannot be created or written; the message names the path.
+      WorkdirError: it is a file, lies under a file, or its nearest existing
+        folder cannot be written; the message names the path.
 
     Example:
-      >>> import tempfile
-      >>> check_workdir(tempfile.mkdtemp()).is_absolute()
-      True
+      >>> import pathlib, tempfile
+      >>> w = check_workdir(pathlib.Path(tempfile.mkdtemp()) / "new" / "run")
+      >>> w.is_absolute(), w.exists()
+      (True, False)
     """
     path = pathlib.Path(workdir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = "it is a file" if existing == path else f"{existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    if problem:
+        raise WorkdirError(f"workdir {path} cannot be written ({problem}); choose another --workdir.")
+    return path
+
+
+def create_workdir(path: pathlib.Path) -> bool:
+    """Creates the workdir (and its parents); returns whether it was new.
+
+    Raises:
+      WorkdirError: it cannot be created or written.
+    """
+    new = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -53,7 +79,76 @@ def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
         probe.unlink()
     except OSError as e:
         raise WorkdirError(f"workdir {path} cannot be written ({e.strerror or e}); choose another --workdir.") from None
-    return path
+    return new
+
+
+def remove_if_empty(path: pathlib.Path) -> None:
+    """Removes a workdir this run created if it holds nothing but its lock file (no debris)."""
+    try:
+        if {p.name for p in path.iterdir()} <= {".lock"}:
+            (path / ".lock").unlink(missing_ok=True)
+            path.rmdir()
+    except OSError:
+        pass
+
+
+def check_shared(path: pathlib.Path) -> None:
+    """Multi-process runs: proves every process sees the same workdir (a shared folder).
+
+    Process 0 writes a marker; after a barrier every process looks for it and
+    all of them agree on the outcome, so either all go on or all stop with
+    the same message (never one process dying inside orbax and another hanging).
+
+    Raises:
+      WorkdirError: some process does not see process 0's marker.
+    """
+    if jax.process_count() == 1:
+        return
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    token = int(multihost_utils.broadcast_one_to_all(np.int32(np.random.SeedSequence().entropy % 2**31)))
+    marker = path / f".shared-check-{token}"
+    if jax.process_index() == 0:
+        marker.write_text(socket.gethostname())
+    multihost_utils.sync_global_devices("jaxembed: shared workdir marker written")
+    seen = multihost_utils.process_allgather(np.array(marker.exists(), np.int32))
+    multihost_utils.sync_global_devices("jaxembed: shared workdir marker checked")
+    if jax.process_index() == 0:
+        marker.unlink(missing_ok=True)
+    blind = [i for i, ok in enumerate(np.ravel(seen)) if not ok]
+    if blind:
+        raise WorkdirError(
+            f"workdir {path} is not the same folder on every process: process(es) {blind} cannot see the "
+            "file process 0 wrote there. --workdir must be the same shared directory on every host."
+        )
+
+
+@contextlib.contextmanager
+def library_log(path: pathlib.Path | None):
+    """Sends the logs of orbax, TensorStore and absl to ``path`` instead of the terminal.
+
+    A failing checkpoint write makes orbax log hundreds of lines; the user
+    needs the one line jaxembed raises, and the details stay in the file.
+    """
+    if path is None or jax.process_index() != 0:
+        yield
+        return
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("absl", "orbax", "tensorstore", "asyncio")]
+    saved = [(lg.propagate, lg.level) for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.propagate = False
+        lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, (propagate, level) in zip(loggers, saved):
+            lg.removeHandler(handler)
+            lg.propagate, lg.level = propagate, level
+        handler.close()
 
 
 class MetricsLog:

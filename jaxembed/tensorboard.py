@@ -219,15 +219,13 @@ def write_projector(
       >>> with tempfile.TemporaryDirectory() as d:
       ...     paths = write_projector(d, np.eye(4, 2), [2, 0], ["two", "zero"], tag="demo")
       ...     print(paths["config"].read_text(), end="")
-      ...     print(paths["metadata"].read_text(), end="")
+      ...     paths["metadata"].read_text().splitlines()
       embeddings {
         tensor_name: "demo"
         tensor_path: "projector/demo/tensor.tsv"
         metadata_path: "projector/demo/metadata.tsv"
       }
-      label	id
-      two	2
-      zero	0
+      ['label\tid', 'two\t2', 'zero\t0']
     """
     if not isinstance(tag, str) or not _TAG.fullmatch(tag):
         raise ValueError(f"tag={tag!r} is not allowed; use letters, digits, '_', '.' and '-' only.")

@@ -275,14 +275,16 @@ class _ConsoleHandler(logging.Handler):
 @contextlib.contextmanager
 def _console_logging():
     logger = logging.getLogger("jaxembed")
-    handler, level = _ConsoleHandler(), logger.level
+    handler, level, propagate = _ConsoleHandler(), logger.level, logger.propagate
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    logger.propagate = False  # shown once, here, even if something configured the root logger
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def main(argv: list[str] | None = None) -> int:

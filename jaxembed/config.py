@@ -77,6 +77,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_batches = 16  # Validation batches per evaluation (fixed, in order).
     c.train.checkpoint_every = 200  # Steps between orbax checkpoints (and at the end).
     c.train.keep_checkpoints = 3  # Checkpoints kept; older ones are deleted.
+    c.train.tensorboard = True  # TensorBoard event files, report images and projector in the workdir.
+    c.train.profile_steps = ""  # "START,STOP": jax.profiler trace of steps [START, STOP) for TensorBoard; "" = off.
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # Devices on the data-parallel axis (-1: all remaining).
@@ -210,6 +212,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if config.model[name] not in _DTYPES:
             allowed = ", ".join(repr(d) for d in _DTYPES)
             raise ValueError(f"model.{name}={config.model[name]!r} is not allowed; use one of {allowed}.")
+    from jaxembed.tensorboard import parse_profile_steps
+
+    parse_profile_steps(t.get("profile_steps", ""), total_steps=t.steps)
     lr = config.optim.learning_rate
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"optim.learning_rate={lr} is not allowed; it must be a finite number > 0.")

@@ -286,6 +286,7 @@ def training_report(
     pca_tokens: int = 150,
     projector_tokens: int = 2000,
     min_count: int = 3,
+    tensorboard_step: int | None = None,
 ) -> pathlib.Path:
     """Writes ``workdir/report.md`` with its PNGs and projector files.
 
@@ -334,6 +335,12 @@ def training_report(
     }
     projector = most_frequent(token_counts_V, projector_tokens)
     export_projector(enc, after_VxD, projector, out / "projector")
+    if tensorboard_step is not None:  # the same pictures and table in TensorBoard (tensorboard --logdir runs/)
+        from jaxembed import tensorboard
+
+        tensorboard.write_projector(out, after_VxD, projector, [token_label(enc, i) for i in projector])
+        with tensorboard.SummaryLog(out, resume_step=tensorboard_step) as tb:
+            tb.write_images(tensorboard_step, {f"report/{pathlib.Path(n).stem}": out / n for n in images.values()})
     val = [(m["step"], m["val_loss"]) for m in metrics if m.get("val_loss") is not None]
     summary = [f"steps: {metrics[-1]['step']}" if metrics else "steps: 0"]
     if val:
@@ -392,4 +399,5 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
         num_neighbors=report_config.num_neighbors,
         pca_tokens=report_config.pca_tokens,
         projector_tokens=report_config.projector_tokens,
+        tensorboard_step=result.metrics[-1]["step"] if result.config.train.get("tensorboard", False) else None,
     )

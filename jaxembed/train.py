@@ -41,6 +41,7 @@ from jaxembed import input_pipeline
 from jaxembed.checkpoint import Checkpointer
 from jaxembed.fileio import atomic_open, write_text_atomic
 from jaxembed.model import EmbeddingLM, embedding_tables
+from jaxembed.tensorboard import SummaryLog, profile
 from jaxembed.trainer import Trainer, TrainState, learning_rate_schedule, make_mesh
 from jaxembed.workdir import (
     MetricsLog,
@@ -216,12 +217,18 @@ def _train(config, path, iterator, eval_batches, splits, mesh, notices, fingerpr
         if jax.process_index() == 0:
             _write_run_files(path, config, splits, fingerprint, notices, start_step)
     metrics = MetricsLog(path / "metrics.jsonl" if path else None, resume_step=start_step)
+    if path is not None and config.train.tensorboard:
+        summaries = stack.enter_context(SummaryLog(path, resume_step=start_step))
+        summaries.write_config(config.to_json_best_effort(indent=2))
+        metrics.sinks.append(summaries.write_row)
+    profiler = profile(path, config.train.profile_steps, total_steps=config.train.steps)
+    stack.callback(profiler.close)
     if start_step == 0:
         schedule = learning_rate_schedule(config.optim, config.train.steps)
         metrics.append(
             {"step": 0, "learning_rate": float(schedule(0)), "val_loss": trainer.evaluate(state.params, eval_batches)}
         )
-    state = _loop(config, trainer, state, iterator, eval_batches, metrics, ckpt, start_step, progress)
+    state = _loop(config, trainer, state, iterator, eval_batches, metrics, ckpt, start_step, progress, profiler)
     shuffled = positions_shuffled_loss(trainer, state.params, eval_batches, seed=config.seed)
     return TrainResult(state, metrics.rows, trainer.model, splits, path, config, initial_params, shuffled)
 
@@ -330,7 +337,9 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-def _loop(config, trainer: Trainer, state, iterator, eval_batches, metrics: MetricsLog, ckpt, start_step, progress):
+def _loop(
+    config, trainer: Trainer, state, iterator, eval_batches, metrics: MetricsLog, ckpt, start_step, progress, profiler
+):
     schedule = learning_rate_schedule(config.optim, config.train.steps)
     bar = _progress(start_step, config.train.steps, enabled=progress)
     tokens_per_step = config.data.batch_size * config.data.max_length
@@ -338,8 +347,9 @@ def _loop(config, trainer: Trainer, state, iterator, eval_batches, metrics: Metr
     try:
         with _StopSignals() as stop:
             for step in range(start_step + 1, config.train.steps + 1):
-                inputs_BxL, targets_BxL = next(iterator)
-                state, step_metrics = trainer.step(state, inputs_BxL, targets_BxL)
+                with profiler.step(step, wait_for=state):
+                    inputs_BxL, targets_BxL = next(iterator)
+                    state, step_metrics = trainer.step(state, inputs_BxL, targets_BxL)
                 window.append(step_metrics)
                 stop_signal = stop.requested(step)
                 due, evaluate, save = _row_due(step, config.train)

@@ -167,6 +167,7 @@ class MetricsLog:
     def __init__(self, path: pathlib.Path | None, resume_step: int = 0):
         self.path = path
         self.rows: list[dict] = []
+        self.sinks: list = []  # more writers of each row (e.g. TensorBoard's), called after the file
         if path is None or jax.process_index() != 0:
             return
         if path.exists():
@@ -180,13 +181,15 @@ class MetricsLog:
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.rows), fsync=True)
 
     def append(self, row: dict) -> None:
-        """Adds ``row`` and appends it to the file (flushed and fsync'd)."""
+        """Adds ``row``, appends it to the file (flushed and fsync'd), and hands it to ``sinks``."""
         self.rows.append(row)
         if self.path is not None and jax.process_index() == 0:
             with self.path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+        for sink in self.sinks:
+            sink(row)
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict]:

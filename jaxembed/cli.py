@@ -5,6 +5,7 @@ Commands:
   neighbors    nearest tokens by cosine similarity, from a run's checkpoint
   export       the token table as .npy plus TensorBoard-projector TSVs
   walkthrough  the seed notebook's walk-through: ids, decoded text, shapes
+  tokenize     text files -> a memory-mapped token directory (train --tokens DIR)
 
 Every user error ends in one line, ``jaxembed <command>: error: ...``, and
 exit status 2. The library logs through ``logging``; the CLI shows its info
@@ -37,10 +38,11 @@ class UsageError(ValueError):
     """A command-line mistake; printed without a traceback."""
 
 
-def _add_text_source(parser: argparse.ArgumentParser, default: str) -> None:
+def _add_text_source(parser: argparse.ArgumentParser, default: str) -> argparse._MutuallyExclusiveGroup:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--corpus", choices=corpus.CORPORA, default=None, help=f"a named corpus (default: {default})")
     group.add_argument("--text", metavar="PATH", help="any UTF-8 text file")
+    return group
 
 
 # --- walkthrough -----------------------------------------------------------
@@ -157,9 +159,13 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace, extra: list[str]) -> int:
     config = load_config(args.config, extra)
     if args.text:
-        config.data.text = args.text
+        config.data.text, config.data.tokens = args.text, None
     elif args.corpus:
-        config.data.corpus, config.data.text = args.corpus, None
+        config.data.corpus, config.data.text, config.data.tokens = args.corpus, None, None
+    elif args.tokens:
+        config.data.tokens, config.data.text = args.tokens, None
+    if args.val_tokens:
+        config.data.val_tokens = args.val_tokens
     _initialize_distributed(args)
 
     from jaxembed import report, train
@@ -169,6 +175,34 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
     if path is not None:
         val = [m["val_loss"] for m in result.metrics if "val_loss" in m]
         print(f"Validation loss {val[0]:.3f} -> {val[-1]:.3f}. Report: {path}")
+    return 0
+
+
+# --- tokenize --------------------------------------------------------------
+
+
+def _tokenize(args: argparse.Namespace, extra: list[str]) -> int:
+    from jaxembed import token_files
+    from jaxembed.tokenizer import TokenizerUnavailableError
+
+    _no_extra(extra)
+    try:
+        meta = token_files.tokenize_files(
+            args.inputs,
+            args.out,
+            tokenizer=args.tokenizer,
+            glob=args.glob,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=sys.stderr.isatty(),
+        )
+    except TokenizerUnavailableError as e:  # a RuntimeError: make it one of the errors main() reports
+        raise UsageError(str(e)) from None
+    path = pathlib.Path(args.out) / token_files.TOKENS_FILE
+    print(
+        f"Tokenized {meta['num_documents']:,} documents into {meta['num_tokens']:,} {meta['tokenizer']} tokens "
+        f"({meta['dtype']}): {path}"
+    )
     return 0
 
 
@@ -210,7 +244,7 @@ def _no_extra(extra: list[str]) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (sub-commands: train, neighbors, export, walkthrough)."""
+    """The argument parser (sub-commands: train, neighbors, export, tokenize, walkthrough)."""
     parser = argparse.ArgumentParser(prog="jaxembed", description="Token and positional embeddings in JAX/Flax.")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -225,7 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a named config ({', '.join(CONFIGS)}; default: tiny) or an ml_collections config file",
     )
     train.add_argument("--workdir", required=True, help="metrics, checkpoints and report go here; rerun to resume")
-    _add_text_source(train, "the config's data.corpus")
+    source = _add_text_source(train, "the config's data.corpus")
+    source.add_argument("--tokens", metavar="DIR", help="a token directory made by `jaxembed tokenize` (data.tokens)")
+    train.add_argument(
+        "--val-tokens", metavar="DIR", help="a token directory held out for validation (data.val_tokens)"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     multi = train.add_argument_group("multi-process (one command per process)")
     multi.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator")
@@ -251,6 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--tokens", type=int, default=5000, help="export the N most frequent tokens")
     export.add_argument("--out", help="output folder (default: WORKDIR/projector)")
     export.set_defaults(run=_export)
+
+    tok = commands.add_parser(
+        "tokenize",
+        help="text files -> a memory-mapped token directory (then: train --tokens DIR)",
+        epilog="Example: jaxembed tokenize books/ --out tok/ && jaxembed train --workdir runs/books --tokens tok/",
+    )
+    tok.add_argument("inputs", nargs="+", metavar="INPUT", help="text files, directories or glob patterns")
+    tok.add_argument("--out", required=True, metavar="DIR", help="writes DIR/tokens.npy and DIR/meta.json")
+    tok.add_argument("--tokenizer", default="gpt2", help="tiktoken encoding (default: gpt2, works offline)")
+    tok.add_argument("--workers", type=int, default=None, help="encoding threads (default: one per CPU)")
+    tok.add_argument("--glob", default="*.txt", help="file name pattern inside directories (default: *.txt)")
+    tok.add_argument("--overwrite", action="store_true", help="replace a different corpus already in --out")
+    tok.set_defaults(run=_tokenize)
 
     walk = commands.add_parser("walkthrough", help="print the seed notebook's walk-through")
     _add_text_source(walk, "romeo-juliet")

@@ -34,7 +34,15 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.corpus = "romeo-juliet"  # Named corpus: romeo-juliet (downloaded once) or python-docs.
-    c.data.text = config_dict.placeholder(str)  # A UTF-8 file to train on instead (--text).
+    # A UTF-8 file to train on instead (--text), or a directory/glob of them (at most 64 MiB,
+    # tokenized in memory; larger corpora: `jaxembed tokenize` and data.tokens).
+    c.data.text = config_dict.placeholder(str)
+    # A token directory from `jaxembed tokenize` (--tokens): trains on its memory-mapped
+    # tokens.npy, never copied; overrides data.corpus, excludes data.text.
+    c.data.tokens = config_dict.placeholder(str)
+    # A second token directory held out for validation (--val-tokens); else the last
+    # data.val_fraction of data.tokens.
+    c.data.val_tokens = config_dict.placeholder(str)
     c.data.tokenizer = "gpt2"  # tiktoken encoding; its n_vocab sizes the token table.
     c.data.max_length = 64  # Context length L: tokens per window (rows of the positional table).
     c.data.stride = 64  # Tokens between window starts (= max_length: no overlap).

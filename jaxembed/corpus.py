@@ -16,6 +16,7 @@ Two named corpora are available, plus any UTF-8 file on disk:
 from __future__ import annotations
 
 import ast
+import glob as glob_lib
 import http.client
 import os
 import re
@@ -26,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import platformdirs
@@ -40,7 +41,9 @@ __all__ = [
     "CorpusUnavailableError",
     "cache_dir",
     "cached_path",
+    "find_text_files",
     "has_gutenberg_markers",
+    "names_many_files",
     "load_text",
     "python_docs_text",
     "strip_gutenberg",
@@ -55,6 +58,7 @@ _SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__", "test",
 _DOC_NODES = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
 _START = re.compile(r"^\*\*\* ?START OF.*$", re.MULTILINE)
 _END = re.compile(r"^\*\*\* ?END OF", re.MULTILINE)
+_GLOB_MAGIC = frozenset("*?[")
 
 
 class CorpusUnavailableError(RuntimeError):
@@ -120,6 +124,69 @@ def load_text(
     else:
         text = _read_text_file(Path(source))
     return strip_gutenberg(text) if strip else text
+
+
+def names_many_files(source: str | os.PathLike[str]) -> bool:
+    """True if ``source`` is a directory or a glob pattern (not a corpus name, not a file).
+
+    >>> names_many_files("romeo-juliet"), names_many_files("books/*.txt"), names_many_files("/")
+    (False, True, True)
+    """
+    if isinstance(source, str) and source in CORPORA:
+        return False
+    path = Path(source)
+    return path.is_dir() or (not path.exists() and bool(_GLOB_MAGIC & set(os.fspath(source))))
+
+
+def find_text_files(
+    inputs: Sequence[str | os.PathLike[str]] | str | os.PathLike[str], glob: str = "*.txt"
+) -> list[Path]:
+    """The files ``inputs`` name, as sorted unique absolute paths: the documents of a corpus.
+
+    Args:
+      inputs: files, directories (searched recursively for ``glob``) or glob
+        patterns (``**`` recursive; a matched directory is searched too).
+      glob: file name pattern used inside directories.
+
+    Raises:
+      ValueError: no inputs, an input does not exist or matches no files,
+        or ``glob`` is empty.
+      TypeError: an input is not a path.
+
+    >>> import pathlib, tempfile
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> for name in ("b.txt", "a.txt", "notes.md"):
+    ...     _ = (d / name).write_text("x")
+    >>> [p.name for p in find_text_files([d, d / "b.txt"])]
+    ['a.txt', 'b.txt']
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not isinstance(inputs, Sequence) or not inputs:
+        raise ValueError(f"inputs={inputs!r} is not allowed; give one or more files, directories or glob patterns.")
+    if not isinstance(glob, str) or not glob:
+        raise ValueError(f"glob={glob!r} is not allowed; give a file name pattern such as '*.txt'.")
+    found: dict[str, Path] = {}
+    for item in inputs:
+        if not isinstance(item, (str, os.PathLike)):
+            raise TypeError(f"inputs must hold paths (str or os.PathLike), got {type(item).__name__}: {item!r}.")
+        name = os.fspath(item)
+        path = Path(name)
+        if path.is_file():
+            matches = [path]
+        elif path.is_dir():
+            matches = [p for p in path.rglob(glob) if p.is_file()]
+        elif _GLOB_MAGIC & set(name):
+            matches = []
+            for hit in map(Path, glob_lib.glob(name, recursive=True)):
+                matches += [hit] if hit.is_file() else [p for p in hit.rglob(glob) if p.is_file()]
+        else:
+            raise ValueError(f"input {name!r} does not exist (and is not a glob pattern).")
+        if not matches:
+            raise ValueError(f"input {name!r} matches no files (directories are searched for glob={glob!r}).")
+        for p in matches:
+            found.setdefault(os.path.abspath(p), Path(os.path.abspath(p)))
+    return sorted(found.values())
 
 
 def python_docs_text() -> str:

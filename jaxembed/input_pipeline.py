@@ -1,11 +1,14 @@
 """The training input pipeline: corpus -> tokens -> splits -> Grain -> device batches.
 
 One entry point, ``get_datasets(config, mesh)``, in the spirit of Flax's
-``examples/lm1b/input_pipeline.get_datasets``: it loads the configured text,
-tokenizes it, holds out the end as validation, and returns a checkpointable
-iterator of global training batches already placed on the mesh, a fixed list
-of validation batches, and the ``Splits`` (token ids and counts) the report
-and the model's vocabulary need.
+``examples/lm1b/input_pipeline.get_datasets``: it loads the configured corpus
+(``jaxembed.splits.load_splits``: a text, a directory of texts, or a
+memory-mapped token directory from ``jaxembed tokenize``), holds out the end
+as validation, and returns a checkpointable iterator of global training
+batches already placed on the mesh, a fixed list of validation batches, and
+the ``Splits`` (token ids, counts, corpus fingerprint) the report, the
+model's vocabulary and resume checks need. Windows are gathered straight
+from a token directory's memory map: the corpus is never copied.
 
 Placement on the device runs in a Grain thread-prefetch stage (the same
 stages as ``grain.experimental.device_put``), so the next batches transfer
@@ -26,8 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-
 import grain
 import jax
 import ml_collections
@@ -35,106 +36,33 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxembed import corpus, data, tokenizer
+from jaxembed import data
+from jaxembed.splits import (
+    Splits,
+    check_active_vocabulary_size,
+    expand_active,
+    fingerprint_mismatch,
+    load_corpus_text,
+    load_splits,
+    split_corpus,
+    with_active_vocabulary,
+)
 
-
-@dataclasses.dataclass(frozen=True)
-class Splits:
-    """Token ids of the training and held-out parts of the corpus.
-
-    Attributes:
-      train_ids: ``[N_train]`` int32 ids the model trains on.
-      val_ids: ``[N_val]`` int32 held-out ids (the end of the corpus).
-      vocab_size: the tokenizer's vocabulary size (GPT-2: 50,257).
-      active_ids: with ``model.active_vocab``, the sorted tokenizer ids that
-        occur in the corpus; ``train_ids``/``val_ids`` then hold compact ids
-        ``0..K-1`` indexing it. ``None`` otherwise.
-    """
-
-    train_ids: np.ndarray
-    val_ids: np.ndarray
-    vocab_size: int
-    active_ids: np.ndarray | None = None
-
-    @property
-    def model_vocab_size(self) -> int:
-        """Rows the model's token table needs: ``K`` with an active vocabulary, else ``vocab_size``."""
-        return self.vocab_size if self.active_ids is None else len(self.active_ids)
-
-    def train_counts(self) -> np.ndarray:
-        """``counts_V``: how often each tokenizer id occurs in the training split.
-
-        Example:
-          >>> Splits(np.array([2, 0, 2]), np.array([1]), vocab_size=4).train_counts().tolist()
-          [1, 0, 2, 0]
-        """
-        ids = self.train_ids if self.active_ids is None else self.active_ids[self.train_ids]
-        return np.bincount(ids, minlength=self.vocab_size)
-
-
-def load_corpus_text(config: ml_collections.ConfigDict) -> str:
-    """The text the config names: ``data.text`` (a path), else the named ``data.corpus``.
-
-    Raises:
-      FileNotFoundError, ValueError, corpus.CorpusUnavailableError: see ``corpus.load_text``.
-    """
-    return corpus.load_text(config.data.text or config.data.corpus)
-
-
-def split_corpus(text: str, config: ml_collections.ConfigDict) -> Splits:
-    """Tokenizes ``text`` and holds out its last ``data.val_fraction`` of tokens.
-
-    Project Gutenberg texts are cut to their body first, so the held-out
-    slice is the play, never the licence.
-
-    Raises:
-      ValueError: ``data.val_fraction`` is not in (0, 1).
-
-    Example:
-      >>> from jaxembed.config import base_config
-      >>> s = split_corpus(" Romeo" * 1000, base_config())
-      >>> len(s.train_ids), len(s.val_ids)
-      (900, 100)
-    """
-    fraction = config.data.val_fraction
-    if not 0 < fraction < 1:
-        raise ValueError(f"data.val_fraction={fraction} is not allowed; it must lie in (0, 1).")
-    if corpus.has_gutenberg_markers(text):
-        text = corpus.strip_gutenberg(text)
-    ids = data.tokenize(text, config.data.tokenizer)
-    num_val = int(round(len(ids) * fraction))
-    vocab_size = tokenizer.get_encoding(config.data.tokenizer).n_vocab
-    return Splits(ids[: len(ids) - num_val], ids[len(ids) - num_val :], vocab_size)
-
-
-def with_active_vocabulary(splits: Splits) -> Splits:
-    """Re-indexes the splits onto the ids that occur in them (``model.active_vocab``).
-
-    Example:
-      >>> s = with_active_vocabulary(Splits(np.array([7, 3, 7]), np.array([9]), vocab_size=10))
-      >>> s.active_ids.tolist(), s.train_ids.tolist(), s.val_ids.tolist()
-      ([3, 7, 9], [1, 0, 1], [2])
-    """
-    active_ids = np.unique(np.concatenate([splits.train_ids, splits.val_ids]))
-    compact = (np.searchsorted(active_ids, ids).astype(np.int32) for ids in (splits.train_ids, splits.val_ids))
-    return Splits(*compact, vocab_size=splits.vocab_size, active_ids=active_ids)
-
-
-def expand_active(token_KxD: np.ndarray, active_ids: np.ndarray | None, vocab_size: int) -> np.ndarray:
-    """Places the rows of a compact (active-vocabulary) table at their tokenizer ids.
-
-    Rows of ids absent from ``active_ids`` are zero. With ``active_ids=None``
-    the table is returned as it is.
-
-    Example:
-      >>> expand_active(np.ones((2, 1)), np.array([1, 3]), vocab_size=4)[:, 0].tolist()
-      [0.0, 1.0, 0.0, 1.0]
-    """
-    if active_ids is None:
-        return token_KxD
-    token_VxD = np.zeros((vocab_size, token_KxD.shape[1]), token_KxD.dtype)
-    token_VxD[active_ids] = token_KxD
-    return token_VxD
+__all__ = [
+    "Splits",
+    "batch_sharding",
+    "expand_active",
+    "fingerprint_mismatch",
+    "get_datasets",
+    "global_batch",
+    "load_corpus_text",
+    "load_splits",
+    "local_batch_size",
+    "make_eval_batches",
+    "make_train_iterator",
+    "split_corpus",
+    "with_active_vocabulary",
+]
 
 
 def local_batch_size(global_batch: int, mesh: Mesh) -> int:
@@ -250,18 +178,21 @@ def get_datasets(
         each process reads only its own rows of every global batch.
       text: train on this text instead of the configured corpus.
 
+    ``data.tokens`` (with optional ``data.val_tokens``) trains on token
+    directories; ``data.text`` may name a file, a directory or a glob.
+
     Returns:
       ``(train_iterator, eval_batches, splits)``; see ``make_train_iterator``,
       ``make_eval_batches`` and ``Splits``.
 
     Raises:
-      ValueError: a data setting does not fit the corpus or the mesh.
+      ValueError: a data setting does not fit the corpus or the mesh, or a
+        token directory is incomplete or of another tokenizer.
       FileNotFoundError, corpus.CorpusUnavailableError: the text cannot be read.
     """
-    if text is None:
-        text = load_corpus_text(config)
-    splits = split_corpus(text, config)
+    splits = load_splits(config, text=text)
     if config.model.active_vocab:
+        check_active_vocabulary_size(splits, config)
         # The model sees compact ids 0..K-1: its table, softmax and AdamW cover K rows.
         splits = with_active_vocabulary(splits)
     eval_batches = make_eval_batches(splits.val_ids, config, mesh)

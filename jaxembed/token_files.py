@@ -12,12 +12,13 @@ document, its source path, byte size, SHA-256, whether a Project Gutenberg
 header/licence was stripped, and ``[start, stop)``, its tokens in
 ``tokens.npy`` (the separator sits at ``stop``).
 
-Streaming: each file is read and decoded in pieces of ``READ_BYTES`` bytes
-and encoded in pieces of about ``PIECE_CHARS`` characters, cut only where
-the tokenizer's pre-tokenization regex provably splits anyway (see
-``_BoundaryRule``), so the ids equal those of encoding each document whole
-while memory stays independent of the corpus size. Pieces are encoded by
-``workers`` threads (tiktoken releases the GIL while encoding).
+Streaming (``jaxembed.text_stream``): each file is read and decoded in
+pieces of ``READ_BYTES`` bytes and encoded in pieces of about
+``PIECE_CHARS`` characters, cut only where the tokenizer's pre-tokenization
+regex provably splits anyway, so the ids equal those of encoding each
+document whole while memory stays independent of the corpus size. Pieces are
+encoded by ``workers`` threads (tiktoken releases the GIL while encoding).
+Inputs are found by ``jaxembed.corpus.find_text_files``.
 
 Text is read as ``jaxembed.corpus.load_text(path, strip=True)`` reads it:
 strict UTF-8, BOM dropped, CRLF/CR turned into LF, Gutenberg header and
@@ -38,136 +39,28 @@ Example:
 
 from __future__ import annotations
 
-import codecs
-import glob as glob_lib
 import hashlib
 import importlib.metadata
 import json
 import os
-import re
 import shutil
 import tempfile
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import tiktoken
 
+from jaxembed import corpus, text_stream
 from jaxembed import tokenizer as tokenizer_lib
+from jaxembed.text_stream import PIECE_CHARS, READ_BYTES
 
 __all__ = ["FORMAT_VERSION", "PIECE_CHARS", "READ_BYTES", "SEPARATOR", "open_tokens", "tokenize_files"]
 
 FORMAT_VERSION = 1
 SEPARATOR = tokenizer_lib.ENDOFTEXT
 TOKENS_FILE, META_FILE = "tokens.npy", "meta.json"
-#: Bytes read (and decoded) from a file at a time.
-READ_BYTES = 1 << 20
-#: Characters handed to one encode call (pieces end at the last safe boundary past this).
-PIECE_CHARS = 1 << 20
 _COPY_BYTES = 1 << 22  # per step when building tokens.npy from the raw temp file
-_GLOB_MAGIC = frozenset("*?[")
-
-# Gutenberg markers as jaxembed.corpus matches them (``^\*\*\* ?START OF``
-# and ``^\*\*\* ?END OF``); the line-start check is done by hand, in a stream.
-_MARK = re.compile(r"\*\*\* ?(START|END) OF")
-_MARK_LEN = len("*** START OF")
-
-
-@dataclass(frozen=True)
-class _BoundaryRule:
-    """Where a text may be cut without changing its tokens.
-
-    tiktoken splits text with a regex, then byte-pair-encodes each match on
-    its own; ``encode(a + b) == encode(a) + encode(b)`` whenever the matches
-    of ``a + b`` are those of ``a`` followed by those of ``b``. Cut at ``p``
-    with ``text[p - 1]`` in ``left`` and ``text[p]`` one of ``right`` (ASCII
-    space, tab, newline: whitespace for every regex engine).
-
-    GPT-2 (r50k) regex ``'(?:[sdmt]|ll|ve|re)| ?\\p{L}++| ?\\p{N}++|
-    ?[^\\s\\p{L}\\p{N}]++|\\s++$|\\s+(?!\\S)|\\s`` (older tiktoken: the same
-    without possessives and ``\\s++$``): with ``left`` = not whitespace,
-
-    * in ``a + b`` the match holding ``text[p - 1]`` ends at ``p``: the only
-      alternatives that can consume a non-space character (letters, digits,
-      other symbols, contractions) cannot consume the whitespace at ``p``;
-    * matching ``a`` alone differs from matching ``a + b`` only where an
-      attempt reads position ``p`` (end of text instead of whitespace). An
-      attempt reaches ``p`` only by consuming ``text[p - 1]`` first, so with
-      one of the non-space atoms, whose next step fails on both whitespace
-      and end of text; the whitespace atoms (``\\s+``, ``\\s++$``) cannot
-      cross the non-space ``text[p - 1]``; ``$`` only follows ``\\s++``;
-    * the regex looks only forward (no look-behind, no ``^``), so matching
-      ``b`` alone equals matching ``a + b`` from ``p`` on.
-
-    ``left`` is ``not str.isspace()``, a subset of ``\\S`` (Unicode
-    White_Space is a subset of Python's whitespace). For the cl100k and o200k
-    regexes the same argument holds with ``left`` = ASCII letters and digits:
-    there punctuation may swallow following newlines (``[\\r\\n]*``) and
-    digits group in threes, but no atom that consumes a letter or digit can
-    consume whitespace. The tests check every rule against encoding whole
-    texts, on real and adversarial text.
-    """
-
-    name: str
-    left_is_ok: object  # Callable[[str], bool]
-    right: tuple[str, ...] = ("\n", " ", "\t")
-
-    def last_boundary(self, text: str, start: int = 1) -> int:
-        """The largest safe cut ``p`` in ``[max(start, 1), len(text))``, else 0."""
-        best = 0
-        lo = max(start, 1)
-        for sep in self.right:
-            p = text.rfind(sep, max(lo, best + 1))
-            while p >= lo and p > best:
-                if self.left_is_ok(text[p - 1]):
-                    best = p
-                    break
-                p = text.rfind(sep, max(lo, best + 1), p)
-        return best
-
-
-def _not_space(ch: str) -> bool:
-    return not ch.isspace()
-
-
-def _ascii_alnum(ch: str) -> bool:
-    return ch.isascii() and ch.isalnum()
-
-
-# Patterns as tiktoken 0.14 spells them; a tokenizer with any other pattern is
-# encoded one whole document at a time (correct, but memory grows with the
-# largest document).
-CL100K_PATTERN = (
-    r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|"""
-    r"""\s+(?!\S)|\s"""
-)
-O200K_PATTERN = "|".join(
-    [
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
-        r"""\p{N}{1,3}""",
-        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
-        r"""\s*[\r\n]+""",
-        r"""\s+(?!\S)""",
-        r"""\s+""",
-    ]
-)
-_GPT2_PATTERNS = (
-    tokenizer_lib.GPT2_PATTERN,
-    r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""",
-)
-_RULES = {
-    **{p: _BoundaryRule("gpt2", _not_space) for p in _GPT2_PATTERNS},
-    CL100K_PATTERN: _BoundaryRule("cl100k", _ascii_alnum),
-    O200K_PATTERN: _BoundaryRule("o200k", _ascii_alnum),
-}
-
-
-def _boundary_rule(enc: tiktoken.Encoding) -> _BoundaryRule | None:
-    return _RULES.get(enc._pat_str)
 
 
 def _token_dtype(n_vocab: int, name: str) -> np.dtype:
@@ -179,161 +72,6 @@ def _token_dtype(n_vocab: int, name: str) -> np.dtype:
         f"tokenizer={name!r} has n_vocab={n_vocab}; its ids do not fit uint32, the widest dtype tokens.npy uses "
         f"(allowed: n_vocab <= {1 << 32})."
     )
-
-
-@dataclass
-class _Source:
-    path: Path
-    size: int
-    sha256: str
-    body_start: int = 0  # characters of the normalised text, Gutenberg header skipped
-    body_end: int | None = None  # None: to the end
-    gutenberg: bool = False
-
-    def record(self) -> dict:
-        return {"path": str(self.path), "bytes": self.size, "sha256": self.sha256, "gutenberg_stripped": self.gutenberg}
-
-
-def _decoded(path: Path, digest=None) -> Iterator[tuple[str, int]]:
-    """Yields ``(text, n_bytes)``: the file's text as ``corpus.load_text`` normalises it, in pieces.
-
-    Raises:
-      ValueError: the file is not UTF-8 (names the file and byte offset).
-    """
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    offset, carry, at_start = 0, "", True
-    with open(path, "rb") as f:
-        while True:
-            data = f.read(READ_BYTES)
-            final = not data
-            if digest is not None:
-                digest.update(data)
-            pending = len(decoder.getstate()[0])
-            try:
-                text = decoder.decode(data, final=final)
-            except UnicodeDecodeError as e:
-                at = offset - pending + e.start
-                raise ValueError(
-                    f"input file is not UTF-8: {path}: byte 0x{e.object[e.start]:02x} at offset {at}"
-                ) from None
-            offset += len(data)
-            if at_start and text:
-                text, at_start = text.removeprefix("\ufeff"), False
-            text, carry = carry + text, ""
-            if not final and text.endswith("\r"):
-                text, carry = text[:-1], "\r"  # maybe half of a CRLF
-            yield text.replace("\r\n", "\n").replace("\r", "\n"), len(data)
-            if final:
-                return
-
-
-def _scan(path: Path) -> _Source:
-    """First pass: size, SHA-256, UTF-8 check, Gutenberg body and emptiness, in bounded memory."""
-    digest = hashlib.sha256()
-    pos = 0  # characters before the current piece
-    tail = ""  # the last _MARK_LEN + 1 characters before the piece, to see markers that straddle pieces
-    start_seen = False  # a START line was found (the first one counts, as in re.search)
-    body_start = None  # character after the START line's newline
-    body_end = None
-    first_body_char = None  # first non-whitespace character at or after body_start
-    any_text = False
-    for text, _ in _decoded(path, digest):
-        any_text = any_text or not text.isspace() and text != ""
-        if body_end is None:
-            buf, base = tail + text, pos - len(tail)
-            if start_seen and body_start is None and (nl := text.find("\n")) >= 0:
-                body_start = pos + nl + 1
-            for m in _MARK.finditer(buf):
-                if m.end() <= len(tail) or not (base + m.start() == 0 or buf[m.start() - 1] == "\n"):
-                    continue  # seen in the previous piece, or not at a line start
-                at = base + m.start()
-                if not start_seen and m.group(1) == "START":
-                    start_seen = True
-                    if (nl := buf.find("\n", m.end())) >= 0:
-                        body_start = base + nl + 1
-                elif body_start is not None and m.group(1) == "END" and at >= body_start:
-                    first_body_char = _first_text_char(buf, base, body_start, first_body_char)
-                    body_end = at
-                    break
-            if body_end is None and body_start is not None:
-                first_body_char = _first_text_char(buf, base, body_start, first_body_char)
-            tail = buf[-(_MARK_LEN + 1) :]
-        pos += len(text)
-    sha = digest.hexdigest()
-    size = path.stat().st_size
-    if body_end is not None:
-        if first_body_char is None or first_body_char >= body_end:
-            raise ValueError(
-                f"input file has an empty Project Gutenberg body (only whitespace between START and END): {path}"
-            )
-        return _Source(path, size, sha, body_start, body_end, gutenberg=True)
-    if not any_text:
-        raise ValueError(f"input file is empty (or only whitespace): {path}")
-    return _Source(path, size, sha)
-
-
-def _first_text_char(buf: str, base: int, body_start: int, found: int | None) -> int | None:
-    if found is not None:
-        return found
-    lo = max(body_start - base, 0)
-    rest = buf[lo:]
-    stripped = rest.lstrip()
-    return base + lo + len(rest) - len(stripped) if stripped else None
-
-
-def _document_pieces(src: _Source, rule: _BoundaryRule | None, progress=None) -> Iterator[str]:
-    """Second pass: the document's body in pieces cut at ``rule``'s safe boundaries."""
-    digest = hashlib.sha256()
-    pos, pending, searched = 0, "", 1
-    for text, n_bytes in _decoded(src.path, digest):
-        lo = max(src.body_start - pos, 0)
-        hi = len(text) if src.body_end is None else min(src.body_end - pos, len(text))
-        pos += len(text)
-        if hi > lo:
-            pending += text[lo:hi]
-        if progress is not None:
-            progress.update(n_bytes)
-        while rule is not None and len(pending) >= PIECE_CHARS:
-            cut = rule.last_boundary(pending, searched)
-            if cut == 0:  # no safe boundary yet: read on (memory grows only for such text)
-                searched = len(pending)
-                break
-            yield pending[:cut]
-            pending, searched = pending[cut:], 1
-    if digest.hexdigest() != src.sha256:
-        raise ValueError(f"input file changed while it was being tokenized: {src.path}; run again.")
-    if pending:
-        yield pending
-
-
-def _resolve_inputs(inputs: Sequence[str | os.PathLike[str]], glob: str) -> list[Path]:
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    if not isinstance(inputs, Sequence) or not inputs:
-        raise ValueError(f"inputs={inputs!r} is not allowed; give one or more files, directories or glob patterns.")
-    if not isinstance(glob, str) or not glob:
-        raise ValueError(f"glob={glob!r} is not allowed; give a file name pattern such as '*.txt'.")
-    found: dict[str, Path] = {}
-    for item in inputs:
-        if not isinstance(item, (str, os.PathLike)):
-            raise TypeError(f"inputs must hold paths (str or os.PathLike), got {type(item).__name__}: {item!r}.")
-        name = os.fspath(item)
-        path = Path(name)
-        if path.is_file():
-            matches = [path]
-        elif path.is_dir():
-            matches = [p for p in path.rglob(glob) if p.is_file()]
-        elif _GLOB_MAGIC & set(name):
-            matches = []
-            for hit in map(Path, glob_lib.glob(name, recursive=True)):
-                matches += [hit] if hit.is_file() else [p for p in hit.rglob(glob) if p.is_file()]
-        else:
-            raise ValueError(f"input {name!r} does not exist (and is not a glob pattern).")
-        if not matches:
-            raise ValueError(f"input {name!r} matches no files (directories are searched for glob={glob!r}).")
-        for p in matches:
-            found.setdefault(os.path.abspath(p), Path(os.path.abspath(p)))
-    return sorted(found.values())
 
 
 def _jaxembed_version() -> str:
@@ -423,7 +161,7 @@ def tokenize_files(
     ``inputs``; a file named twice counts once. Memory stays bounded (about
     ``READ_BYTES + (2 * workers + 2) * PIECE_CHARS`` characters plus the
     tokenizer) whatever the corpus size, except for text with no safe cut
-    (see ``_BoundaryRule``) for ``PIECE_CHARS`` characters, or a tokenizer
+    (see ``text_stream.BoundaryRule``) for ``PIECE_CHARS`` characters, or a tokenizer
     whose regex is not one of GPT-2's, cl100k's or o200k's (then each document
     is encoded whole).
 
@@ -486,12 +224,12 @@ def tokenize_files(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"out_dir={str(out)!r} exists and is not a directory.")
-    paths = _resolve_inputs(inputs, glob)
+    paths = corpus.find_text_files(inputs, glob)
 
     bar = _bar(progress, sum(p.stat().st_size for p in paths), "scanning")
     sources = []
     for p in paths:
-        sources.append(_scan(p))
+        sources.append(text_stream.scan(p))
         if bar is not None:
             bar.update(sources[-1].size)
     if bar is not None:
@@ -519,7 +257,7 @@ def tokenize_files(
         raw = _temp(out, "tokens.raw", temps)
         bar = _bar(progress, sum(s.size for s in sources), "tokenizing")
         with open(raw, "wb") as f:
-            spans = _encode_all(sources, enc, dtype, workers, f, bar)
+            spans = text_stream.encode_documents(sources, enc, dtype, workers, f, bar)
         if bar is not None:
             bar.close()
         num_tokens = spans[-1][1] + 1
@@ -592,47 +330,6 @@ def _bar(progress: bool, total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=desc, dynamic_ncols=True)
-
-
-def _encode_all(sources, enc, dtype, workers, f, bar) -> list[tuple[int, int]]:
-    """Encodes every document into ``f`` (raw ``dtype``), in order; returns each ``(start, stop)``."""
-    rule = _boundary_rule(enc)
-    eot = np.array([enc.encode_single_token(SEPARATOR)], dtype=dtype)
-    spans: list[tuple[int, int]] = []
-    count, start = 0, 0
-
-    def encode(text: str) -> np.ndarray:
-        # encode_to_numpy skips the Python list (and releases the GIL); no
-        # special tokens allowed or disallowed: literal "<|endoftext|>" is text.
-        return enc.encode_to_numpy(text, disallowed_special=())
-
-    def drain_one() -> None:
-        nonlocal count, start
-        item = inflight.popleft()
-        if item is None:  # end of a document
-            spans.append((start, count))
-            f.write(eot.data)
-            count += 1
-            start = count
-            return
-        ids = item.result()
-        f.write(ids.astype(dtype).data)
-        count += len(ids)
-        if bar is not None:
-            bar.set_postfix_str(f"{count / max(bar.format_dict['elapsed'], 1e-9) / 1e6:.2f}M tok/s", refresh=False)
-
-    # A bounded queue of futures keeps results in order and memory bounded.
-    inflight: deque = deque()
-    with ThreadPoolExecutor(workers, thread_name_prefix="tokenize") as pool:
-        for src in sources:
-            for piece in _document_pieces(src, rule, bar):
-                inflight.append(pool.submit(encode, piece))
-                while len(inflight) > 2 * workers:
-                    drain_one()
-            inflight.append(None)
-        while inflight:
-            drain_one()
-    return spans
 
 
 def open_tokens(directory: str | os.PathLike[str], *, verify: bool = False) -> tuple[np.memmap, dict]:

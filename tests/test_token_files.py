@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tiktoken
 
-from jaxembed import corpus, data, token_files
+from jaxembed import corpus, data, text_stream, token_files
 from jaxembed.tokenizer import GPT2_PATTERN, get_encoding
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,8 +61,8 @@ def paragraphs(corpus_path):
 @pytest.fixture
 def small_pieces(monkeypatch):
     # Tiny reads and pieces: thousands of cuts and of multi-byte characters split across reads.
-    monkeypatch.setattr(token_files, "READ_BYTES", 777)
-    monkeypatch.setattr(token_files, "PIECE_CHARS", 2000)
+    monkeypatch.setattr(text_stream, "READ_BYTES", 777)
+    monkeypatch.setattr(text_stream, "PIECE_CHARS", 2000)
 
 
 def write_corpus(root: Path, paragraphs, corpus_path, seed=0) -> list[Path]:
@@ -94,7 +94,7 @@ def write_corpus(root: Path, paragraphs, corpus_path, seed=0) -> list[Path]:
 def encodings():
     ranks = GPT2._mergeable_ranks
     yield "gpt2", GPT2
-    for name, pattern in [("cl100k", token_files.CL100K_PATTERN), ("o200k", token_files.O200K_PATTERN)]:
+    for name, pattern in [("cl100k", text_stream.CL100K_PATTERN), ("o200k", text_stream.O200K_PATTERN)]:
         # The regex decides where cuts are safe; GPT-2's ranks stand in for the (networked) real ones.
         yield (
             name,
@@ -104,7 +104,7 @@ def encodings():
 
 @pytest.mark.parametrize("name, enc", list(encodings()))
 def test_every_safe_boundary_keeps_the_tokens_of_the_whole_text(name, enc):
-    rule = token_files._boundary_rule(enc)
+    rule = text_stream.boundary_rule(enc)
     assert rule is not None and rule.name == name
     alphabet = [t[i : i + 3] for t in TRICKY for i in range(0, len(t), 3)] + [" ", "\n", "  ", "\n\n", "\t", "\r"]
     rng = random.Random(1)
@@ -124,8 +124,8 @@ def test_every_safe_boundary_keeps_the_tokens_of_the_whole_text(name, enc):
 
 
 def test_pieces_of_real_text_encode_like_the_whole(small_pieces, corpus_path):
-    src = token_files._scan(corpus_path)
-    pieces = list(token_files._document_pieces(src, token_files._boundary_rule(GPT2)))
+    src = text_stream.scan(corpus_path)
+    pieces = list(text_stream.document_pieces(src, text_stream.boundary_rule(GPT2)))
     assert len(pieces) > 50
     body = corpus.load_text(corpus_path, strip=True)
     assert "".join(pieces) == body
@@ -187,7 +187,7 @@ def test_unknown_regex_encodes_whole_documents(tmp_path, small_pieces):
     odd = tiktoken.Encoding(
         name="odd", pat_str=r"\S+|\s+", mergeable_ranks=GPT2._mergeable_ranks, special_tokens={"<|endoftext|>": EOT}
     )
-    assert token_files._boundary_rule(odd) is None
+    assert text_stream.boundary_rule(odd) is None
     (tmp_path / "a.txt").write_text(tricky_text(random.Random(4), 800))
     token_files.tokenize_files([tmp_path / "a.txt"], tmp_path / "out", tokenizer=odd)
     tokens, _ = token_files.open_tokens(tmp_path / "out")
@@ -215,7 +215,7 @@ def test_directories_and_globs_give_sorted_unique_documents(tmp_path):
 
 
 def test_gutenberg_header_and_licence_are_stripped_per_file(tmp_path, corpus_path, monkeypatch):
-    monkeypatch.setattr(token_files, "READ_BYTES", 5)  # markers straddle reads
+    monkeypatch.setattr(text_stream, "READ_BYTES", 5)  # markers straddle reads
     book = "Title page\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n\nBody line.\n  \n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nlicence\n"
     texts = {
         "1_book.txt": book,
@@ -395,7 +395,7 @@ def test_empty_documents(tmp_path, content, message):
 
 @pytest.mark.parametrize("prefix, tail", [(b"a" * 5000, b"\xff rest"), (b"x\xe2\x82\xac" * 900, b"\xe2\x82")])
 def test_non_utf8_names_the_file_and_byte_offset(tmp_path, monkeypatch, prefix, tail):
-    monkeypatch.setattr(token_files, "READ_BYTES", 777)  # the bad byte lies past several reads
+    monkeypatch.setattr(text_stream, "READ_BYTES", 777)  # the bad byte lies past several reads
     bad = tmp_path / "latin1.txt"
     bad.write_bytes(prefix + tail)
     with pytest.raises(UnicodeDecodeError) as reference:

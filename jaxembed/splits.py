@@ -1,0 +1,412 @@
+"""The corpus a config names, as training and held-out token ids (``Splits``).
+
+Three sources, one result:
+
+* ``data.tokens``: a directory written by ``jaxembed tokenize``
+  (``jaxembed.token_files``). Its memory-mapped ``tokens.npy`` is split by
+  plain slices, never copied: ``Splits.train_ids``/``val_ids`` are views of
+  the map. ``data.val_tokens`` names a separate held-out directory instead.
+* ``data.text`` naming a directory or a glob: its files (``*.txt`` inside
+  directories), tokenized in memory with the layout ``tokenize_files``
+  writes (each document, then ``<|endoftext|>``), up to
+  ``TEXT_FILES_MAX_BYTES``.
+* ``data.text`` naming a file, else the named ``data.corpus``: one text,
+  Gutenberg licence cut off, tokenized in memory.
+
+Without ``data.val_tokens`` the last ``data.val_fraction`` of the tokens is
+held out. ``Splits.corpus_fingerprint`` identifies the corpus cheaply (a
+token directory's SHA-256 is read from its ``meta.json``), so a resumed run
+can refuse a different corpus (``fingerprint_mismatch``).
+
+Example:
+  >>> from jaxembed.config import base_config
+  >>> s = split_corpus(" Romeo" * 1000, base_config())
+  >>> len(s.train_ids), len(s.val_ids), s.corpus_fingerprint["num_tokens"]
+  (900, 100, 1000)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+import ml_collections
+import numpy as np
+
+from jaxembed import corpus, token_files, tokenizer
+from jaxembed.windows import tokenize
+
+__all__ = [
+    "ACTIVE_VOCAB_MAX_TOKENS",
+    "TEXT_FILES_MAX_BYTES",
+    "Splits",
+    "check_active_vocabulary_size",
+    "describe_corpus",
+    "expand_active",
+    "fingerprint_mismatch",
+    "load_corpus_text",
+    "load_splits",
+    "read_text_files",
+    "split_corpus",
+    "split_ids",
+    "split_token_files",
+    "text_fingerprint",
+    "tokens_fingerprint",
+    "with_active_vocabulary",
+]
+
+#: Largest total size of the files ``data.text`` may name as a directory or glob (tokenized in memory).
+TEXT_FILES_MAX_BYTES = 64 << 20
+#: Largest token-file corpus ``model.active_vocab`` re-indexes: it holds a compact copy of the ids in RAM.
+ACTIVE_VOCAB_MAX_TOKENS = 1 << 26
+_CHUNK = 1 << 22  # ids per step when counting or re-indexing (bounds temporaries)
+# Fingerprint keys that only say where a corpus was read from, not what it is.
+_WHERE = ("path", "source", "val_path")
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Token ids of the training and held-out parts of the corpus.
+
+    Attributes:
+      train_ids: ``[N_train]`` ids the model trains on: int32 in memory, or a
+        read-only uint16/uint32 view of a token directory's memory map.
+      val_ids: ``[N_val]`` held-out ids (the end of the corpus, or
+        ``data.val_tokens``), stored like ``train_ids``.
+      vocab_size: the tokenizer's vocabulary size (GPT-2: 50,257).
+      active_ids: with ``model.active_vocab``, the sorted tokenizer ids that
+        occur in the corpus; ``train_ids``/``val_ids`` then hold compact ids
+        ``0..K-1`` indexing it. ``None`` otherwise.
+      corpus_fingerprint: what the corpus is (see ``tokens_fingerprint`` and
+        ``text_fingerprint``); ``None`` for splits built by hand.
+    """
+
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    vocab_size: int
+    active_ids: np.ndarray | None = None
+    corpus_fingerprint: dict | None = None
+
+    @property
+    def model_vocab_size(self) -> int:
+        """Rows the model's token table needs: ``K`` with an active vocabulary, else ``vocab_size``."""
+        return self.vocab_size if self.active_ids is None else len(self.active_ids)
+
+    def train_counts(self) -> np.ndarray:
+        """``counts_V`` int64: how often each tokenizer id occurs in the training split.
+
+        Counted in chunks, so a memory-mapped corpus is read once and never copied.
+
+        Example:
+          >>> Splits(np.array([2, 0, 2]), np.array([1]), vocab_size=4).train_counts().tolist()
+          [1, 0, 2, 0]
+        """
+        counts_V = np.zeros(self.vocab_size, np.int64)
+        for lo in range(0, len(self.train_ids), _CHUNK):
+            chunk = self.train_ids[lo : lo + _CHUNK]
+            counts_V += np.bincount(
+                chunk if self.active_ids is None else self.active_ids[chunk], minlength=len(counts_V)
+            )
+        return counts_V
+
+
+def text_fingerprint(ids: np.ndarray, source: str | None) -> dict:
+    """``{"kind": "text", "sha256", "num_tokens", "source"}``: the SHA-256 of the ids as little-endian int32.
+
+    Example:
+      >>> fp = text_fingerprint(np.array([1, 2]), "x.txt")
+      >>> fp["sha256"] == hashlib.sha256(np.array([1, 2], "<i4").tobytes()).hexdigest(), fp["num_tokens"]
+      (True, 2)
+    """
+    digest = hashlib.sha256()
+    for lo in range(0, len(ids), _CHUNK):
+        digest.update(np.ascontiguousarray(ids[lo : lo + _CHUNK], dtype="<i4").data)
+    return {"kind": "text", "sha256": digest.hexdigest(), "num_tokens": int(len(ids)), "source": source}
+
+
+def tokens_fingerprint(path: str | os.PathLike[str], meta: dict, val_path=None, val_meta: dict | None = None) -> dict:
+    """``{"kind": "tokens", "tokens_sha256", "num_tokens", "path"}`` of a token directory, from its meta.
+
+    With a separate validation directory, ``val_tokens_sha256``,
+    ``val_num_tokens`` and ``val_path`` too. Reads nothing but ``meta``.
+
+    Example:
+      >>> tokens_fingerprint("tok", {"tokens_sha256": "ab", "num_tokens": 3})["num_tokens"]
+      3
+    """
+    fp = {"kind": "tokens", "tokens_sha256": meta["tokens_sha256"], "num_tokens": int(meta["num_tokens"])}
+    fp["path"] = os.path.abspath(path)
+    if val_meta is not None:
+        fp["val_tokens_sha256"], fp["val_num_tokens"] = val_meta["tokens_sha256"], int(val_meta["num_tokens"])
+        fp["val_path"] = os.path.abspath(val_path)
+    return fp
+
+
+def fingerprint_mismatch(stored: dict, current: dict) -> str | None:
+    """``None`` when both fingerprints name the same corpus, else a sentence naming both.
+
+    Where a corpus was read from (``path``, ``source``) does not count: a
+    token directory may move. Its contents (hashes, lengths, kind) do.
+
+    Example:
+      >>> a = text_fingerprint(np.array([1, 2]), "a.txt")
+      >>> fingerprint_mismatch(a, {**a, "source": "copy.txt"}) is None
+      True
+      >>> fingerprint_mismatch(a, text_fingerprint(np.array([1]), "b.txt"))[:40]
+      'the workdir was trained on text a.txt (2'
+    """
+
+    def what(fp: dict) -> dict:
+        return {k: v for k, v in fp.items() if k not in _WHERE}
+
+    if what(stored) == what(current):
+        return None
+    return (
+        f"the workdir was trained on {describe_corpus(stored)}, but this run reads {describe_corpus(current)}; "
+        "train on the same corpus, or use another --workdir."
+    )
+
+
+def describe_corpus(fp: dict) -> str:
+    """A fingerprint in words, e.g. ``token directory /data/tok (1,234 tokens, sha256 3f2a...)``.
+
+    Example:
+      >>> describe_corpus({"kind": "text", "sha256": "0123456789abcdef", "num_tokens": 5, "source": "a.txt"})
+      'text a.txt (5 tokens, sha256 0123456789ab...)'
+    """
+    if fp.get("kind") == "tokens":
+        where, sha = f"token directory {fp.get('path')}", fp.get("tokens_sha256")
+    else:
+        where, sha = f"text {fp.get('source')}", fp.get("sha256")
+    out = f"{where} ({fp.get('num_tokens', 0):,} tokens, sha256 {str(sha)[:12]}...)"
+    if "val_path" in fp:
+        out += f" with validation directory {fp['val_path']} ({fp.get('val_num_tokens', 0):,} tokens)"
+    return out
+
+
+def _check_fraction(config: ml_collections.ConfigDict) -> float:
+    fraction = config.data.val_fraction
+    if not 0 < fraction < 1:
+        raise ValueError(f"data.val_fraction={fraction} is not allowed; it must lie in (0, 1).")
+    return fraction
+
+
+def split_ids(ids: np.ndarray, config: ml_collections.ConfigDict, *, vocab_size: int, fingerprint: dict) -> Splits:
+    """Holds out the last ``data.val_fraction`` of ``ids`` by slicing (a memory map stays a map).
+
+    Raises:
+      ValueError: ``data.val_fraction`` is not in (0, 1).
+
+    Example:
+      >>> from jaxembed.config import base_config
+      >>> ids = np.arange(10, dtype=np.uint16)
+      >>> s = split_ids(ids, base_config(), vocab_size=50257, fingerprint={})
+      >>> s.val_ids.tolist(), np.shares_memory(s.train_ids, ids)
+      ([9], True)
+    """
+    num_val = int(round(len(ids) * _check_fraction(config)))
+    return Splits(ids[: len(ids) - num_val], ids[len(ids) - num_val :], vocab_size, corpus_fingerprint=fingerprint)
+
+
+def split_corpus(text: str, config: ml_collections.ConfigDict, *, source: str | None = None) -> Splits:
+    """Tokenizes ``text`` and holds out its last ``data.val_fraction`` of tokens.
+
+    Project Gutenberg texts are cut to their body first, so the held-out
+    slice is the play, never the licence. ``source`` names the text in the
+    fingerprint.
+
+    Raises:
+      ValueError: ``data.val_fraction`` is not in (0, 1).
+
+    Example:
+      >>> from jaxembed.config import base_config
+      >>> s = split_corpus(" Romeo" * 1000, base_config())
+      >>> len(s.train_ids), len(s.val_ids)
+      (900, 100)
+    """
+    _check_fraction(config)
+    if corpus.has_gutenberg_markers(text):
+        text = corpus.strip_gutenberg(text)
+    ids = tokenize(text, config.data.tokenizer)
+    vocab_size = tokenizer.get_encoding(config.data.tokenizer).n_vocab
+    return split_ids(ids, config, vocab_size=vocab_size, fingerprint=text_fingerprint(ids, source))
+
+
+def read_text_files(source: str | os.PathLike[str], tokenizer_name: str = "gpt2") -> np.ndarray:
+    """``ids_N`` int32 of the files a directory or glob names, laid out as ``tokenize_files`` writes them.
+
+    Each file (``*.txt`` inside directories, sorted by path) is read as
+    ``corpus.load_text(path, strip=True)`` reads it and encoded whole (a
+    literal ``<|endoftext|>`` is text), then the ``<|endoftext|>`` id.
+
+    Raises:
+      ValueError: nothing matches, a file is not UTF-8 or empty, or the files
+        hold more than ``TEXT_FILES_MAX_BYTES`` (the message says how to use
+        ``jaxembed tokenize`` instead).
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> d = pathlib.Path(tempfile.mkdtemp())
+      >>> _ = (d / "a.txt").write_text("Hello world")
+      >>> read_text_files(d).tolist()
+      [15496, 995, 50256]
+    """
+    paths = corpus.find_text_files(source)
+    total = sum(p.stat().st_size for p in paths)
+    if total > TEXT_FILES_MAX_BYTES:
+        raise ValueError(
+            f"data.text={os.fspath(source)!r} names {len(paths)} files of {total / 2**20:,.1f} MiB, more than the "
+            f"{TEXT_FILES_MAX_BYTES >> 20} MiB tokenized in memory; tokenize them once with "
+            f"`jaxembed tokenize {os.fspath(source)} --out DIR`, then train with --tokens DIR."
+        )
+    enc = tokenizer.get_encoding(tokenizer_name)
+    eot = [enc.encode_single_token(tokenizer.ENDOFTEXT)]
+    parts = []
+    for p in paths:
+        parts += [enc.encode_ordinary(corpus.load_text(p, strip=True)), eot]
+    return np.concatenate(parts).astype(np.int32)
+
+
+def _open_token_dir(field: str, path: str, tokenizer_name: str) -> tuple[np.memmap, dict]:
+    tokens, meta = token_files.open_tokens(path)
+    if meta.get("tokenizer") != tokenizer_name:
+        raise ValueError(
+            f"data.{field}={path!r} was tokenized with tokenizer={meta.get('tokenizer')!r}, but "
+            f"data.tokenizer={tokenizer_name!r}; set --config.data.tokenizer={meta.get('tokenizer')} or "
+            f"re-tokenize with `jaxembed tokenize ... --tokenizer {tokenizer_name}`."
+        )
+    return tokens, meta
+
+
+def split_token_files(config: ml_collections.ConfigDict) -> Splits:
+    """``Splits`` of ``data.tokens`` (and ``data.val_tokens``): views of the memory maps, no copy.
+
+    Raises:
+      ValueError: a directory is missing or incomplete, was made with another
+        tokenizer than ``data.tokenizer``, or ``data.val_fraction`` is not in (0, 1).
+
+    Example:
+      >>> import pathlib, tempfile
+      >>> from jaxembed.config import base_config
+      >>> d = pathlib.Path(tempfile.mkdtemp())
+      >>> _ = (d / "a.txt").write_text("to be or not to be " * 20)
+      >>> _ = token_files.tokenize_files([d], d / "tok")
+      >>> config = base_config()
+      >>> config.data.tokens = str(d / "tok")
+      >>> s = split_token_files(config)
+      >>> len(s.train_ids), len(s.val_ids), s.train_ids.dtype, s.corpus_fingerprint["kind"]
+      (110, 12, dtype('uint16'), 'tokens')
+    """
+    path, val_path = config.data.tokens, config.data.get("val_tokens")
+    tokens_N, meta = _open_token_dir("tokens", path, config.data.tokenizer)
+    vocab_size = int(meta["n_vocab"])
+    if not val_path:
+        fingerprint = tokens_fingerprint(path, meta)
+        return split_ids(tokens_N, config, vocab_size=vocab_size, fingerprint=fingerprint)
+    val_N, val_meta = _open_token_dir("val_tokens", val_path, config.data.tokenizer)
+    fingerprint = tokens_fingerprint(path, meta, val_path, val_meta)
+    return Splits(tokens_N, val_N, vocab_size, corpus_fingerprint=fingerprint)
+
+
+def load_corpus_text(config: ml_collections.ConfigDict) -> str:
+    """The text the config names: ``data.text`` (a file), else the named ``data.corpus``.
+
+    Raises:
+      FileNotFoundError, ValueError, corpus.CorpusUnavailableError: see ``corpus.load_text``.
+    """
+    return corpus.load_text(config.data.text or config.data.corpus)
+
+
+def load_splits(config: ml_collections.ConfigDict, *, text: str | None = None) -> Splits:
+    """The ``Splits`` of the corpus ``config.data`` names (see the module docstring), or of ``text``.
+
+    Raises:
+      ValueError: both ``data.tokens`` and ``data.text`` are set,
+        ``data.val_tokens`` without ``data.tokens``, or a source is invalid.
+      FileNotFoundError, corpus.CorpusUnavailableError: a text cannot be read.
+    """
+    d = config.data
+    tokens, val_tokens = d.get("tokens"), d.get("val_tokens")
+    if tokens and d.text:
+        raise ValueError(f"data.tokens={tokens!r} and data.text={d.text!r} are both set; train on one of them.")
+    if val_tokens and not tokens:
+        raise ValueError(f"data.val_tokens={val_tokens!r} needs data.tokens (--tokens DIR) for the training tokens.")
+    if text is not None:
+        return split_corpus(text, config, source="text argument")
+    if tokens:
+        return split_token_files(config)
+    if d.text and corpus.names_many_files(d.text):
+        ids = read_text_files(d.text, d.tokenizer)
+        vocab_size = tokenizer.get_encoding(d.tokenizer).n_vocab
+        return split_ids(ids, config, vocab_size=vocab_size, fingerprint=text_fingerprint(ids, str(d.text)))
+    return split_corpus(load_corpus_text(config), config, source=d.text or d.corpus)
+
+
+def with_active_vocabulary(splits: Splits) -> Splits:
+    """Re-indexes the splits onto the ids that occur in them (``model.active_vocab``).
+
+    Works in chunks (a count over the vocabulary, then a lookup table), so
+    its only full-size allocation is the compact copy of the ids, kept in
+    their storage dtype (int32, uint16 or uint32: ``K`` compact ids fit
+    wherever the original ids did).
+
+    Example:
+      >>> s = with_active_vocabulary(Splits(np.array([7, 3, 7]), np.array([9]), vocab_size=10))
+      >>> s.active_ids.tolist(), s.train_ids.tolist(), s.val_ids.tolist()
+      ([3, 7, 9], [1, 0, 1], [2])
+    """
+    seen = np.zeros(splits.vocab_size, bool)
+    for ids in (splits.train_ids, splits.val_ids):
+        for lo in range(0, len(ids), _CHUNK):
+            seen[ids[lo : lo + _CHUNK]] = True
+    active_ids = np.flatnonzero(seen).astype(np.int32)
+    lookup = np.zeros(splits.vocab_size, np.int64)
+    lookup[active_ids] = np.arange(len(active_ids))
+
+    def compact(ids: np.ndarray) -> np.ndarray:
+        dtype = ids.dtype if ids.dtype in (np.uint16, np.uint32) else np.dtype(np.int32)
+        out = np.empty(len(ids), dtype)
+        for lo in range(0, len(ids), _CHUNK):
+            out[lo : lo + _CHUNK] = lookup[ids[lo : lo + _CHUNK]]
+        return out
+
+    return dataclasses.replace(
+        splits, train_ids=compact(splits.train_ids), val_ids=compact(splits.val_ids), active_ids=active_ids
+    )
+
+
+def check_active_vocabulary_size(splits: Splits, config: ml_collections.ConfigDict) -> None:
+    """Refuses ``model.active_vocab`` on token files over ``ACTIVE_VOCAB_MAX_TOKENS`` tokens.
+
+    The compact ids are a copy in RAM, which the memory-mapped corpus exists
+    to avoid; and on a corpus that large nearly every id occurs anyway, so
+    the table would barely shrink.
+
+    Raises:
+      ValueError: names the token count, the limit and the way out.
+    """
+    n = len(splits.train_ids) + len(splits.val_ids)
+    if config.model.active_vocab and config.data.get("tokens") and n > ACTIVE_VOCAB_MAX_TOKENS:
+        raise ValueError(
+            f"model.active_vocab=True with data.tokens={config.data.tokens!r}: {n:,} tokens is more than the "
+            f"{ACTIVE_VOCAB_MAX_TOKENS:,} re-indexed in memory; set --config.model.active_vocab=False "
+            "(a corpus this large uses nearly the whole vocabulary anyway)."
+        )
+
+
+def expand_active(token_KxD: np.ndarray, active_ids: np.ndarray | None, vocab_size: int) -> np.ndarray:
+    """Places the rows of a compact (active-vocabulary) table at their tokenizer ids.
+
+    Rows of ids absent from ``active_ids`` are zero. With ``active_ids=None``
+    the table is returned as it is.
+
+    Example:
+      >>> expand_active(np.ones((2, 1)), np.array([1, 3]), vocab_size=4)[:, 0].tolist()
+      [0.0, 1.0, 0.0, 1.0]
+    """
+    if active_ids is None:
+        return token_KxD
+    token_VxD = np.zeros((vocab_size, token_KxD.shape[1]), token_KxD.dtype)
+    token_VxD[active_ids] = token_KxD
+    return token_VxD

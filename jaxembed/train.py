@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -146,8 +145,8 @@ def train_and_evaluate(
         mesh = make_mesh(config.mesh.data, config.mesh.model)
         iterator, eval_batches, splits = input_pipeline.get_datasets(config, mesh, text=text)
         stack.callback(iterator.close)
-        fingerprint = corpus_fingerprint(splits, config)
-        if resuming:
+        fingerprint = splits.corpus_fingerprint
+        if resuming and fingerprint is not None:
             check_corpus(path, fingerprint)
         if path is not None:
             if create_workdir(path):
@@ -170,35 +169,18 @@ def _has_checkpoints(path: pathlib.Path) -> bool:
     return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
 
 
-def corpus_fingerprint(splits: input_pipeline.Splits, config: ml_collections.ConfigDict) -> dict:
-    """What identifies the training text: its token count and a SHA-256 of its token ids."""
-    digest = hashlib.sha256()
-    for ids in (splits.train_ids, splits.val_ids):
-        digest.update(np.ascontiguousarray(ids, dtype=np.int32).tobytes())
-    source = config.data.text or config.data.corpus
-    return {
-        "source": str(source),
-        "num_tokens": int(len(splits.train_ids) + len(splits.val_ids)),
-        "sha256": digest.hexdigest(),
-    }
-
-
 def check_corpus(path: pathlib.Path, fingerprint: dict) -> None:
     """Refuses to resume a run on another corpus than the one it was trained on.
 
     Raises:
-      WorkdirError: ``W/corpus.json`` names a different corpus (both are named).
+      WorkdirError: ``W/corpus.json`` describes a different corpus (both are named).
     """
     stored_path = path / "corpus.json"
     if not stored_path.is_file():
         return
-    stored = json.loads(stored_path.read_text())
-    if stored.get("sha256") != fingerprint["sha256"]:
-        raise WorkdirError(
-            f"workdir {path} holds a run trained on {stored.get('source')} ({stored.get('num_tokens'):,} tokens); "
-            f"this run's corpus is {fingerprint['source']} ({fingerprint['num_tokens']:,} tokens), another text. "
-            "Nothing was changed: rerun with the run's corpus, or choose a new --workdir."
-        )
+    mismatch = input_pipeline.fingerprint_mismatch(json.loads(stored_path.read_text()), fingerprint)
+    if mismatch:
+        raise WorkdirError(f"workdir {path}: {mismatch} Nothing in it was changed.")
 
 
 def _train(config, path, iterator, eval_batches, splits, mesh, notices, fingerprint, progress, stack) -> TrainResult:
@@ -258,7 +240,8 @@ def _write_run_files(path, config, splits, fingerprint: dict, notices: dict, sta
     if notices:
         record_changes(path, start_step, notices)
     write_text_atomic(path / "config.json", config.to_json_best_effort(indent=2))
-    write_text_atomic(path / "corpus.json", json.dumps(fingerprint, indent=2))
+    if fingerprint is not None:
+        write_text_atomic(path / "corpus.json", json.dumps(fingerprint, indent=2))
     with atomic_open(path / "token_counts.npy", "wb") as f:
         np.save(f, splits.train_counts())
     if splits.active_ids is not None:

@@ -110,6 +110,9 @@ def test_memory_plan_holds_the_state_and_the_dense_gradient(quick):
     has_tiled = "loss_tile_tokens" in base_config().model
     assert {r["variant"] for r in xla} == ({"dense", "tiled loss"} if has_tiled else {"dense"})
     dense = next(r for r in xla if r["variant"] == "dense")
+    if has_tiled:  # never more temporaries than the full logits (equal when the batch fits one tile)
+        tiled = next(r for r in xla if r["variant"] == "tiled loss")
+        assert tiled["temp_bytes"] <= dense["temp_bytes"]
     params = (V + L) * D * 4  # token + position tables, float32
     batch_bytes = 2 * B * L * 4  # inputs and targets, int32
     # Arguments: params, Adam's mu and nu, the batch, and a few scalars (step, counts, key).

@@ -134,9 +134,11 @@ def plan(
       per device, from XLA's ``memory_analysis()`` of the compiled step:
       ``argument_bytes``, ``output_bytes``, ``alias_bytes`` (outputs that
       reuse donated arguments), ``temp_bytes``, and ``peak_bytes`` =
-      argument + output - alias + temp; ``flops_per_step`` (all devices;
-      loop bodies times their trip counts) and ``xla_flops`` (XLA's raw
-      count, loop bodies once); ``tokens_per_step`` = B * L; ``devices``,
+      argument + output - alias + temp; ``flops_per_device`` (XLA's cost
+      analysis of the partitioned step, loop bodies times their trip
+      counts), ``flops_per_step`` = that times ``devices`` (every device runs
+      the same program; work replicated over the ``model`` axis counts on
+      each), and ``xla_flops`` (XLA's raw per-device count, loop bodies once); ``tokens_per_step`` = B * L; ``devices``,
       ``mesh`` (``{"data", "model"}``), ``backend``, ``vocab_size``,
       ``padded_vocab_size``, ``loss_tile_tokens``; with ``text`` also
       ``corpus_tokens``, ``train_tokens``, ``steps_per_epoch`` and
@@ -174,7 +176,8 @@ def plan(
     memory = trainer.compiled_step.memory_analysis()
     device = mesh.devices.flat[0]
     xla_flops = float(trainer.compiled_step.cost_analysis().get("flops", 0.0))
-    flops = loop_corrected_flops(trainer.compiled_step, device)
+    corrected = loop_corrected_flops(trainer.compiled_step, device)
+    per_device_flops = xla_flops if corrected is None else corrected
     batch, length = config.data.batch_size, config.data.max_length
     result = {
         "params": sum(x.size for x in jax.tree.leaves(state.params)),
@@ -192,7 +195,8 @@ def plan(
             - memory.alias_size_in_bytes
             + memory.temp_size_in_bytes
         ),
-        "flops_per_step": int(xla_flops if flops is None else flops),
+        "flops_per_step": int(per_device_flops * mesh.size),
+        "flops_per_device": int(per_device_flops),
         "xla_flops": int(xla_flops),
         "tokens_per_step": batch * length,
         "devices": int(mesh.size),
@@ -228,7 +232,7 @@ def format_plan(p: dict[str, Any], name: str = "") -> str:
       >>> p = {"params": 10, "param_bytes": 40, "opt_state_bytes": 88, "param_bytes_per_device": 40,
       ...      "opt_state_bytes_per_device": 88, "argument_bytes": 2 * 2**20, "output_bytes": 2**20,
       ...      "alias_bytes": 2**20, "temp_bytes": 3 * 2**30, "peak_bytes": 2 * 2**20 + 3 * 2**30,
-      ...      "flops_per_step": 2e9, "xla_flops": 2e9, "tokens_per_step": 8, "devices": 1,
+      ...      "flops_per_step": 2e9, "flops_per_device": 2e9, "xla_flops": 2e9, "tokens_per_step": 8, "devices": 1,
       ...      "mesh": {"data": 1, "model": 1}, "backend": "cpu", "loss_tile_tokens": 0}
       >>> print(format_plan(p, "toy").splitlines()[-5])
       fits a 16 GiB device: yes (peak 3.00 GiB; JAX's pool there: 12.0 GiB)
@@ -240,7 +244,7 @@ def format_plan(p: dict[str, Any], name: str = "") -> str:
         ("parameter bytes", _size(p["param_bytes"]), f"{_size(p['param_bytes_per_device'])} per device"),
         ("optimiser state", _size(p["opt_state_bytes"]), f"{_size(p['opt_state_bytes_per_device'])} per device"),
         ("tokens per step", f"{p['tokens_per_step']:,}", ""),
-        ("FLOPs per step", f"{p['flops_per_step']:.3g}", "all devices; XLA cost analysis, loops x trip count"),
+        ("FLOPs per step", f"{p['flops_per_step']:.3g}", f"{p['flops_per_device']:.3g} per device (XLA cost analysis)"),
     ]
     if "tokens_per_epoch" in p:
         rows.append(("tokens per epoch", f"{p['tokens_per_epoch']:,}", f"{p['steps_per_epoch']:,} steps"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -242,3 +243,19 @@ def test_cli_table_on_this_backend(capsys):
     assert lines[0].startswith("plan for tiny: ")
     assert any(line.split()[:2] == ["tokens", "per"] and "64" in line for line in lines)
     assert any(line.strip().startswith("temporaries") and "MiB" in line for line in lines)
+
+
+# --- scripts/accelerator_check.py ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "steps, hint", [("0", "0 is not allowed"), ("-3", "-3 is not allowed"), ("x", "'x' is not an integer")]
+)
+def test_accelerator_check_rejects_bad_steps_in_one_line(steps, hint):
+    script = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "accelerator_check.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--steps", steps], capture_output=True, text=True, timeout=HANG_GUARD
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("accelerator_check.py: error: argument --steps:") and hint in line

@@ -243,6 +243,47 @@ def _no_extra(extra: list[str]) -> None:
         raise UsageError(f"unrecognised arguments: {' '.join(extra)}")
 
 
+# --- plan ------------------------------------------------------------------
+
+
+def _force_host_device_count(count: int) -> None:
+    """Makes the CPU backend expose ``count`` devices; works only before JAX's backends start."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device")]
+    os.environ["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={count}"])
+
+
+def _plan(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.devices is not None and args.devices < 1:
+        raise UsageError(f"--devices {args.devices} is not allowed; it must be an integer >= 1.")
+    config = load_config(args.config, extra)
+    text = corpus.load_text(args.text or args.corpus) if (args.text or args.corpus) else None
+    if args.devices is not None:
+        # XLA reads the flag when the first backend starts (the first device query), not at `import jax`.
+        _force_host_device_count(args.devices)
+    import json
+
+    import jax
+
+    from jaxembed import plan as plan_lib
+    from jaxembed.trainer import make_mesh
+
+    mesh = None
+    if args.devices is not None:
+        devices = jax.devices()
+        if len(devices) < args.devices:
+            devices = jax.devices("cpu")  # an accelerator host with fewer chips: plan on N host devices
+        if len(devices) < args.devices:
+            raise UsageError(
+                f"--devices {args.devices}: only {len(devices)} devices are available (JAX had already "
+                "started its backends, so XLA_FLAGS could not add host devices)."
+            )
+        mesh = make_mesh(config.mesh.data, config.mesh.model, devices[: args.devices])
+    result = plan_lib.plan(config, mesh=mesh, text=text)
+    result["config"] = args.config
+    print(json.dumps(result) if args.json else plan_lib.format_plan(result, args.config))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (sub-commands: train, neighbors, export, tokenize, walkthrough)."""
     parser = argparse.ArgumentParser(prog="jaxembed", description="Token and positional embeddings in JAX/Flax.")
@@ -309,6 +350,26 @@ def build_parser() -> argparse.ArgumentParser:
     walk.add_argument("--max-length", type=int, default=4)
     walk.add_argument("--features", type=int, default=256)
     walk.set_defaults(run=_walkthrough)
+
+    plan = commands.add_parser(
+        "plan",
+        help="parameters, per-device memory and FLOPs of a config's train step (compiles, never runs)",
+        epilog="Override any config field with --config.FIELD=VALUE, e.g. --config.model.loss_tile_tokens=0.",
+    )
+    plan.add_argument(
+        "--config",
+        default="tiny",
+        help=f"a named config ({', '.join(CONFIGS)}; default: tiny) or an ml_collections config file",
+    )
+    plan.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    plan.add_argument(
+        "--devices",
+        type=int,
+        metavar="N",
+        help="plan for N devices (default: all of this backend's); on CPU, N host devices are made",
+    )
+    _add_text_source(plan, "none: no tokens-per-epoch figure")
+    plan.set_defaults(run=_plan)
     return parser
 
 

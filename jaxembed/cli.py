@@ -5,7 +5,8 @@ Commands:
   neighbors    nearest tokens by cosine similarity, from a run's checkpoint
   export       the token table as .npy plus TensorBoard-projector TSVs
   walkthrough  the seed notebook's walk-through: ids, decoded text, shapes
-  tokenize     text files -> a memory-mapped token directory (train --tokens DIR)
+  tokenize     text files -> a memory-mapped token file to train on (--tokens)
+  plan         what a config costs (parameters, memory, FLOPs) before it runs
 
 Every user error ends in one line, ``jaxembed <command>: error: ...``, and
 exit status 2. The library logs through ``logging``; the CLI shows its info

@@ -14,10 +14,12 @@ Example:
   >>> run = load_run(workdir)
   >>> run.step, run.token_VxD.shape, run.position_LxD.shape
   (2, (50257, 8), (8, 8))
-  >>> load_run(workdir, step="best").step  # no best without saved validation losses
+  >>> load_run(workdir, step="best").step  # the lowest validation loss among the kept checkpoints
+  2
+  >>> load_run(workdir, step=7)  # doctest: +ELLIPSIS
   Traceback (most recent call last):
   ...
-  jaxembed.checkpoint.CheckpointError: no checkpoint in ... has a validation loss, so there is no best one; available steps: 2.
+  jaxembed.checkpoint.CheckpointError: no checkpoint for step 7 in ...; available steps: 2.
 """
 
 from __future__ import annotations

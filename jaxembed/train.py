@@ -201,7 +201,7 @@ def _loop(config, trainer: Trainer, state, iterator, eval_batches, metrics: Metr
             metrics.append(row)
             bar(step, row)
             if save and ckpt is not None:
-                ckpt.save(step, state, iterator)
+                ckpt.save(step, state, iterator, metrics={"val_loss": row["val_loss"]})
             window, window_start = [], time.perf_counter()
     finally:
         bar(None, None)

@@ -537,3 +537,20 @@ def test_checkpointer_keeps_the_latest_and_the_best(tmp_path):
     assert step == 6 and state["w"].tolist() == [6.0] * 3
     ckpt.close()
     assert Checkpointer(tmp_path, keep=2).best_step() == 6  # read back from disk
+
+
+def test_a_run_without_saved_validation_losses_has_no_best(short_run, tmp_path, capsys):
+    import shutil
+
+    from jaxembed import cli
+
+    workdir = tmp_path / "old"
+    shutil.copytree(short_run[0], workdir)
+    for metrics_dir in (workdir / "checkpoints").glob("*/metrics"):
+        shutil.rmtree(metrics_dir)  # as a run saved before checkpoints carried val_loss
+    code = cli.main(["neighbors", "--workdir", str(workdir), "--step", "best", " the"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert f"there is no best one; available steps: {', '.join(map(str, steps))}." in err
+    assert cli.main(["neighbors", "--workdir", str(workdir), " the"]) == 0  # latest still reads

@@ -427,28 +427,20 @@ def val_loss_summary(metrics: Sequence[dict], margin: float = OVERFIT_MARGIN) ->
       >>> val_loss_summary(rows)["val_loss_best_step"], val_loss_summary(rows)["overfitting_from_step"]
       (50, 50)
     """
-    val = [
-        (int(m["step"]), float(m["val_loss"]))
-        for m in metrics
-        if m.get("val_loss") is not None and np.isfinite(m["val_loss"])
-    ]
+    val = [(int(m["step"]), float(m["val_loss"])) for m in metrics if np.isfinite(m.get("val_loss") or np.nan)]
     if not val:
-        keys = ("val_loss_initial", "val_loss_final", "val_loss_best", "val_loss_best_step", "overfitting_from_step")
-        return dict.fromkeys(keys)
+        return dict.fromkeys(["val_loss_initial", "val_loss_final", "val_loss_best", "val_loss_best_step"]) | {
+            "overfitting_from_step": None
+        }
     best_step, best = min(val, key=lambda sv: (sv[1], sv[0]))
     train = {int(m["step"]): float(m["train_loss"]) for m in metrics if m.get("train_loss") is not None}
-    last_step, last = val[-1]
-    train_last = [t for s, t in sorted(train.items())][-1:] or [None]
+    last_train = train[max(train)] if train else None
     overfitting = (
-        best_step < last_step
-        and last - best > margin
-        and best_step in train
-        and train_last[0] is not None
-        and train_last[0] < train[best_step]
+        best_step < val[-1][0] and val[-1][1] - best > margin and best_step in train and last_train < train[best_step]
     )
     return {
         "val_loss_initial": val[0][1],
-        "val_loss_final": last,
+        "val_loss_final": val[-1][1],
         "val_loss_best": best,
         "val_loss_best_step": best_step,
         "overfitting_from_step": best_step if overfitting else None,

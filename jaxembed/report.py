@@ -1,11 +1,11 @@
-"""The run report: plots of what the embeddings learned, ``report.md``, projector files.
+"""The run report: ``report.md``, ``report.json``, their pictures and the projector files.
 
 ``write_run_report(result, config.report)`` is what ``jaxembed train`` calls:
-it draws the numbers ``jaxembed.analysis`` computes into PNGs and writes a
-Markdown report beside them. Plots use ``matplotlib.figure.Figure`` with the
-Agg canvas directly, never pyplot, so they work headless and inside notebooks
-without changing the backend or leaving figures open. Every file is written
-atomically (``jaxembed.fileio``).
+it computes the run's numbers with ``jaxembed.analysis``, draws them with
+``jaxembed.plots``, explains them with ``jaxembed.captions`` and writes a
+Markdown report and a JSON file of every number beside the pictures. Every
+file is written atomically (``jaxembed.fileio``). The ``plot_*`` functions
+are re-exported here for existing callers.
 
 Example:
   >>> import tempfile
@@ -26,20 +26,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from jaxembed import analysis
-from jaxembed.analysis import (
-    Neighbors,
-    format_neighbors,
-    most_frequent,
-    pca,
-    position_similarity,
-    resolve_tokens,
-    token_label,
-)
+from jaxembed import analysis, captions
+from jaxembed.analysis import format_neighbors, most_frequent, resolve_tokens, token_label
 from jaxembed.fileio import atomic_open
+from jaxembed.plots import (
+    plot_loss_curves,
+    plot_neighbors,
+    plot_pca,
+    plot_position_pca,
+    plot_position_similarity,
+    uniform_guess_loss,
+)
 
 if TYPE_CHECKING:
     import ml_collections
@@ -47,329 +45,20 @@ if TYPE_CHECKING:
 
     from jaxembed.train import TrainResult
 
-#: Most labels drawn per PCA panel; fewer when they would overlap.
-MAX_PCA_LABELS = 40
-
-
-def _save(fig: Figure, path: str | os.PathLike, *, tight: bool = True) -> pathlib.Path:
-    FigureCanvasAgg(fig)  # Attaches an Agg canvas to this figure only; no global backend.
-    if tight:
-        fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    return pathlib.Path(path)
-
-
-def _plot_label(enc: tiktoken.Encoding, token_id: int) -> str:
-    # Paired '$' would switch matplotlib into mathtext; escaped, it prints as '$'.
-    return token_label(enc, token_id).replace("$", r"\$")
-
-
-def plot_loss_curves(
-    metrics: Sequence[dict], path: str | os.PathLike, *, vocab_size: int | None = None
-) -> pathlib.Path:
-    """Plots train (and, where logged, validation) loss against step to a PNG.
-
-    With ``vocab_size`` (the number of classes the model chooses between: the
-    active vocabulary ``K`` with ``model.active_vocab``), a dashed line marks
-    ln(vocab_size): the loss of a uniform guess, where an untrained model
-    starts. The best validation step is starred; if the run overfits
-    (``analysis.val_loss_summary``), the steps after the best are shaded.
-
-    Example:
-      >>> import tempfile
-      >>> with tempfile.TemporaryDirectory() as d:
-      ...     rows = [{"step": 0, "train_loss": 10.8, "val_loss": 10.8}, {"step": 50, "train_loss": 6.1}]
-      ...     plot_loss_curves(rows, f"{d}/loss.png", vocab_size=50257).name
-      'loss.png'
-    """
-    fig = Figure(figsize=(7.5, 4.8))
-    ax = fig.add_subplot()
-    train = [(m["step"], m["train_loss"]) for m in metrics if m.get("train_loss") is not None]
-    val = [
-        (m["step"], m["val_loss"]) for m in metrics if m.get("val_loss") is not None and not math.isnan(m["val_loss"])
-    ]
-    summary = analysis.val_loss_summary(metrics)
-    if train:
-        ax.plot(*zip(*train), label="train loss (mean since the last row)", color="tab:blue")
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss", color="tab:orange", markersize=4)
-        best_step, best = summary["val_loss_best_step"], summary["val_loss_best"]
-        ax.plot(
-            [best_step],
-            [best],
-            "*",
-            color="tab:red",
-            markersize=14,
-            zorder=5,
-            label=f"best validation: {best:.3f} at step {best_step}",
-        )
-        if summary["overfitting_from_step"] is not None:
-            ax.axvspan(
-                best_step,
-                val[-1][0],
-                color="tab:red",
-                alpha=0.08,
-                label=f"overfitting: validation rises after step {best_step}",
-            )
-    if vocab_size:
-        uniform = uniform_guess_loss(vocab_size)
-        ax.axhline(uniform, ls="--", color="gray", label=f"uniform guess ln({vocab_size:,}) = {uniform:.2f}")
-    ax.set(title="Next-token loss", xlabel="step", ylabel="cross-entropy (nats)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def uniform_guess_loss(num_classes: int) -> float:
-    """ln(num_classes): the cross-entropy of a uniform guess over ``num_classes`` tokens.
-
-    Raises:
-      ValueError: ``num_classes`` < 1.
-
-    Example:
-      >>> round(uniform_guess_loss(50257), 3)
-      10.825
-    """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r}: must be an integer >= 1.")
-    return math.log(num_classes)
-
-
-def plot_neighbors(
-    enc: tiktoken.Encoding,
-    before: Neighbors,
-    after: Neighbors,
-    query_ids: Sequence[int],
-    path: str | os.PathLike,
-    *,
-    counts_V: np.ndarray | None = None,
-    subtitle: str = "",
-) -> pathlib.Path:
-    """Renders a probe | before training | after training table of neighbours.
-
-    With ``counts_V``, a probe never seen in training shows a note instead of
-    neighbours.
-
-    Example:
-      >>> from jaxembed.tokenizer import get_encoding
-      >>> enc = get_encoding("gpt2")
-      >>> import tempfile
-      >>> with tempfile.TemporaryDirectory() as d:
-      ...     plot_neighbors(enc, [[(1242, 0.1)]], [[(19338, 0.7)]], [14210], f"{d}/nn.png").name
-      'nn.png'
-    """
-    k = max((len(row) for row in [*before, *after]), default=1) or 1
-    fig = Figure(figsize=(9, 1.1 + len(query_ids) * (0.22 * k + 0.25)))
-    ax = fig.add_subplot()
-    ax.set_axis_off()
-    title = "Nearest neighbours by centred cosine similarity"
-    ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontweight="bold", fontsize=10)
-
-    def cell(row, query):
-        if counts_V is not None and counts_V[query] == 0:
-            return "(never in the training text:\n no meaningful neighbours)"
-        return "\n".join(f"{_plot_label(enc, i)}  {cos:+.2f}" for i, cos in row)
-
-    cells = [[_plot_label(enc, q), cell(b, q), cell(a, q)] for q, b, a in zip(query_ids, before, after, strict=True)]
-    table = ax.table(
-        cellText=cells,
-        colLabels=["probe token", "before training", "after training"],
-        colWidths=[0.2, 0.4, 0.4],
-        cellLoc="left",
-        loc="upper center",
-    )
-    table.auto_set_font_size(False)
-    row_height = 0.95 / (len(cells) * k + 1)
-    for (row, _), c in table.get_celld().items():
-        c.set_fontsize(9)
-        c.set_text_props(family="monospace", fontweight="bold" if row == 0 else "normal")
-        c.set_height(row_height * (1 if row == 0 else k))  # Fit k lines per probe.
-    return _save(fig, path)
-
-
-def _place_labels(ax, points_Nx2: np.ndarray, labels: Sequence[str], max_labels: int) -> list[int]:
-    """Labels points in the given (priority) order where a label fits without covering another label or point.
-
-    Each label tries eight spots around its point; a label that fits nowhere
-    is left out, so dense clusters get fewer labels instead of a blob.
-    Returns the indices of the labelled points.
-    """
-    renderer = ax.figure.canvas.get_renderer()
-    axes_box = ax.get_window_extent(renderer)
-    xy_Nx2 = ax.transData.transform(points_Nx2)
-    radius = 3.0  # display pixels around a marker that a label must not cover
-    placed, labelled = [], []
-    offsets = [(5, 3), (5, -11), (-5, 3), (-5, -11), (7, -4), (-7, -4), (0, 8), (0, -16)]
-    for n, ((x, y), label) in enumerate(zip(points_Nx2, labels)):
-        if len(labelled) >= max_labels:
-            break
-        for dx, dy in offsets:
-            text = ax.annotate(
-                label,
-                (x, y),
-                xytext=(dx, dy),
-                textcoords="offset points",
-                fontsize=8.5,
-                ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                color="black",
-            )
-            box = text.get_window_extent(renderer).expanded(1.04, 1.08)
-            inside = axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1
-            covers_point = (
-                (xy_Nx2[:, 0] > box.x0 - radius)
-                & (xy_Nx2[:, 0] < box.x1 + radius)
-                & (xy_Nx2[:, 1] > box.y0 - radius)
-                & (xy_Nx2[:, 1] < box.y1 + radius)
-            ).any()
-            if inside and not covers_point and not any(box.overlaps(other) for other in placed):
-                placed.append(box)
-                labelled.append(n)
-                break
-            text.remove()
-    return labelled
-
-
-def plot_pca(
-    enc: tiktoken.Encoding,
-    table_VxD: np.ndarray,
-    token_ids: Sequence[int],
-    path: str | os.PathLike,
-    *,
-    title: str = "Token embeddings, first two principal components",
-    before_VxD: np.ndarray | None = None,
-) -> pathlib.Path:
-    """Scatters the PCA of ``table_VxD[token_ids]``; with ``before_VxD``, before | after panels.
-
-    ``token_ids`` are in priority order (most frequent first): labels go to
-    the first ones that fit without overlapping (at most ``MAX_PCA_LABELS``
-    per panel). Each panel has its own principal axes.
-
-    Example:
-      >>> from jaxembed.tokenizer import get_encoding
-      >>> enc = get_encoding("gpt2")
-      >>> table_VxD = np.random.default_rng(0).normal(size=(enc.n_vocab, 8))
-      >>> import tempfile
-      >>> with tempfile.TemporaryDirectory() as d:
-      ...     plot_pca(enc, table_VxD, [14210, 43989, 38201], f"{d}/pca.png").name
-      'pca.png'
-    """
-    token_ids = np.asarray(token_ids, dtype=np.int64)
-    panels = (
-        [("after training", table_VxD)]
-        if before_VxD is None
-        else [("before training", before_VxD), ("after training", table_VxD)]
-    )
-    fig = Figure(figsize=(7.5 * len(panels), 7.5))
-    FigureCanvasAgg(fig)
-    labels = [_plot_label(enc, i) for i in token_ids]
-    axes = [fig.add_subplot(1, len(panels), i + 1) for i in range(len(panels))]
-    fig.suptitle(title, fontweight="bold")
-    projected = []
-    for ax, (name, table) in zip(axes, panels):
-        points_Nx2, explained_2 = pca(np.asarray(table)[token_ids])
-        projected.append(points_Nx2)
-        ax.scatter(points_Nx2[:, 0], points_Nx2[:, 1], s=14, color="0.7", zorder=1)
-        pad_2 = 0.08 * (np.ptp(points_Nx2, axis=0) + 1e-12)
-        ax.set_xlim(points_Nx2[:, 0].min() - pad_2[0], points_Nx2[:, 0].max() + pad_2[0])
-        ax.set_ylim(points_Nx2[:, 1].min() - pad_2[1], points_Nx2[:, 1].max() + pad_2[1])
-        ax.set(
-            title=f"{name}: {len(token_ids)} tokens, {MAX_PCA_LABELS} labelled (grey: unlabelled)",
-            xlabel=f"PC1 ({explained_2[0]:.0%} of variance)",
-            ylabel=f"PC2 ({explained_2[1]:.0%} of variance)",
-        )
-        ax.grid(alpha=0.3)
-    # Lay out once, before placing labels: moving the axes afterwards would break the overlap checks.
-    fig.tight_layout()
-    for ax, (name, _), points_Nx2 in zip(axes, panels, projected):
-        labelled = _place_labels(ax, points_Nx2, labels, MAX_PCA_LABELS)
-        # The labelled points stand out, so each label's point is clear.
-        ax.scatter(points_Nx2[labelled, 0], points_Nx2[labelled, 1], s=18, color="tab:blue", zorder=2)
-        ax.set_title(f"{name}: {len(token_ids)} tokens, {len(labelled)} labelled (grey: unlabelled)")
-    return _save(fig, path, tight=False)
-
-
-def plot_position_similarity(
-    pos_LxD: np.ndarray, path: str | os.PathLike, *, before_LxD: np.ndarray | None = None
-) -> pathlib.Path:
-    """Heatmaps of cosine similarity between positional embeddings; with ``before_LxD``, before | after.
-
-    Both panels share one colour scale (-1 to 1); each title gives the
-    table's ``analysis.position_locality``.
-
-    Example:
-      >>> import tempfile
-      >>> with tempfile.TemporaryDirectory() as d:
-      ...     plot_position_similarity(np.eye(4) + 0.1, f"{d}/pos.png").name
-      'pos.png'
-    """
-    panels = (
-        [("after training", pos_LxD)]
-        if before_LxD is None
-        else [("before training", before_LxD), ("after training", pos_LxD)]
-    )
-    fig = Figure(figsize=(5.6 * len(panels) + 1.2, 5.4))
-    axes = [fig.add_subplot(1, len(panels), i + 1) for i in range(len(panels))]
-    for ax, (name, table) in zip(axes, panels):
-        image = ax.imshow(position_similarity(table), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-        ax.set(title=f"{name}\nlocality {analysis.position_locality(table):+.2f}", xlabel="position", ylabel="position")
-    fig.suptitle("Positional embeddings: cosine similarity between positions", fontweight="bold")
-    fig.tight_layout()
-    fig.colorbar(image, ax=axes, label="cosine similarity", shrink=0.85)
-    return _save(fig, path, tight=False)
-
-
-def plot_position_pca(
-    pos_LxD: np.ndarray, path: str | os.PathLike, *, before_LxD: np.ndarray | None = None
-) -> pathlib.Path:
-    """The positional table's first two principal components, points joined in position order.
-
-    Each point is labelled with its position (every ``ceil(L / 32)``-th for
-    long contexts) and coloured from first (dark) to last (yellow) position.
-
-    Example:
-      >>> import tempfile
-      >>> with tempfile.TemporaryDirectory() as d:
-      ...     plot_position_pca(np.random.default_rng(0).normal(size=(8, 4)), f"{d}/pos_pca.png").name
-      'pos_pca.png'
-    """
-    panels = (
-        [("after training", pos_LxD)]
-        if before_LxD is None
-        else [("before training", before_LxD), ("after training", pos_LxD)]
-    )
-    fig = Figure(figsize=(5.8 * len(panels), 5.6))
-    every = max(1, math.ceil(len(pos_LxD) / 32))
-    for i, (name, table) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        points_Lx2, explained_2 = pca(table)
-        order_L = np.arange(len(points_Lx2))
-        ax.plot(points_Lx2[:, 0], points_Lx2[:, 1], "-", color="0.6", lw=1, zorder=1)
-        ax.scatter(
-            points_Lx2[:, 0],
-            points_Lx2[:, 1],
-            c=order_L,
-            cmap="viridis",
-            s=36,
-            zorder=2,
-            edgecolors="black",
-            linewidths=0.4,
-        )
-        for pos in order_L[::every]:
-            ax.annotate(str(pos), points_Lx2[pos], xytext=(4, 4), textcoords="offset points", fontsize=8)
-        # PCA removes the mean; its length against the spread shows a table that collapsed to one vector.
-        table = np.asarray(table, dtype=np.float64)
-        mean_length = np.linalg.norm(table.mean(axis=0))
-        spread = np.sqrt(((table - table.mean(axis=0)) ** 2).sum(axis=1).mean())
-        ax.set(
-            title=f"{name}: locality {analysis.position_locality(table):+.2f}\n"
-            f"mean vector length {mean_length:.2f}, rms distance from it {spread:.2f}",
-            xlabel=f"PC1 ({explained_2[0]:.0%} of variance)",
-            ylabel=f"PC2 ({explained_2[1]:.0%} of variance)",
-        )
-        ax.grid(alpha=0.3)
-    fig.suptitle("Positional embeddings, first two principal components, in position order", fontweight="bold")
-    return _save(fig, path)
+__all__ = [
+    "export_projector",
+    "export_tables",
+    "plot_loss_curves",
+    "plot_neighbors",
+    "plot_pca",
+    "plot_position_pca",
+    "plot_position_similarity",
+    "report_numbers",
+    "training_report",
+    "uniform_guess_loss",
+    "write_report",
+    "write_run_report",
+]
 
 
 def export_projector(
@@ -553,30 +242,6 @@ def report_numbers(
     return {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in numbers.items()}
 
 
-def _position_caption(numbers: dict, num_layers: int | None, length: int) -> str:
-    locality, initial = numbers["position_locality"], numbers["position_locality_initial"]
-    how = (
-        f"Each cell (i, j) is the cosine similarity between the vectors of positions i and j (red: alike, blue: "
-        f"opposite, white: unrelated); the diagonal is 1 by definition. The number in each title is the "
-        f"*locality*: mean cosine of adjacent positions minus mean cosine of positions at least {length / 2:g} "
-        f"apart (0 means no sense of order). Untrained: {initial:+.2f}; trained: {locality:+.2f}."
-    )
-    if num_layers == 0:
-        return how + (
-            " This model has no attention layer (`model.num_layers = 0`): each output depends only on its own "
-            "token and its own position vector, and nothing mixes positions. A position vector can then only shift "
-            "the prediction towards tokens that are common at that position, and in running text every position "
-            "sees the same token frequencies, so no position-specific signal reaches the loss: every position "
-            "learns the same vector and the trained map is uniformly red, however long it trains."
-        )
-    return how + (
-        " With attention, a token's prediction mixes the tokens before it, and the positional vectors are how "
-        "the model tells them apart; a band of red along the diagonal fading away from it means nearby positions "
-        "got similar vectors: the table has learned an order from scratch, since nothing told it that 3 is "
-        "next to 4."
-    )
-
-
 def training_report(
     workdir: str | os.PathLike,
     *,
@@ -670,11 +335,11 @@ def training_report(
     )
     length = len(pos_LxD)
     images = {
-        "Loss curves": plot_loss_curves(metrics, out / "loss.png", vocab_size=num_classes).name,
-        "Nearest neighbours before and after training": plot_neighbors(
+        captions.LOSS: plot_loss_curves(metrics, out / "loss.png", vocab_size=num_classes).name,
+        captions.NEIGHBORS: plot_neighbors(
             enc, before, after, probes, out / "neighbors.png", counts_V=token_counts_V, subtitle=baseline
         ).name,
-        "Token embeddings, first two principal components": plot_pca(
+        captions.PCA: plot_pca(
             enc,
             after_VxD,
             frequent,
@@ -682,16 +347,12 @@ def training_report(
             before_VxD=before_VxD,
             title=f"PCA of the {len(frequent)} most frequent tokens",
         ).name,
-        "Positional embeddings: cosine similarity": plot_position_similarity(
-            pos_LxD, out / "positions.png", before_LxD=pos_before_LxD
-        ).name,
-        "Positional embeddings: the path through positions": plot_position_pca(
-            pos_LxD, out / "positions_pca.png", before_LxD=pos_before_LxD
-        ).name,
+        captions.POSITIONS: plot_position_similarity(pos_LxD, out / "positions.png", before_LxD=pos_before_LxD).name,
+        captions.POSITION_PATH: plot_position_pca(pos_LxD, out / "positions_pca.png", before_LxD=pos_before_LxD).name,
     }
     export_projector(enc, after_VxD, most_frequent(token_counts_V, projector_tokens), out / "projector")
-    captions = _captions(numbers, num_layers, length, len(frequent))
-    summary = _summary(numbers, length)
+    picture_captions = captions.captions(numbers, num_layers, length, len(frequent))
+    summary = captions.summary_lines(numbers, length)
     sections = {
         "Nearest neighbours before training": format_neighbors(enc, probes, before, token_counts_V),
         "Nearest neighbours after training": format_neighbors(enc, probes, after, token_counts_V),
@@ -716,92 +377,8 @@ def training_report(
         summary_lines=summary,
         images=images,
         sections=sections,
-        captions=captions,
+        captions=picture_captions,
     )
-
-
-def _summary(numbers: dict, length: int) -> list[str]:
-    lines = [f"steps: {numbers['steps']}"]
-    if numbers["val_loss_initial"] is not None:
-        lines.append(
-            f"validation loss: {numbers['val_loss_initial']:.3f} (step 0) -> {numbers['val_loss_final']:.3f} "
-            f"(step {numbers['steps']}); best {numbers['val_loss_best']:.3f} at step {numbers['val_loss_best_step']}"
-        )
-    if numbers["overfitting_from_step"] is not None:
-        lines.append(
-            f"**overfitting from step {numbers['overfitting_from_step']}**: validation loss rose "
-            f"{numbers['val_loss_final'] - numbers['val_loss_best']:.3f} nats above its best while the training "
-            f"loss kept falling (rule: best validation step before the last evaluation, rise > "
-            f"{numbers['overfit_margin']} nats, training loss lower at the end than at the best step); the best "
-            "checkpoint is kept: `--step best`"
-        )
-    if numbers["val_loss_positions_shuffled"] is not None and numbers["val_loss_final"] is not None:
-        lines.append(
-            f"validation loss with the positional rows shuffled: {numbers['val_loss_positions_shuffled']:.3f} "
-            f"({numbers['positions_shuffled_gap']:+.3f} nats: how much the model relies on where a token sits)"
-        )
-    lines.append(
-        f"position locality (adjacent minus >= {length / 2:g} apart, mean cosine): "
-        f"{numbers['position_locality_initial']:+.3f} untrained -> {numbers['position_locality']:+.3f} trained"
-    )
-    if numbers["median_tokens_per_sec"] is not None:
-        lines.append(f"median throughput: {numbers['median_tokens_per_sec']:,.0f} tokens/s")
-    lines.append(f"uniform-guess loss ln({numbers['num_classes']}) = {numbers['uniform_guess_loss']:.3f}")
-    return lines
-
-
-def _captions(numbers: dict, num_layers: int | None, length: int, pca_count: int) -> dict[str, str]:
-    k = numbers["num_classes"]
-    loss = (
-        f"Cross-entropy of the next-token prediction (lower is better) against training step: blue is the "
-        f"training loss, orange the loss on held-out validation text. The dashed line, ln({k:,}) = "
-        f"{numbers['uniform_guess_loss']:.2f}, is a uniform guess over the {k:,} tokens the model can predict: an "
-        "untrained model starts there, and anything below it has been learned. The star marks the lowest "
-        "validation loss"
-    )
-    if numbers["val_loss_best"] is not None:
-        loss += f" ({numbers['val_loss_best']:.3f} at step {numbers['val_loss_best_step']})"
-    if numbers["overfitting_from_step"] is not None:
-        loss += (
-            f". The shaded steps after it are overfitting: validation loss rises while training loss falls, so "
-            f"the model memorises the training text from step {numbers['overfitting_from_step']} on."
-        )
-    else:
-        loss += "; the validation loss did not rise meaningfully after it, so there is no sign of overfitting."
-    neighbours = (
-        "For each probe token, its closest tokens by cosine similarity after subtracting the candidates' mean "
-        "vector, before training (random vectors: the neighbours are arbitrary) and after. The subtitle gives the "
-        "baseline: the cosine of a random pair of candidates. A neighbour well above it shares contexts with the "
-        "probe in the training text (e.g. pronouns next to pronouns). Probes never seen in training have no "
-        "meaningful neighbours and say so."
-    )
-    pca_caption = (
-        f"The {pca_count} most frequent training tokens projected onto their first two principal components "
-        "(the two directions along which these vectors vary most; the axis labels give the share of variance), "
-        "before and after training. Before, the cloud is round noise; after, tokens used alike (function words, "
-        "punctuation, names) drift together. Labels go to the most frequent tokens that fit without overlapping; "
-        "⟨e2 80⟩ marks a token holding only part of a UTF-8 character (GPT-2 splits some characters, such as ’, "
-        "across tokens)."
-    )
-    path = (
-        f"The {length} positional vectors projected onto their first two principal components and joined in "
-        "position order (0 is dark, the last position yellow; each point is labelled with its position). "
-        "Untrained vectors are independent random draws, so the path jumps about; a trained table that has "
-        "learned an order traces a smooth path, with each position next to its neighbours. PCA removes the "
-        "table's mean vector first; the titles give its length and how far the positions lie from it."
-    )
-    if num_layers == 0:
-        path += (
-            " Without attention every position learns the same vector: the trained positions lie close to their "
-            "common mean compared with its length, and what PCA shows of the small remainder is noise."
-        )
-    return {
-        "Loss curves": loss,
-        "Nearest neighbours before and after training": neighbours,
-        "Token embeddings, first two principal components": pca_caption,
-        "Positional embeddings: cosine similarity": _position_caption(numbers, num_layers, length),
-        "Positional embeddings: the path through positions": path,
-    }
 
 
 def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDict) -> pathlib.Path | None:

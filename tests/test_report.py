@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxembed import analysis, report
+from jaxembed import plots as plots_lib
 from jaxembed.tokenizer import get_encoding
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -362,7 +363,7 @@ def test_pca_labels_never_overlap_each_other_or_other_points():
     points = np.random.default_rng(11).normal(size=(200, 2))  # dense: not all 200 labels can fit
     ax.scatter(points[:, 0], points[:, 1], s=14)
     ax.set_xlim(-4, 4), ax.set_ylim(-4, 4)
-    labelled = report._place_labels(ax, points, [f"'tok{i}'" for i in range(200)], max_labels=60)
+    labelled = plots_lib._place_labels(ax, points, [f"'tok{i}'" for i in range(200)], max_labels=60)
     renderer = fig.canvas.get_renderer()
     boxes = [t.get_window_extent(renderer) for t in ax.texts]
     assert 5 < len(labelled) == len(boxes) < 200

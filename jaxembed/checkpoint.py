@@ -60,6 +60,10 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[:200]}"
 
 
+def _val_loss(metrics: dict) -> float:
+    return float(metrics["val_loss"])
+
+
 class DataIterator(Protocol):
     """What a checkpoint needs of a data iterator: Grain's ``DatasetIterator`` has both."""
 
@@ -114,14 +118,25 @@ class Checkpointer:
 
     Args:
       directory: where step directories go (created if missing).
-      keep: how many recent checkpoints to keep.
+      keep: how many recent checkpoints to keep. The checkpoint with the
+        lowest ``val_loss`` among those saved with ``metrics`` is kept too,
+        whatever its age (see ``best_step``).
     """
 
     def __init__(self, directory: str | pathlib.Path, keep: int = 3):
         self.directory = pathlib.Path(directory).absolute()
+        # In orbax 0.12.8, max_to_keep together with best_fn keeps the `keep` BEST steps, not the latest
+        # (its default policy is BestN alone). The explicit policy keeps the `keep` latest OR the single best;
+        # best_fn stays set because orbax only writes a save's metrics, and best_step() only ranks, with it.
+        best = ocp.checkpoint_managers.BestN(
+            get_metric_fn=_val_loss, reverse=True, n=1, keep_checkpoints_without_metrics=False
+        )
+        policy = ocp.checkpoint_managers.AnyPreservationPolicy([ocp.checkpoint_managers.LatestN(n=keep), best])
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            options=ocp.CheckpointManagerOptions(
+                create=True, best_fn=_val_loss, best_mode="min", preservation_policy=policy
+            ),
             item_names=("state", "data"),
         )
         self._pending: int | None = None
@@ -132,8 +147,19 @@ class Checkpointer:
         self._manager.reload()
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: Any, data_iterator: DataIterator | None = None) -> None:
+    def best_step(self) -> int | None:
+        """The complete step with the lowest saved ``val_loss`` (earliest on ties), or ``None`` if none has metrics."""
+        self._manager.reload()
+        scored = [(float(m["val_loss"]), s) for s in self._manager.all_steps() if (m := self._manager.metrics(s))]
+        return min(scored)[1] if scored else None
+
+    def save(
+        self, step: int, state: Any, data_iterator: DataIterator | None = None, *, metrics: dict | None = None
+    ) -> None:
         """Starts saving ``state`` (and ``data_iterator``'s state) as ``step``.
+
+        ``metrics`` (``{"val_loss": float}``) is stored with the step and
+        decides which checkpoint is the best one to keep.
 
         The iterator's state is read now; the arrays are written in the
         background (see ``wait``). Give the iterator whose last batch the step
@@ -144,7 +170,7 @@ class Checkpointer:
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         with self._writing(step):
-            self._manager.save(step, args=ocp.args.Composite(**items))
+            self._manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
 
     def wait(self) -> None:
         """Blocks until pending saves are on disk.
@@ -179,9 +205,14 @@ class Checkpointer:
         return sorted(int(p.name) for p in self.directory.glob("*") if p.name.isdigit() and p.is_dir())
 
     def restore(
-        self, abstract_state: Any, data_iterator: DataIterator | None = None, *, read_only: bool = False
+        self,
+        abstract_state: Any,
+        data_iterator: DataIterator | None = None,
+        *,
+        read_only: bool = False,
+        step: int | None = None,
     ) -> tuple[Any, int]:
-        """Restores the newest readable checkpoint into ``abstract_state``'s layout.
+        """Restores the newest readable checkpoint (or exactly ``step``) into ``abstract_state``'s layout.
 
         Args:
           abstract_state: a pytree of arrays or ``jax.ShapeDtypeStruct`` (with
@@ -189,16 +220,25 @@ class Checkpointer:
           data_iterator: if given, its state is set to the one saved with the step.
           read_only: leave unreadable checkpoints where they are (for readers
             such as ``jaxembed neighbors``).
+          step: restore this step only, with no fallback to an older one.
 
         Returns:
           ``(state, step)``.
 
         Raises:
-          CheckpointError: checkpoints exist but none can be read.
+          CheckpointError: checkpoints exist but none can be read, or ``step`` is not one of them.
         """
         steps = self.steps()
         if not steps:
             raise CheckpointError(f"no checkpoint in {self.directory}.")
+        if step is not None:
+            if step not in steps:
+                raise CheckpointError(
+                    f"no checkpoint for step {step} in {self.directory}; available steps: "
+                    + ", ".join(map(str, steps))
+                    + "."
+                )
+            steps = [step]
         _quiet_failed_restore_noise()
         failures = []
         for step in reversed(steps):

@@ -215,12 +215,24 @@ def _neighbors(args: argparse.Namespace, extra: list[str]) -> int:
     from jaxembed.run import load_run
 
     _no_extra(extra)
-    run = load_run(args.workdir)
+    run = load_run(args.workdir, step=args.step)
     ids = analysis.resolve_tokens(run.enc, args.tokens)
-    candidates = analysis.most_frequent(run.token_counts_V, args.candidates)
-    neighbors = analysis.nearest_neighbors(run.token_VxD, ids, args.k, candidates)
-    print(f"Step {run.step} of {run.workdir}:")
-    print(analysis.format_neighbors(run.enc, ids, neighbors))
+    # The same rule and centring as the run report, so the two agree.
+    neighbors = analysis.rank_neighbors(run.token_VxD, run.token_counts_V, ids, args.k, args.min_count)
+    candidates = analysis.neighbor_candidates(run.token_counts_V, args.min_count)
+    mean, std = analysis.random_pair_cosine(run.token_VxD, candidates, centre=True)
+    print(
+        f"Step {run.step} of {run.workdir}: centred cosine among the {len(candidates):,} tokens seen >= "
+        f"{args.min_count} times (random pair: {round(mean, 2) + 0.0:+.2f} ± {std:.2f}):"
+    )
+    print(analysis.format_neighbors(run.enc, ids, neighbors, run.token_counts_V))
+    unseen = [analysis.token_label(run.enc, q) for q in ids if run.token_counts_V[q] == 0]
+    if unseen:
+        print(
+            f"note: {', '.join(unseen)} never occur(s) in the training text, so no neighbours are ranked for "
+            "it: its row was never an input and only learned not to be predicted.",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -229,14 +241,25 @@ def _export(args: argparse.Namespace, extra: list[str]) -> int:
     from jaxembed.run import load_run
 
     _no_extra(extra)
-    run = load_run(args.workdir)
+    run = load_run(args.workdir, step=args.step)
     out = pathlib.Path(args.out) if args.out else run.workdir / "projector"
     frequent = analysis.most_frequent(run.token_counts_V, args.tokens)
     paths = report.export_projector(run.enc, run.token_VxD, frequent, out)
+    paths.update(report.export_tables(run.token_VxD, run.position_LxD, out))
+    print(f"Step {run.step} of {run.workdir}:")
     for name, path in paths.items():
-        print(f"{name:>10}: {path}")
-    print("Load vectors.tsv and metadata.tsv at projector.tensorflow.org.")
+        print(f"{name:>19}: {path}")
+    print("Load vectors.tsv and metadata.tsv at projector.tensorflow.org; the .npy tables with numpy.load.")
     return 0
+
+
+def _step(text: str):
+    from jaxembed.run import parse_step
+
+    try:
+        return parse_step(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _no_extra(extra: list[str]) -> None:
@@ -317,19 +340,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(run=_train)
 
-    neighbors = commands.add_parser("neighbors", help="nearest tokens by cosine similarity")
+    step_help = "which checkpoint: latest (default), best (lowest validation loss) or a step number"
+    neighbors = commands.add_parser(
+        "neighbors",
+        help="nearest tokens by centred cosine similarity",
+        description="Ranks by cosine after subtracting the candidates' mean vector, among the tokens seen at least "
+        "--min-count times in training: the same rule as the run report. A probe that never occurs in the "
+        "training text is flagged instead of ranked (exit status 0).",
+    )
     neighbors.add_argument("--workdir", required=True)
     neighbors.add_argument("tokens", nargs="+", help='single GPT-2 tokens, e.g. " Romeo" (mind the space)')
     neighbors.add_argument("-k", type=int, default=8, help="neighbours per token")
     neighbors.add_argument(
-        "--candidates", type=int, default=5000, help="rank among the N most frequent training tokens"
+        "--min-count",
+        type=int,
+        default=3,
+        help="rank among tokens seen at least this often in training (default 3, as the report)",
     )
+    neighbors.add_argument("--step", type=_step, default="latest", help=step_help)
     neighbors.set_defaults(run=_neighbors)
 
-    export = commands.add_parser("export", help="token table as .npy and projector TSVs")
+    export = commands.add_parser("export", help="token and position tables as .npy, and projector TSVs")
     export.add_argument("--workdir", required=True)
-    export.add_argument("--tokens", type=int, default=5000, help="export the N most frequent tokens")
+    export.add_argument("--tokens", type=int, default=5000, help="export the N most frequent tokens to the TSVs")
     export.add_argument("--out", help="output folder (default: WORKDIR/projector)")
+    export.add_argument("--step", type=_step, default="latest", help=step_help)
     export.set_defaults(run=_export)
 
     tok = commands.add_parser(

@@ -1,11 +1,11 @@
-"""The run report: plots of what the embeddings learned, ``report.md``, projector files.
+"""The run report: ``report.md``, ``report.json``, their pictures and the projector files.
 
 ``write_run_report(result, config.report)`` is what ``jaxembed train`` calls:
-it draws the numbers ``jaxembed.analysis`` computes into PNGs and writes a
-Markdown report beside them. Plots use ``matplotlib.figure.Figure`` with the
-Agg canvas directly, never pyplot, so they work headless and inside notebooks
-without changing the backend or leaving figures open. Every file is written
-atomically (``jaxembed.fileio``).
+it computes the run's numbers with ``jaxembed.analysis``, draws them with
+``jaxembed.plots``, explains them with ``jaxembed.captions`` and writes a
+Markdown report and a JSON file of every number beside the pictures. Every
+file is written atomically (``jaxembed.fileio``). The ``plot_*`` functions
+are re-exported here for existing callers.
 
 Example:
   >>> import tempfile
@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import pathlib
@@ -25,20 +26,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from jaxembed.analysis import (
-    Neighbors,
-    format_neighbors,
-    most_frequent,
-    nearest_neighbors,
-    pca,
-    position_similarity,
-    resolve_tokens,
-    token_label,
-)
+from jaxembed import analysis, captions
+from jaxembed.analysis import format_neighbors, most_frequent, resolve_tokens, token_label
 from jaxembed.fileio import atomic_open
+from jaxembed.plots import (
+    plot_loss_curves,
+    plot_neighbors,
+    plot_pca,
+    plot_position_pca,
+    plot_position_similarity,
+    uniform_guess_loss,
+)
 
 if TYPE_CHECKING:
     import ml_collections
@@ -46,148 +45,20 @@ if TYPE_CHECKING:
 
     from jaxembed.train import TrainResult
 
-MAX_PCA_LABELS = 60
-
-
-def _save(fig: Figure, path: str | os.PathLike) -> pathlib.Path:
-    FigureCanvasAgg(fig)  # Attaches an Agg canvas to this figure only; no global backend.
-    fig.tight_layout()
-    with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
-    return pathlib.Path(path)
-
-
-def _plot_label(enc: tiktoken.Encoding, token_id: int) -> str:
-    # Paired '$' would switch matplotlib into mathtext; escaped, it prints as '$'.
-    return token_label(enc, token_id).replace("$", r"\$")
-
-
-def plot_loss_curves(
-    metrics: Sequence[dict], path: str | os.PathLike, *, vocab_size: int | None = None
-) -> pathlib.Path:
-    """Plots train (and, where logged, validation) loss against step to a PNG.
-
-    With ``vocab_size``, a dashed line marks ln(vocab): the loss of a uniform guess.
-
-    Example:
-      >>> import tempfile
-      >>> with tempfile.TemporaryDirectory() as d:
-      ...     rows = [{"step": 0, "train_loss": 10.8, "val_loss": 10.8}, {"step": 50, "train_loss": 6.1}]
-      ...     plot_loss_curves(rows, f"{d}/loss.png", vocab_size=50257).name
-      'loss.png'
-    """
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    train = [(m["step"], m["train_loss"]) for m in metrics if m.get("train_loss") is not None]
-    val = [
-        (m["step"], m["val_loss"]) for m in metrics if m.get("val_loss") is not None and not math.isnan(m["val_loss"])
-    ]
-    if train:
-        ax.plot(*zip(*train), label="train loss", color="tab:blue")
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss", color="tab:orange", markersize=4)
-    if vocab_size:
-        ax.axhline(
-            math.log(vocab_size),
-            ls="--",
-            color="gray",
-            label=f"uniform guess ln({vocab_size:,}) = {math.log(vocab_size):.2f}",
-        )
-    ax.set(title="Next-token loss", xlabel="step", ylabel="cross-entropy (nats)")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return _save(fig, path)
-
-
-def plot_neighbors(
-    enc: tiktoken.Encoding, before: Neighbors, after: Neighbors, query_ids: Sequence[int], path: str | os.PathLike
-) -> pathlib.Path:
-    """Renders a probe | before training | after training table of neighbours.
-
-    Example:
-      >>> from jaxembed.tokenizer import get_encoding
-      >>> enc = get_encoding("gpt2")
-      >>> import tempfile
-      >>> with tempfile.TemporaryDirectory() as d:
-      ...     plot_neighbors(enc, [[(1242, 0.1)]], [[(19338, 0.7)]], [14210], f"{d}/nn.png").name
-      'nn.png'
-    """
-    k = max((len(row) for row in [*before, *after]), default=1) or 1
-    fig = Figure(figsize=(9, 0.8 + len(query_ids) * (0.22 * k + 0.25)))
-    ax = fig.add_subplot()
-    ax.set_axis_off()
-    ax.set_title("Nearest neighbours by cosine similarity", fontweight="bold")
-    cells = [
-        [_plot_label(enc, q), *("\n".join(f"{_plot_label(enc, i)}  {cos:+.2f}" for i, cos in row) for row in (b, a))]
-        for q, b, a in zip(query_ids, before, after, strict=True)
-    ]
-    table = ax.table(
-        cellText=cells,
-        colLabels=["probe token", "before training", "after training"],
-        colWidths=[0.2, 0.4, 0.4],
-        cellLoc="left",
-        loc="upper center",
-    )
-    table.auto_set_font_size(False)
-    row_height = 0.95 / (len(cells) * k + 1)
-    for (row, _), cell in table.get_celld().items():
-        cell.set_fontsize(9)
-        cell.set_text_props(family="monospace", fontweight="bold" if row == 0 else "normal")
-        cell.set_height(row_height * (1 if row == 0 else k))  # Fit k lines per probe.
-    return _save(fig, path)
-
-
-def plot_pca(
-    enc: tiktoken.Encoding,
-    table_VxD: np.ndarray,
-    token_ids: Sequence[int],
-    path: str | os.PathLike,
-    *,
-    title: str = "Token embeddings, first two principal components",
-) -> pathlib.Path:
-    """Scatters the PCA of ``table_VxD[token_ids]``, labelling the first 60 points.
-
-    Example:
-      >>> from jaxembed.tokenizer import get_encoding
-      >>> enc = get_encoding("gpt2")
-      >>> table_VxD = np.random.default_rng(0).normal(size=(enc.n_vocab, 8))
-      >>> import tempfile
-      >>> with tempfile.TemporaryDirectory() as d:
-      ...     plot_pca(enc, table_VxD, [14210, 43989, 38201], f"{d}/pca.png").name
-      'pca.png'
-    """
-    token_ids = np.asarray(token_ids, dtype=np.int64)
-    points_Nx2, explained_2 = pca(np.asarray(table_VxD)[token_ids])
-    fig = Figure(figsize=(8, 7))
-    ax = fig.add_subplot()
-    ax.scatter(points_Nx2[:, 0], points_Nx2[:, 1], s=12, alpha=0.6)
-    for token_id, (x, y) in zip(token_ids[:MAX_PCA_LABELS], points_Nx2):
-        ax.annotate(_plot_label(enc, token_id), (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
-    shown = f" (labels on first {MAX_PCA_LABELS})" if len(token_ids) > MAX_PCA_LABELS else ""
-    ax.set(
-        title=f"{title}\n{len(token_ids)} tokens{shown}",
-        xlabel=f"PC1 ({explained_2[0]:.0%} of variance)",
-        ylabel=f"PC2 ({explained_2[1]:.0%} of variance)",
-    )
-    ax.grid(alpha=0.3)
-    return _save(fig, path)
-
-
-def plot_position_similarity(pos_LxD: np.ndarray, path: str | os.PathLike) -> pathlib.Path:
-    """Heatmap of cosine similarity between positional embeddings.
-
-    Example:
-      >>> import tempfile
-      >>> with tempfile.TemporaryDirectory() as d:
-      ...     plot_position_similarity(np.eye(4) + 0.1, f"{d}/pos.png").name
-      'pos.png'
-    """
-    fig = Figure(figsize=(6.5, 5.5))
-    ax = fig.add_subplot()
-    image = ax.imshow(position_similarity(pos_LxD), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    fig.colorbar(image, ax=ax, label="cosine similarity")
-    ax.set(title="Positional embeddings: cosine similarity", xlabel="position", ylabel="position")
-    return _save(fig, path)
+__all__ = [
+    "export_projector",
+    "export_tables",
+    "plot_loss_curves",
+    "plot_neighbors",
+    "plot_pca",
+    "plot_position_pca",
+    "plot_position_similarity",
+    "report_numbers",
+    "training_report",
+    "uniform_guess_loss",
+    "write_report",
+    "write_run_report",
+]
 
 
 def export_projector(
@@ -225,6 +96,27 @@ def export_projector(
     return paths
 
 
+def export_tables(
+    token_VxD: np.ndarray, position_LxD: np.ndarray, outdir: str | os.PathLike
+) -> dict[str, pathlib.Path]:
+    """Writes ``token_embeddings.npy`` [V, D] and ``position_embeddings.npy`` [L, D], float32, for numpy users.
+
+    Example:
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     paths = export_tables(np.ones((5, 2)), np.zeros((3, 2)), d)
+      ...     {name: np.load(path).shape for name, path in paths.items()}
+      {'token_embeddings': (5, 2), 'position_embeddings': (3, 2)}
+    """
+    outdir = pathlib.Path(outdir)
+    paths = {}
+    for name, table in [("token_embeddings", token_VxD), ("position_embeddings", position_LxD)]:
+        paths[name] = outdir / f"{name}.npy"
+        with atomic_open(paths[name], "wb") as f:
+            np.save(f, np.asarray(table, dtype=np.float32))
+    return paths
+
+
 def write_report(
     path: str | os.PathLike,
     *,
@@ -232,16 +124,20 @@ def write_report(
     summary_lines: Sequence[str],
     images: dict[str, str],
     sections: dict[str, str] | None = None,
+    captions: dict[str, str] | None = None,
+    intro: str = "",
 ) -> pathlib.Path:
-    """Writes a Markdown report: title, bullets, fenced text sections, images.
+    """Writes a Markdown report: title, intro, bullets, fenced text sections, images with captions.
 
-    ``images`` maps caption -> file name relative to the report.
+    ``images`` maps heading -> file name relative to the report; ``captions``
+    maps the same headings to a paragraph printed under the picture.
 
     Example:
       >>> import tempfile
       >>> with tempfile.TemporaryDirectory() as d:
       ...     out = write_report(f"{d}/README.md", title="Run 1", summary_lines=["loss 5.2"],
-      ...                        images={"Loss": "loss.png"}, sections={"Neighbours": "' thou' -> ' art'"})
+      ...                        images={"Loss": "loss.png"}, sections={"Neighbours": "' thou' -> ' art'"},
+      ...                        captions={"Loss": "Lower is better."})
       ...     print(out.read_text())
       # Run 1
       <BLANKLINE>
@@ -257,19 +153,93 @@ def write_report(
       <BLANKLINE>
       ![Loss](loss.png)
       <BLANKLINE>
+      Lower is better.
+      <BLANKLINE>
     """
-    parts = [f"# {title}", "\n".join(f"- {line}" for line in summary_lines)]
+    captions = captions or {}
+    parts = [f"# {title}", intro.strip(), "\n".join(f"- {line}" for line in summary_lines)]
     for heading, text in (sections or {}).items():
         # A fence longer than any backtick run in the text cannot be closed early.
         fence = "`" * max(3, 1 + max(map(len, re.findall("`+", text)), default=0))
         parts.append(f"## {heading}\n\n{fence}\n{text.rstrip()}\n{fence}")
-    # Markdown link targets cannot contain bare spaces; <...> allows them.
-    parts += [
-        f"## {caption}\n\n![{caption}]({f'<{name}>' if ' ' in name else name})" for caption, name in images.items()
-    ]
+    for heading, name in images.items():
+        # Markdown link targets cannot contain bare spaces; <...> allows them.
+        target = f"<{name}>" if " " in name else name
+        caption = captions.get(heading, "").strip()
+        parts.append(f"## {heading}\n\n![{heading}]({target})" + (f"\n\n{caption}" if caption else ""))
     with atomic_open(path) as f:
         f.write("\n\n".join(p for p in parts if p) + "\n")
     return pathlib.Path(path)
+
+
+def _signed(x: float) -> str:
+    return f"{round(x, 2) + 0.0:+.2f}"  # + 0.0 turns -0.0 into 0.0: no "-0.00"
+
+
+def _finite_or_none(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else float(x)
+
+
+def report_numbers(
+    *,
+    metrics: Sequence[dict],
+    before_VxD: np.ndarray,
+    after_VxD: np.ndarray,
+    pos_LxD: np.ndarray,
+    pos_before_LxD: np.ndarray,
+    token_counts_V: np.ndarray,
+    num_classes: int,
+    val_loss_positions_shuffled: float | None = None,
+    min_count: int = analysis.DEFAULT_MIN_COUNT,
+) -> dict:
+    """The run's numbers as ``report.json`` stores them (JSON-safe: NaN becomes ``None``).
+
+    Keys: ``steps``; ``num_classes`` and ``uniform_guess_loss`` (ln of it);
+    ``val_loss_initial``, ``val_loss_final``, ``val_loss_best``,
+    ``val_loss_best_step``, ``overfitting_from_step`` and ``overfit_margin``
+    (``analysis.val_loss_summary``); ``val_loss_positions_shuffled`` and
+    ``positions_shuffled_gap`` (shuffled minus final: what the model relies on
+    position); ``position_locality`` and ``position_locality_initial``
+    (``analysis.position_locality`` of the trained and untrained tables);
+    ``neighbor_min_count`` and ``neighbor_candidates`` (how many tokens
+    neighbours are ranked among); ``random_pair_cosine`` and
+    ``random_pair_cosine_centred``, each ``{"mean", "std"}`` over the
+    candidates of the trained table (``analysis.random_pair_cosine``);
+    ``median_tokens_per_sec``.
+
+    Example:
+      >>> rng = np.random.default_rng(0)
+      >>> counts_V = np.array([5, 5, 0, 5])
+      >>> numbers = report_numbers(metrics=[{"step": 0, "val_loss": 1.4}], before_VxD=rng.normal(size=(4, 3)),
+      ...     after_VxD=rng.normal(size=(4, 3)), pos_LxD=rng.normal(size=(4, 3)),
+      ...     pos_before_LxD=rng.normal(size=(4, 3)), token_counts_V=counts_V, num_classes=4)
+      >>> numbers["neighbor_candidates"], round(numbers["uniform_guess_loss"], 3), numbers["val_loss_best_step"]
+      (3, 1.386, 0)
+    """
+    summary = analysis.val_loss_summary(metrics)
+    candidates_C = analysis.neighbor_candidates(token_counts_V, min_count)
+    raw = analysis.random_pair_cosine(after_VxD, candidates_C)
+    centred = analysis.random_pair_cosine(after_VxD, candidates_C, centre=True)
+    shuffled = _finite_or_none(val_loss_positions_shuffled)
+    final = summary["val_loss_final"]
+    speeds = [m["tokens_per_sec"] for m in metrics if "tokens_per_sec" in m]
+    numbers = {
+        "steps": int(metrics[-1]["step"]) if metrics else 0,
+        "num_classes": int(num_classes),
+        "uniform_guess_loss": uniform_guess_loss(num_classes),
+        **summary,
+        "overfit_margin": analysis.OVERFIT_MARGIN,
+        "val_loss_positions_shuffled": shuffled,
+        "positions_shuffled_gap": None if shuffled is None or final is None else shuffled - final,
+        "position_locality": analysis.position_locality(pos_LxD),
+        "position_locality_initial": analysis.position_locality(pos_before_LxD),
+        "neighbor_min_count": int(min_count),
+        "neighbor_candidates": int(len(candidates_C)),
+        "random_pair_cosine": {"mean": _finite_or_none(raw[0]), "std": _finite_or_none(raw[1])},
+        "random_pair_cosine_centred": {"mean": _finite_or_none(centred[0]), "std": _finite_or_none(centred[1])},
+        "median_tokens_per_sec": float(np.median(speeds)) if speeds else None,
+    }
+    return {k: _finite_or_none(v) if isinstance(v, float) else v for k, v in numbers.items()}
 
 
 def training_report(
@@ -285,16 +255,29 @@ def training_report(
     num_neighbors: int = 5,
     pca_tokens: int = 150,
     projector_tokens: int = 2000,
-    min_count: int = 3,
+    min_count: int = analysis.DEFAULT_MIN_COUNT,
+    pos_before_LxD: np.ndarray | None = None,
+    num_classes: int | None = None,
+    num_layers: int | None = None,
+    val_loss_positions_shuffled: float | None = None,
     tensorboard_step: int | None = None,
 ) -> pathlib.Path:
-    """Writes ``workdir/report.md`` with its PNGs and projector files.
+    """Writes ``workdir/report.md`` and ``report.json`` with their PNGs and projector files.
 
-    Neighbours are ranked among tokens seen at least ``min_count`` times in
-    training: rows of unseen tokens all move the same way (the model learns
-    never to predict them), so they say nothing about their token.
-    Probe words that are not single GPT-2 tokens, or never occur, are listed
-    as skipped rather than failing the report.
+    Neighbours come from ``analysis.rank_neighbors``: centred cosine among
+    ``analysis.neighbor_candidates(token_counts_V, min_count)``, the same rule
+    ``jaxembed neighbors`` uses. Probe words that are not single GPT-2 tokens
+    are listed as skipped; probes that never occur in the training text are
+    flagged, not ranked.
+
+    Args:
+      pos_before_LxD: the untrained positional table (default: ``pos_LxD``'s
+        shape of zeros is meaningless, so pass it; ``None`` draws only the
+        trained table and reports its locality as the initial one too).
+      num_classes: how many tokens the model chooses between (``K`` with
+        ``model.active_vocab``; default: the tokenizer's vocabulary).
+      num_layers: ``config.model.num_layers``, for the positions caption.
+      val_loss_positions_shuffled: ``TrainResult.val_loss_positions_shuffled``.
 
     Example:
       >>> import tempfile
@@ -306,32 +289,67 @@ def training_report(
       ...     path = training_report(d, enc=enc, metrics=[{"step": 0, "val_loss": 10.8}],
       ...         before_VxD=rng.normal(size=(enc.n_vocab, 8)), after_VxD=rng.normal(size=(enc.n_vocab, 8)),
       ...         pos_LxD=rng.normal(size=(4, 8)), token_counts_V=counts, probe_tokens=[" the"])
-      ...     "## Loss curves" in path.read_text()
-      True
+      ...     "## Loss curves" in path.read_text(), (path.parent / "report.json").exists()
+      (True, True)
     """
     out = pathlib.Path(workdir)
-    candidates = np.flatnonzero(np.asarray(token_counts_V) >= min_count)
+    token_counts_V = np.asarray(token_counts_V)
+    num_classes = int(num_classes or len(token_counts_V))
+    pos_before_LxD = pos_LxD if pos_before_LxD is None else pos_before_LxD
     probes, skipped = [], []
     for word in probe_tokens:
         try:
-            (token_id,) = resolve_tokens(enc, [word])
+            probes += resolve_tokens(enc, [word])
         except ValueError as e:
             skipped.append(f"{word!r}: {e}")
-            continue
-        (probes if token_counts_V[token_id] > 0 else skipped).append(token_id)
-    skipped = [s if isinstance(s, str) else f"{token_label(enc, s)}: not in the training text" for s in skipped]
-    before = nearest_neighbors(before_VxD, probes, num_neighbors, candidates)
-    after = nearest_neighbors(after_VxD, probes, num_neighbors, candidates)
+    before = analysis.rank_neighbors(before_VxD, token_counts_V, probes, num_neighbors, min_count)
+    after = analysis.rank_neighbors(after_VxD, token_counts_V, probes, num_neighbors, min_count)
+    numbers = report_numbers(
+        metrics=metrics,
+        before_VxD=before_VxD,
+        after_VxD=after_VxD,
+        pos_LxD=pos_LxD,
+        pos_before_LxD=pos_before_LxD,
+        token_counts_V=token_counts_V,
+        num_classes=num_classes,
+        val_loss_positions_shuffled=val_loss_positions_shuffled,
+        min_count=min_count,
+    )
+    numbers["num_layers"] = num_layers
+    numbers["neighbors"] = [
+        {
+            "token": token_label(enc, q),
+            "id": int(q),
+            "count": int(token_counts_V[q]),
+            "neighbors": [{"token": token_label(enc, i), "id": i, "cosine": cos} for i, cos in row],
+            **({"note": analysis.UNSEEN_NOTE} if token_counts_V[q] == 0 else {}),
+        }
+        for q, row in zip(probes, after)
+    ]
     frequent = most_frequent(token_counts_V, pca_tokens)
+    raw, centred = numbers["random_pair_cosine"], numbers["random_pair_cosine_centred"]
+    baseline = (
+        f"random pair of candidates: centred {_signed(centred['mean'])} ± {centred['std']:.2f} "
+        f"(raw cosine {_signed(raw['mean'])} ± {raw['std']:.2f})"
+        if centred["mean"] is not None
+        else "fewer than two candidates"
+    )
+    length = len(pos_LxD)
     images = {
-        "Loss curves": plot_loss_curves(metrics, out / "loss.png", vocab_size=len(token_counts_V)).name,
-        "Nearest neighbours before and after training": plot_neighbors(
-            enc, before, after, probes, out / "neighbors.png"
+        captions.LOSS: plot_loss_curves(metrics, out / "loss.png", vocab_size=num_classes).name,
+        captions.NEIGHBORS: plot_neighbors(
+            enc, before, after, probes, out / "neighbors.png", counts_V=token_counts_V, subtitle=baseline
         ).name,
-        f"PCA of the {len(frequent)} most frequent tokens (trained)": plot_pca(
-            enc, after_VxD, frequent, out / "pca.png", title="Token embeddings after training (PCA)"
+        captions.PCA: plot_pca(
+            enc,
+            after_VxD,
+            frequent,
+            out / "pca.png",
+            before_VxD=before_VxD,
+            title=f"PCA of the {len(frequent)} most frequent tokens",
         ).name,
-        "Positional embedding cosine similarity": plot_position_similarity(pos_LxD, out / "positions.png").name,
+        captions.POSITIONS: plot_position_similarity(pos_LxD, out / "positions.png", before_LxD=pos_before_LxD).name,
+        captions.POSITION_PATH: plot_position_pca(pos_LxD, out / "positions_pca.png", before_LxD=pos_before_LxD).name,
     }
     projector = most_frequent(token_counts_V, projector_tokens)
     export_projector(enc, after_VxD, projector, out / "projector")
@@ -341,27 +359,38 @@ def training_report(
         tensorboard.write_projector(out, after_VxD, projector, [token_label(enc, i) for i in projector])
         with tensorboard.SummaryLog(out, resume_step=tensorboard_step) as tb:
             tb.write_images(tensorboard_step, {f"report/{pathlib.Path(n).stem}": out / n for n in images.values()})
-    val = [(m["step"], m["val_loss"]) for m in metrics if m.get("val_loss") is not None]
-    summary = [f"steps: {metrics[-1]['step']}" if metrics else "steps: 0"]
-    if val:
-        summary.append(f"validation loss: {val[0][1]:.3f} (step {val[0][0]}) -> {val[-1][1]:.3f} (step {val[-1][0]})")
-    speeds = [m["tokens_per_sec"] for m in metrics if "tokens_per_sec" in m]
-    if speeds:
-        summary.append(f"median throughput: {np.median(speeds):,.0f} tokens/s")
-    summary.append(f"uniform-guess loss ln({len(token_counts_V)}) = {math.log(len(token_counts_V)):.3f}")
+    picture_captions = captions.captions(numbers, num_layers, length, len(frequent))
+    summary = captions.summary_lines(numbers, length)
     sections = {
-        "Nearest neighbours before training": format_neighbors(enc, probes, before),
-        "Nearest neighbours after training": format_neighbors(enc, probes, after),
+        "Nearest neighbours before training": format_neighbors(enc, probes, before, token_counts_V),
+        "Nearest neighbours after training": format_neighbors(enc, probes, after, token_counts_V),
     }
     if skipped:
         sections["Skipped probes"] = "\n".join(skipped)
+    intro = (
+        f"Neighbours are ranked by *centred* cosine among the {numbers['neighbor_candidates']:,} tokens seen at "
+        f"least {min_count} times in training (`analysis.neighbor_candidates`, the same rule as "
+        "`jaxembed neighbors`): the mean vector of those candidates is subtracted first, because trained token "
+        f"vectors share a common direction (raw cosine of a random pair: {raw['mean']:+.2f}) that would make "
+        "every token look like every other. Read a neighbour's cosine against the baseline, the cosine of a "
+        f"{baseline}. All numbers are in `report.json`."
+    )
+    with atomic_open(out / "report.json") as f:
+        json.dump(numbers, f, indent=2)
+        f.write("\n")
     return write_report(
-        out / "report.md", title="What the embeddings learned", summary_lines=summary, images=images, sections=sections
+        out / "report.md",
+        title="What the embeddings learned",
+        intro=intro,
+        summary_lines=summary,
+        images=images,
+        sections=sections,
+        captions=picture_captions,
     )
 
 
 def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDict) -> pathlib.Path | None:
-    """Writes ``report.md``, its plots and the projector files into a finished run's workdir.
+    """Writes ``report.md``, ``report.json``, their plots and the projector files into a finished run's workdir.
 
     Call it on every process (the tables are gathered from all of them); only
     process 0 writes.
@@ -383,10 +412,11 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
 
     if result.workdir is None:
         raise ValueError("the run has no workdir to write the report into; train with a workdir.")
-    before_VxD, _ = result.tables(initial=True)
+    before_VxD, pos_before_LxD = result.tables(initial=True)
     after_VxD, pos_LxD = result.tables()
     if jax.process_index() != 0:
         return None
+    active_ids = result.splits.active_ids
     return training_report(
         result.workdir,
         enc=get_encoding(result.config.data.tokenizer),
@@ -394,10 +424,14 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
         before_VxD=before_VxD,
         after_VxD=after_VxD,
         pos_LxD=pos_LxD,
+        pos_before_LxD=pos_before_LxD,
         token_counts_V=result.token_counts(),
         probe_tokens=report_config.probe_tokens,
         num_neighbors=report_config.num_neighbors,
         pca_tokens=report_config.pca_tokens,
         projector_tokens=report_config.projector_tokens,
+        num_classes=None if active_ids is None else len(active_ids),
+        num_layers=result.config.model.get("num_layers"),
+        val_loss_positions_shuffled=result.val_loss_positions_shuffled,
         tensorboard_step=result.metrics[-1]["step"] if result.config.train.get("tensorboard", False) else None,
     )

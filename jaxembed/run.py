@@ -14,6 +14,12 @@ Example:
   >>> run = load_run(workdir)
   >>> run.step, run.token_VxD.shape, run.position_LxD.shape
   (2, (50257, 8), (8, 8))
+  >>> load_run(workdir, step="best").step  # the lowest validation loss among the kept checkpoints
+  2
+  >>> load_run(workdir, step=7)  # doctest: +ELLIPSIS
+  Traceback (most recent call last):
+  ...
+  jaxembed.checkpoint.CheckpointError: no checkpoint for step 7 in ...; available steps: 2.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class Run:
       token_VxD: float32 token table, one row per tokenizer id (padding dropped).
       position_LxD: float32 positional table.
       token_counts_V: how often each token occurs in the training split.
+      active_ids: with ``model.active_vocab``, the tokenizer ids the model
+        has rows for (``K`` of them); else ``None``.
     """
 
     workdir: pathlib.Path
@@ -56,15 +64,43 @@ class Run:
     token_VxD: np.ndarray
     position_LxD: np.ndarray
     token_counts_V: np.ndarray
+    active_ids: np.ndarray | None = None
 
 
-def load_run(workdir: str | os.PathLike) -> Run:
-    """Reads a run's config, token counts and latest readable checkpointed tables.
+def parse_step(text: str | int) -> str | int:
+    """``"latest"``, ``"best"`` or a step number, as ``load_run(step=...)`` takes it.
 
     Raises:
-      CheckpointError: the workdir is not a jaxembed run, or holds no
-        readable checkpoint.
+      ValueError: anything else (the message names the value and what is allowed).
+
+    Example:
+      >>> parse_step("best"), parse_step("200"), parse_step(" Latest ")
+      ('best', 200, 'latest')
     """
+    value = str(text).strip().lower()
+    if value in ("latest", "best"):
+        return value
+    if value.isdigit():
+        return int(value)
+    raise ValueError(f"step={text!r}: must be 'latest', 'best' or a step number (an integer >= 0).")
+
+
+def load_run(workdir: str | os.PathLike, step: str | int = "latest") -> Run:
+    """Reads a run's config, token counts and checkpointed tables.
+
+    Args:
+      workdir: the run's folder.
+      step: ``"latest"`` (the newest readable checkpoint, falling back to
+        older ones if it is damaged), ``"best"`` (the checkpoint with the
+        lowest validation loss, kept besides the latest ones), or a step number.
+
+    Raises:
+      CheckpointError: the workdir is not a jaxembed run, holds no readable
+        checkpoint, or has no checkpoint for ``step`` (the message lists the
+        available steps).
+      ValueError: ``step`` is not one of the above.
+    """
+    step = parse_step(step)
     path = pathlib.Path(workdir).absolute()
     config_path = path / "config.json"
     if not config_path.is_file():
@@ -79,9 +115,17 @@ def load_run(workdir: str | os.PathLike) -> Run:
     abstract_state, _ = state_shardings(model, tx, make_mesh(devices=jax.devices()[:1]))
     checkpointer = Checkpointer(path / "checkpoints")
     try:
-        state, step = checkpointer.restore(abstract_state, read_only=True)
+        if step == "best":
+            step = checkpointer.best_step()
+            if step is None:
+                available = ", ".join(map(str, checkpointer.steps())) or "none"
+                raise CheckpointError(
+                    f"no checkpoint in {checkpointer.directory} has a validation loss, so there is no best one; "
+                    f"available steps: {available}."
+                )
+        state, step = checkpointer.restore(abstract_state, read_only=True, step=None if step == "latest" else step)
     finally:
         checkpointer.close()
     token_KxD, position_LxD = embedding_tables(state.params, model.vocab_size)
     token_VxD = expand_active(token_KxD, active_ids, enc.n_vocab)
-    return Run(path, config, step, enc, token_VxD, position_LxD, np.load(path / "token_counts.npy"))
+    return Run(path, config, step, enc, token_VxD, position_LxD, np.load(path / "token_counts.npy"), active_ids)

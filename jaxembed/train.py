@@ -356,7 +356,7 @@ def _loop(
                 _write(metrics.append, row, ckpt=ckpt)
                 bar(step, row)
                 if save and ckpt is not None:
-                    ckpt.save(step, state, iterator)
+                    ckpt.save(step, state, iterator, metrics={"val_loss": row["val_loss"]})
                 if stop_signal is not None:
                     if ckpt is not None:
                         ckpt.wait()

@@ -359,20 +359,22 @@ def test_unwritable_workdir_exits_2_quickly(tmp_path, text_path, capsys):
 # --- neighbors / export ----------------------------------------------------
 
 
-def test_neighbors_prints_cosine_neighbours_from_the_latest_checkpoint(finished, capsys):
+def test_neighbors_prints_centred_cosine_neighbours_from_the_latest_checkpoint(finished, capsys):
     workdir, _ = finished
     code, out, err = main_in_process(["neighbors", "--workdir", workdir, " thou", " the", "-k", "3"], capsys)
     assert code == 0, err
-    assert out.startswith(f"Step {STEPS} of {workdir}:")
+    assert out.startswith(f"Step {STEPS} of {workdir}: centred cosine")
 
     run = run_lib.load_run(workdir)
     table = run.token_VxD.astype(np.float64)
-    candidates = [i for i in np.argsort(-run.token_counts_V, kind="stable")[:5000] if run.token_counts_V[i] > 0]
+    candidates = [i for i in range(len(run.token_counts_V)) if run.token_counts_V[i] >= 3]  # the report's rule
+    mean = table[candidates].mean(axis=0)
     enc = get_encoding("gpt2")
     for word, line in zip([" thou", " the"], out.splitlines()[1:], strict=True):
         (query,) = enc.encode(word)
+        q = table[query] - mean
         cosine = {
-            j: table[query] @ table[j] / (np.linalg.norm(table[query]) * np.linalg.norm(table[j]))
+            j: q @ (table[j] - mean) / (np.linalg.norm(q) * np.linalg.norm(table[j] - mean))
             for j in candidates
             if j != query
         }

@@ -2,8 +2,10 @@
 
 import ast
 import collections
+import json
 import math
 import os
+import re
 
 import matplotlib
 import matplotlib.image
@@ -11,6 +13,7 @@ import numpy as np
 import pytest
 
 from jaxembed import analysis, report
+from jaxembed import plots as plots_lib
 from jaxembed.tokenizer import get_encoding
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -32,6 +35,16 @@ def reference_cosine(table, i, j):
 def reference_neighbors(table, query, k, candidates):
     scored = [(j, reference_cosine(table, query, j)) for j in candidates if j != query]
     return sorted(scored, key=lambda pair: (-pair[1], pair[0]))[:k]
+
+
+def read_label(label):
+    """A token label back to bytes: a quoted str whose ⟨hex⟩ runs are raw bytes."""
+    text = ast.literal_eval(label)
+    assert isinstance(text, str)
+    return b"".join(
+        bytes.fromhex(piece[1:-1]) if piece.startswith("⟨") else piece.encode()
+        for piece in re.split("(⟨[0-9a-f ]+⟩)", text)
+    )
 
 
 def assert_no_temp_files(directory):
@@ -247,12 +260,23 @@ def plots(enc, tmp_path_factory):
         "loss": report.plot_loss_curves(metrics, out / "loss.png", vocab_size=enc.n_vocab),
         "neighbors": report.plot_neighbors(enc, before, after, probes, out / "nn.png"),
         "pca": report.plot_pca(enc, table_VxD, [DOLLARS, *range(100)], out / "sub" / "pca.png"),
+        "pca_pair": report.plot_pca(
+            enc, table_VxD, [447, DOLLARS, *range(300)], out / "pca2.png", before_VxD=-table_VxD
+        ),
         "positions": report.plot_position_similarity(rng.normal(size=(32, 16)), out / "pos.png"),
+        "positions_pair": report.plot_position_similarity(
+            rng.normal(size=(8, 4)), out / "pos2.png", before_LxD=rng.normal(size=(8, 4))
+        ),
+        "positions_pca": report.plot_position_pca(
+            rng.normal(size=(64, 4)), out / "pos_pca.png", before_LxD=rng.normal(size=(64, 4))
+        ),
     }
     return paths, (backend, figures), (matplotlib.get_backend(), plt.get_fignums())
 
 
-@pytest.mark.parametrize("name", ["loss", "neighbors", "pca", "positions"])
+@pytest.mark.parametrize(
+    "name", ["loss", "neighbors", "pca", "pca_pair", "positions", "positions_pair", "positions_pca"]
+)
 def test_plot_writes_readable_png(plots, name):
     path = plots[0][name]
     assert path.read_bytes()[:8] == PNG_SIGNATURE
@@ -287,7 +311,8 @@ def test_export_projector_round_trips(enc, tmp_path):
     for line, token_id in zip(lines[1:], token_ids):
         label, id_text = line.split("\t")  # '\n' and '\t' tokens stay on one line, in one column.
         assert int(id_text) == token_id
-        assert ast.literal_eval(label) in (enc.decode([token_id]), enc.decode_single_token_bytes(token_id))
+        assert label == analysis.token_label(enc, token_id)  # the one spelling every output uses
+        assert read_label(label) == enc.decode_single_token_bytes(token_id)
     assert_no_temp_files(tmp_path)
 
 
@@ -326,3 +351,207 @@ def test_write_report(tmp_path):
     assert "## Nearest neighbours\n\n````\n' thou' -> ' art' 0.61\n```not a fence```\n````" in text
     assert_no_temp_files(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["REPORT.md"]
+
+
+def test_pca_labels_never_overlap_each_other_or_other_points():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    points = np.random.default_rng(11).normal(size=(200, 2))  # dense: not all 200 labels can fit
+    ax.scatter(points[:, 0], points[:, 1], s=14)
+    ax.set_xlim(-4, 4), ax.set_ylim(-4, 4)
+    labelled = plots_lib._place_labels(ax, points, [f"'tok{i}'" for i in range(200)], max_labels=60)
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert 5 < len(labelled) == len(boxes) < 200
+    assert labelled == sorted(labelled)  # priority order: earlier (more frequent) tokens first
+    for i, a in enumerate(boxes):
+        assert not any(a.overlaps(b) for b in boxes[i + 1 :])
+    xy = ax.transData.transform(points)
+    for box in boxes:
+        inside = (xy[:, 0] > box.x0) & (xy[:, 0] < box.x1) & (xy[:, 1] > box.y0) & (xy[:, 1] < box.y1)
+        assert not inside.any()
+
+
+def test_uniform_guess_loss():
+    assert report.uniform_guess_loss(50257) == pytest.approx(math.log(50257))
+    assert report.uniform_guess_loss(1) == 0.0
+    for bad in (0, -3, 2.0, True):
+        with pytest.raises(ValueError, match="num_classes"):
+            report.uniform_guess_loss(bad)
+
+
+# A real short run: report.json against numpy on the exported tables.
+
+PROBES = (" Romeo", " thou", " the", " function")  # ' function' never occurs in Romeo and Juliet
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, corpus_path):
+    """30 steps of the tiny config with model.active_vocab, its report, and `jaxembed export`."""
+    from jaxembed import cli
+    from jaxembed.config import CONFIGS
+    from jaxembed.train import train_and_evaluate
+
+    config = CONFIGS["tiny"]()
+    config.data.max_length, config.data.stride, config.data.batch_size = 8, 8, 4
+    config.model.active_vocab = True
+    config.train.steps, config.train.log_every, config.train.eval_every = 30, 5, 10
+    config.train.checkpoint_every, config.train.keep_checkpoints, config.train.eval_batches = 10, 1, 2
+    config.report.probe_tokens = PROBES
+    workdir = tmp_path_factory.mktemp("short") / "run"
+    text = corpus_path.read_text(encoding="utf-8")[:60_000]
+    result = train_and_evaluate(config, workdir, text=text, progress=False)
+    path = report.write_run_report(result, config.report)
+    assert cli.main(["export", "--workdir", str(workdir), "--tokens", "50"]) == 0
+    return workdir, result, json.loads((path.parent / "report.json").read_text())
+
+
+def test_report_json_matches_numpy_on_exported_tables(short_run):
+    workdir, result, numbers = short_run
+    token_VxD = np.load(workdir / "projector" / "token_embeddings.npy").astype(np.float64)
+    position_LxD = np.load(workdir / "projector" / "position_embeddings.npy").astype(np.float64)
+    assert token_VxD.shape == (50257, 32) and position_LxD.shape == (8, 32)
+    counts_V = np.load(workdir / "token_counts.npy")
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    best_step, best = min(val, key=lambda sv: sv[1])
+    assert numbers["val_loss_initial"] == val[0][1] and numbers["val_loss_final"] == val[-1][1]
+    assert (numbers["val_loss_best_step"], numbers["val_loss_best"]) == (best_step, best)
+    assert numbers["val_loss_positions_shuffled"] == result.val_loss_positions_shuffled
+    assert numbers["positions_shuffled_gap"] == pytest.approx(result.val_loss_positions_shuffled - val[-1][1])
+
+    def locality(table):
+        unit = table / np.linalg.norm(table, axis=1, keepdims=True)
+        sims = unit @ unit.T
+        gap = np.abs(np.subtract.outer(np.arange(len(table)), np.arange(len(table))))
+        return sims[gap == 1].mean() - sims[gap >= len(table) / 2].mean()
+
+    assert numbers["position_locality"] == pytest.approx(locality(position_LxD), abs=1e-6)
+    initial_LxD = result.tables(initial=True)[1].astype(np.float64)
+    assert numbers["position_locality_initial"] == pytest.approx(locality(initial_LxD), abs=1e-6)
+
+    candidates = np.flatnonzero(counts_V >= 3)
+    assert numbers["neighbor_candidates"] == len(candidates) and numbers["neighbor_min_count"] == 3
+    centred = token_VxD[candidates] - token_VxD[candidates].mean(axis=0)
+    unit = centred / np.linalg.norm(centred, axis=1, keepdims=True)
+    pair_sims = (unit @ unit.T)[~np.eye(len(candidates), dtype=bool)]
+    assert numbers["random_pair_cosine_centred"]["mean"] == pytest.approx(pair_sims.mean(), abs=1e-6)
+    assert numbers["random_pair_cosine_centred"]["std"] == pytest.approx(pair_sims.std(), abs=1e-6)
+
+    enc = get_encoding("gpt2")
+    mean_D = token_VxD[candidates].mean(axis=0)
+    for entry in numbers["neighbors"]:
+        query = entry["id"]
+        if counts_V[query] == 0:
+            continue
+        q = token_VxD[query] - mean_D
+        cos = {int(j): q @ u / np.linalg.norm(q) for j, u in zip(candidates, unit) if j != query}
+        top = sorted(cos, key=lambda j: (-cos[j], j))[:5]
+        assert [n["id"] for n in entry["neighbors"]] == top
+        np.testing.assert_allclose([n["cosine"] for n in entry["neighbors"]], [cos[j] for j in top], atol=1e-5)
+        assert [n["token"] for n in entry["neighbors"]] == [analysis.token_label(enc, j) for j in top]
+
+
+def test_report_uniform_line_is_ln_k_with_active_vocab(short_run):
+    workdir, result, numbers = short_run
+    k = len(np.load(workdir / "active_ids.npy"))
+    assert k == len(result.splits.active_ids) < 50257
+    assert numbers["num_classes"] == k
+    assert numbers["uniform_guess_loss"] == pytest.approx(math.log(k))
+    assert numbers["val_loss_initial"] == pytest.approx(math.log(k), abs=0.1)  # an untrained model starts at ln K
+    text = (workdir / "report.md").read_text()
+    assert f"uniform-guess loss ln({k}) = {math.log(k):.3f}" in text
+
+
+def test_report_flags_the_unseen_probe_and_captions_every_picture(short_run):
+    workdir, _, numbers = short_run
+    (function,) = [e for e in numbers["neighbors"] if e["token"] == "' function'"]
+    assert function["count"] == 0 and function["neighbors"] == [] and "never in the training text" in function["note"]
+    text = (workdir / "report.md").read_text()
+    assert "' function' -> (never in the training text" in text
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)\n\n(\S[^\n]+)", text)
+    assert sorted(name for name, _ in images) == sorted(
+        ["loss.png", "neighbors.png", "pca.png", "positions.png", "positions_pca.png"]
+    )
+    for name, caption in images:
+        assert len(caption) > 150, name  # a caption paragraph, not just a heading
+        assert (workdir / name).read_bytes()[:8] == PNG_SIGNATURE
+    locality, initial = numbers["position_locality"], numbers["position_locality_initial"]
+    assert f"Untrained: {initial:+.2f}; trained: {locality:+.2f}." in text
+
+
+def test_neighbors_command_agrees_with_the_report(short_run, capsys):
+    from jaxembed import cli
+
+    workdir, _, numbers = short_run
+    code = cli.main(["neighbors", "--workdir", str(workdir), "-k", "5", *PROBES])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("Step 30 of ") and f"{numbers['neighbor_candidates']:,} tokens seen >= 3" in lines[0]
+    for entry, line in zip(numbers["neighbors"], lines[1:], strict=True):
+        label, rest = (part.strip() for part in line.split(" -> ", 1))
+        assert label == entry["token"]
+        if entry["neighbors"]:
+            assert rest == ", ".join(f"{n['token']} {n['cosine']:.2f}" for n in entry["neighbors"])
+        else:
+            assert rest.startswith("(never in the training text")
+    assert "note: ' function' never occur" in err
+
+
+def test_best_checkpoint_is_kept_and_readable(short_run, capsys):
+    from jaxembed import cli
+    from jaxembed import run as run_lib
+
+    workdir, _, numbers = short_run
+    # keep_checkpoints=1: the latest step, plus the best one if that is older.
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == sorted({30, numbers["val_loss_best_step"]})
+    assert run_lib.load_run(workdir, step="best").step == numbers["val_loss_best_step"]
+    code = cli.main(["export", "--workdir", str(workdir), "--step", "best", "--out", str(workdir / "best")])
+    assert code == 0 and f"Step {numbers['val_loss_best_step']} of" in capsys.readouterr().out
+    code = cli.main(["neighbors", "--workdir", str(workdir), "--step", "20000", " the"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no checkpoint for step 20000" in err and "available steps: " in err
+
+
+def test_checkpointer_keeps_the_latest_and_the_best(tmp_path):
+    import jax.numpy as jnp
+
+    from jaxembed.checkpoint import Checkpointer
+
+    losses = {1: 5.0, 2: 3.0, 3: 4.0, 4: 4.5, 5: 3.2, 6: 2.9, 7: 3.5, 8: 3.4}
+    ckpt = Checkpointer(tmp_path, keep=2)
+    for step, loss in losses.items():
+        ckpt.save(step, {"w": jnp.full(3, step, jnp.float32)}, metrics={"val_loss": loss})
+        ckpt.wait()
+        seen = {s: v for s, v in losses.items() if s <= step}
+        best = min(seen, key=seen.get)
+        assert ckpt.steps() == sorted({*sorted(seen)[-2:], best})  # the 2 latest and the best so far
+        assert ckpt.best_step() == best
+    state, step = ckpt.restore({"w": jnp.zeros(3)}, step=6, read_only=True)
+    assert step == 6 and state["w"].tolist() == [6.0] * 3
+    ckpt.close()
+    assert Checkpointer(tmp_path, keep=2).best_step() == 6  # read back from disk
+
+
+def test_a_run_without_saved_validation_losses_has_no_best(short_run, tmp_path, capsys):
+    import shutil
+
+    from jaxembed import cli
+
+    workdir = tmp_path / "old"
+    shutil.copytree(short_run[0], workdir)
+    for metrics_dir in (workdir / "checkpoints").glob("*/metrics"):
+        shutil.rmtree(metrics_dir)  # as a run saved before checkpoints carried val_loss
+    code = cli.main(["neighbors", "--workdir", str(workdir), "--step", "best", " the"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert f"there is no best one; available steps: {', '.join(map(str, steps))}." in err
+    assert cli.main(["neighbors", "--workdir", str(workdir), " the"]) == 0  # latest still reads

@@ -1,0 +1,137 @@
+"""The words of the run report: its summary lines and a caption for every picture.
+
+Pure text from the numbers ``jaxembed.report.report_numbers`` computes (the
+keys of ``report.json``), so the report explains each picture with the
+run's own figures: what it shows, how to read it, and what this run shows.
+
+Example:
+  >>> numbers = {"steps": 300, "val_loss_initial": 10.8, "val_loss_final": 5.4, "val_loss_best": 5.4,
+  ...            "val_loss_best_step": 300, "overfitting_from_step": None, "overfit_margin": 0.02,
+  ...            "val_loss_positions_shuffled": None, "position_locality": 0.57, "position_locality_initial": -0.02,
+  ...            "median_tokens_per_sec": None, "num_classes": 50257, "uniform_guess_loss": 10.825}
+  >>> summary_lines(numbers, length=16)[1]
+  'validation loss: 10.800 (step 0) -> 5.400 (step 300); best 5.400 at step 300'
+  >>> "uniformly red" in captions(numbers, num_layers=0, length=16, pca_count=100)[POSITIONS]
+  True
+"""
+
+from __future__ import annotations
+
+LOSS = "Loss curves"
+NEIGHBORS = "Nearest neighbours before and after training"
+PCA = "Token embeddings, first two principal components"
+POSITIONS = "Positional embeddings: cosine similarity"
+POSITION_PATH = "Positional embeddings: the path through positions"
+
+
+def _position_caption(numbers: dict, num_layers: int | None, length: int) -> str:
+    locality, initial = numbers["position_locality"], numbers["position_locality_initial"]
+    how = (
+        f"Each cell (i, j) is the cosine similarity between the vectors of positions i and j (red: alike, blue: "
+        f"opposite, white: unrelated); the diagonal is 1 by definition. The number in each title is the "
+        f"*locality*: mean cosine of adjacent positions minus mean cosine of positions at least {length / 2:g} "
+        f"apart (0 means no sense of order). Untrained: {initial:+.2f}; trained: {locality:+.2f}."
+    )
+    if num_layers == 0:
+        return how + (
+            " This model has no attention layer (`model.num_layers = 0`): each output depends only on its own "
+            "token and its own position vector, and nothing mixes positions. A position vector can then only shift "
+            "the prediction towards tokens that are common at that position, and in running text every position "
+            "sees the same token frequencies, so no position-specific signal reaches the loss: every position "
+            "learns the same vector and the trained map is uniformly red, however long it trains."
+        )
+    return how + (
+        " With attention, a token's prediction mixes the tokens before it, and the positional vectors are how "
+        "the model tells them apart; a band of red along the diagonal fading away from it means nearby positions "
+        "got similar vectors: the table has learned an order from scratch, since nothing told it that 3 is "
+        "next to 4."
+    )
+
+
+def summary_lines(numbers: dict, length: int) -> list[str]:
+    """The report's bullet points: losses, overfitting, shuffled positions, locality, speed, ln K."""
+    lines = [f"steps: {numbers['steps']}"]
+    if numbers["val_loss_initial"] is not None:
+        lines.append(
+            f"validation loss: {numbers['val_loss_initial']:.3f} (step 0) -> {numbers['val_loss_final']:.3f} "
+            f"(step {numbers['steps']}); best {numbers['val_loss_best']:.3f} at step {numbers['val_loss_best_step']}"
+        )
+    if numbers["overfitting_from_step"] is not None:
+        lines.append(
+            f"**overfitting from step {numbers['overfitting_from_step']}**: validation loss rose "
+            f"{numbers['val_loss_final'] - numbers['val_loss_best']:.3f} nats above its best while the training "
+            f"loss kept falling (rule: best validation step before the last evaluation, rise > "
+            f"{numbers['overfit_margin']} nats, training loss lower at the end than at the best step); the best "
+            "checkpoint is kept: `--step best`"
+        )
+    if numbers["val_loss_positions_shuffled"] is not None and numbers["val_loss_final"] is not None:
+        lines.append(
+            f"validation loss with the positional rows shuffled: {numbers['val_loss_positions_shuffled']:.3f} "
+            f"({numbers['positions_shuffled_gap']:+.3f} nats: how much the model relies on where a token sits)"
+        )
+    lines.append(
+        f"position locality (adjacent minus >= {length / 2:g} apart, mean cosine): "
+        f"{numbers['position_locality_initial']:+.3f} untrained -> {numbers['position_locality']:+.3f} trained"
+    )
+    if numbers["median_tokens_per_sec"] is not None:
+        lines.append(f"median throughput: {numbers['median_tokens_per_sec']:,.0f} tokens/s")
+    lines.append(f"uniform-guess loss ln({numbers['num_classes']}) = {numbers['uniform_guess_loss']:.3f}")
+    return lines
+
+
+def captions(numbers: dict, num_layers: int | None, length: int, pca_count: int) -> dict[str, str]:
+    """A caption per picture heading (``LOSS``, ``NEIGHBORS``, ...): what it shows and how to read it.
+
+    ``num_layers == 0`` (embeddings only) explains why the positional table is uniform.
+    """
+    k = numbers["num_classes"]
+    loss = (
+        f"Cross-entropy of the next-token prediction (lower is better) against training step: blue is the "
+        f"training loss, orange the loss on held-out validation text. The dashed line, ln({k:,}) = "
+        f"{numbers['uniform_guess_loss']:.2f}, is a uniform guess over the {k:,} tokens the model can predict: an "
+        "untrained model starts there, and anything below it has been learned. The star marks the lowest "
+        "validation loss"
+    )
+    if numbers["val_loss_best"] is not None:
+        loss += f" ({numbers['val_loss_best']:.3f} at step {numbers['val_loss_best_step']})"
+    if numbers["overfitting_from_step"] is not None:
+        loss += (
+            f". The shaded steps after it are overfitting: validation loss rises while training loss falls, so "
+            f"the model memorises the training text from step {numbers['overfitting_from_step']} on."
+        )
+    else:
+        loss += "; the validation loss did not rise meaningfully after it, so there is no sign of overfitting."
+    neighbours = (
+        "For each probe token, its closest tokens by cosine similarity after subtracting the candidates' mean "
+        "vector, before training (random vectors: the neighbours are arbitrary) and after. The subtitle gives the "
+        "baseline: the cosine of a random pair of candidates. A neighbour well above it shares contexts with the "
+        "probe in the training text (e.g. pronouns next to pronouns). Probes never seen in training have no "
+        "meaningful neighbours and say so."
+    )
+    pca_caption = (
+        f"The {pca_count} most frequent training tokens projected onto their first two principal components "
+        "(the two directions along which these vectors vary most; the axis labels give the share of variance), "
+        "before and after training. Before, the cloud is round noise; after, tokens used alike (function words, "
+        "punctuation, names) drift together. Labels go to the most frequent tokens that fit without overlapping; "
+        "⟨e2 80⟩ marks a token holding only part of a UTF-8 character (GPT-2 splits some characters, such as ’, "
+        "across tokens)."
+    )
+    path = (
+        f"The {length} positional vectors projected onto their first two principal components and joined in "
+        "position order (0 is dark, the last position yellow; each point is labelled with its position). "
+        "Untrained vectors are independent random draws, so the path jumps about; a trained table that has "
+        "learned an order traces a smooth path, with each position next to its neighbours. PCA removes the "
+        "table's mean vector first; the titles give its length and how far the positions lie from it."
+    )
+    if num_layers == 0:
+        path += (
+            " Without attention every position learns the same vector: the trained positions lie close to their "
+            "common mean compared with its length, and what PCA shows of the small remainder is noise."
+        )
+    return {
+        LOSS: loss,
+        NEIGHBORS: neighbours,
+        PCA: pca_caption,
+        POSITIONS: _position_caption(numbers, num_layers, length),
+        POSITION_PATH: path,
+    }

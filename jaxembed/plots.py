@@ -1,0 +1,358 @@
+"""The run report's pictures: loss curves, neighbour tables, PCA maps, positional tables.
+
+Each ``plot_*`` function draws numbers from ``jaxembed.analysis`` into one
+PNG and returns its path. Plots use ``matplotlib.figure.Figure`` with the Agg
+canvas directly, never pyplot, so they work headless and inside notebooks
+without changing the backend or leaving figures open. Files are written
+atomically (``jaxembed.fileio``). ``jaxembed.report`` puts them together.
+
+Example:
+  >>> import tempfile
+  >>> with tempfile.TemporaryDirectory() as d:
+  ...     rows = [{"step": 0, "val_loss": 10.8}, {"step": 50, "train_loss": 6.1, "val_loss": 6.5}]
+  ...     plot_loss_curves(rows, f"{d}/loss.png", vocab_size=50257).name
+  'loss.png'
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from jaxembed import analysis
+from jaxembed.analysis import Neighbors, pca, position_similarity, token_label
+from jaxembed.fileio import atomic_open
+
+if TYPE_CHECKING:
+    import tiktoken
+
+#: Most labels drawn per PCA panel; fewer when they would overlap.
+MAX_PCA_LABELS = 40
+
+
+def _save(fig: Figure, path: str | os.PathLike, *, tight: bool = True) -> pathlib.Path:
+    FigureCanvasAgg(fig)  # Attaches an Agg canvas to this figure only; no global backend.
+    if tight:
+        fig.tight_layout()
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=120)
+    return pathlib.Path(path)
+
+
+def _plot_label(enc: tiktoken.Encoding, token_id: int) -> str:
+    # Paired '$' would switch matplotlib into mathtext; escaped, it prints as '$'.
+    return token_label(enc, token_id).replace("$", r"\$")
+
+
+def plot_loss_curves(
+    metrics: Sequence[dict], path: str | os.PathLike, *, vocab_size: int | None = None
+) -> pathlib.Path:
+    """Plots train (and, where logged, validation) loss against step to a PNG.
+
+    With ``vocab_size`` (the number of classes the model chooses between: the
+    active vocabulary ``K`` with ``model.active_vocab``), a dashed line marks
+    ln(vocab_size): the loss of a uniform guess, where an untrained model
+    starts. The best validation step is starred; if the run overfits
+    (``analysis.val_loss_summary``), the steps after the best are shaded.
+
+    Example:
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     rows = [{"step": 0, "train_loss": 10.8, "val_loss": 10.8}, {"step": 50, "train_loss": 6.1}]
+      ...     plot_loss_curves(rows, f"{d}/loss.png", vocab_size=50257).name
+      'loss.png'
+    """
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.add_subplot()
+    train = [(m["step"], m["train_loss"]) for m in metrics if m.get("train_loss") is not None]
+    val = [
+        (m["step"], m["val_loss"]) for m in metrics if m.get("val_loss") is not None and not math.isnan(m["val_loss"])
+    ]
+    summary = analysis.val_loss_summary(metrics)
+    if train:
+        ax.plot(*zip(*train), label="train loss (mean since the last row)", color="tab:blue")
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss", color="tab:orange", markersize=4)
+        best_step, best = summary["val_loss_best_step"], summary["val_loss_best"]
+        ax.plot(
+            [best_step],
+            [best],
+            "*",
+            color="tab:red",
+            markersize=14,
+            zorder=5,
+            label=f"best validation: {best:.3f} at step {best_step}",
+        )
+        if summary["overfitting_from_step"] is not None:
+            ax.axvspan(
+                best_step,
+                val[-1][0],
+                color="tab:red",
+                alpha=0.08,
+                label=f"overfitting: validation rises after step {best_step}",
+            )
+    if vocab_size:
+        uniform = uniform_guess_loss(vocab_size)
+        ax.axhline(uniform, ls="--", color="gray", label=f"uniform guess ln({vocab_size:,}) = {uniform:.2f}")
+    ax.set(title="Next-token loss", xlabel="step", ylabel="cross-entropy (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def uniform_guess_loss(num_classes: int) -> float:
+    """ln(num_classes): the cross-entropy of a uniform guess over ``num_classes`` tokens.
+
+    Raises:
+      ValueError: ``num_classes`` < 1.
+
+    Example:
+      >>> round(uniform_guess_loss(50257), 3)
+      10.825
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ValueError(f"num_classes={num_classes!r}: must be an integer >= 1.")
+    return math.log(num_classes)
+
+
+def plot_neighbors(
+    enc: tiktoken.Encoding,
+    before: Neighbors,
+    after: Neighbors,
+    query_ids: Sequence[int],
+    path: str | os.PathLike,
+    *,
+    counts_V: np.ndarray | None = None,
+    subtitle: str = "",
+) -> pathlib.Path:
+    """Renders a probe | before training | after training table of neighbours.
+
+    With ``counts_V``, a probe never seen in training shows a note instead of
+    neighbours.
+
+    Example:
+      >>> from jaxembed.tokenizer import get_encoding
+      >>> enc = get_encoding("gpt2")
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     plot_neighbors(enc, [[(1242, 0.1)]], [[(19338, 0.7)]], [14210], f"{d}/nn.png").name
+      'nn.png'
+    """
+    k = max((len(row) for row in [*before, *after]), default=1) or 1
+    fig = Figure(figsize=(9, 1.1 + len(query_ids) * (0.22 * k + 0.25)))
+    ax = fig.add_subplot()
+    ax.set_axis_off()
+    title = "Nearest neighbours by centred cosine similarity"
+    ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontweight="bold", fontsize=10)
+
+    def cell(row, query):
+        if counts_V is not None and counts_V[query] == 0:
+            return "(never in the training text:\n no meaningful neighbours)"
+        return "\n".join(f"{_plot_label(enc, i)}  {cos:+.2f}" for i, cos in row)
+
+    cells = [[_plot_label(enc, q), cell(b, q), cell(a, q)] for q, b, a in zip(query_ids, before, after, strict=True)]
+    table = ax.table(
+        cellText=cells,
+        colLabels=["probe token", "before training", "after training"],
+        colWidths=[0.2, 0.4, 0.4],
+        cellLoc="left",
+        loc="upper center",
+    )
+    table.auto_set_font_size(False)
+    row_height = 0.95 / (len(cells) * k + 1)
+    for (row, _), c in table.get_celld().items():
+        c.set_fontsize(9)
+        c.set_text_props(family="monospace", fontweight="bold" if row == 0 else "normal")
+        c.set_height(row_height * (1 if row == 0 else k))  # Fit k lines per probe.
+    return _save(fig, path)
+
+
+def _place_labels(ax, points_Nx2: np.ndarray, labels: Sequence[str], max_labels: int) -> list[int]:
+    """Labels points in the given (priority) order where a label fits without covering another label or point.
+
+    Each label tries eight spots around its point; a label that fits nowhere
+    is left out, so dense clusters get fewer labels instead of a blob.
+    Returns the indices of the labelled points.
+    """
+    renderer = ax.figure.canvas.get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+    xy_Nx2 = ax.transData.transform(points_Nx2)
+    radius = 3.0  # display pixels around a marker that a label must not cover
+    placed, labelled = [], []
+    offsets = [(5, 3), (5, -11), (-5, 3), (-5, -11), (7, -4), (-7, -4), (0, 8), (0, -16)]
+    for n, ((x, y), label) in enumerate(zip(points_Nx2, labels)):
+        if len(labelled) >= max_labels:
+            break
+        for dx, dy in offsets:
+            text = ax.annotate(
+                label,
+                (x, y),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                fontsize=8.5,
+                ha="left" if dx > 0 else "right" if dx < 0 else "center",
+                color="black",
+            )
+            box = text.get_window_extent(renderer).expanded(1.04, 1.08)
+            inside = axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1
+            covers_point = (
+                (xy_Nx2[:, 0] > box.x0 - radius)
+                & (xy_Nx2[:, 0] < box.x1 + radius)
+                & (xy_Nx2[:, 1] > box.y0 - radius)
+                & (xy_Nx2[:, 1] < box.y1 + radius)
+            ).any()
+            if inside and not covers_point and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                labelled.append(n)
+                break
+            text.remove()
+    return labelled
+
+
+def plot_pca(
+    enc: tiktoken.Encoding,
+    table_VxD: np.ndarray,
+    token_ids: Sequence[int],
+    path: str | os.PathLike,
+    *,
+    title: str = "Token embeddings, first two principal components",
+    before_VxD: np.ndarray | None = None,
+) -> pathlib.Path:
+    """Scatters the PCA of ``table_VxD[token_ids]``; with ``before_VxD``, before | after panels.
+
+    ``token_ids`` are in priority order (most frequent first): labels go to
+    the first ones that fit without overlapping (at most ``MAX_PCA_LABELS``
+    per panel). Each panel has its own principal axes.
+
+    Example:
+      >>> from jaxembed.tokenizer import get_encoding
+      >>> enc = get_encoding("gpt2")
+      >>> table_VxD = np.random.default_rng(0).normal(size=(enc.n_vocab, 8))
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     plot_pca(enc, table_VxD, [14210, 43989, 38201], f"{d}/pca.png").name
+      'pca.png'
+    """
+    token_ids = np.asarray(token_ids, dtype=np.int64)
+    panels = (
+        [("after training", table_VxD)]
+        if before_VxD is None
+        else [("before training", before_VxD), ("after training", table_VxD)]
+    )
+    fig = Figure(figsize=(7.5 * len(panels), 7.5))
+    FigureCanvasAgg(fig)
+    labels = [_plot_label(enc, i) for i in token_ids]
+    axes = [fig.add_subplot(1, len(panels), i + 1) for i in range(len(panels))]
+    fig.suptitle(title, fontweight="bold")
+    projected = []
+    for ax, (name, table) in zip(axes, panels):
+        points_Nx2, explained_2 = pca(np.asarray(table)[token_ids])
+        projected.append(points_Nx2)
+        ax.scatter(points_Nx2[:, 0], points_Nx2[:, 1], s=14, color="0.7", zorder=1)
+        pad_2 = 0.08 * (np.ptp(points_Nx2, axis=0) + 1e-12)
+        ax.set_xlim(points_Nx2[:, 0].min() - pad_2[0], points_Nx2[:, 0].max() + pad_2[0])
+        ax.set_ylim(points_Nx2[:, 1].min() - pad_2[1], points_Nx2[:, 1].max() + pad_2[1])
+        ax.set(
+            title=f"{name}: {len(token_ids)} tokens, {MAX_PCA_LABELS} labelled (grey: unlabelled)",
+            xlabel=f"PC1 ({explained_2[0]:.0%} of variance)",
+            ylabel=f"PC2 ({explained_2[1]:.0%} of variance)",
+        )
+        ax.grid(alpha=0.3)
+    # Lay out once, before placing labels: moving the axes afterwards would break the overlap checks.
+    fig.tight_layout()
+    for ax, (name, _), points_Nx2 in zip(axes, panels, projected):
+        labelled = _place_labels(ax, points_Nx2, labels, MAX_PCA_LABELS)
+        # The labelled points stand out, so each label's point is clear.
+        ax.scatter(points_Nx2[labelled, 0], points_Nx2[labelled, 1], s=18, color="tab:blue", zorder=2)
+        ax.set_title(f"{name}: {len(token_ids)} tokens, {len(labelled)} labelled (grey: unlabelled)")
+    return _save(fig, path, tight=False)
+
+
+def plot_position_similarity(
+    pos_LxD: np.ndarray, path: str | os.PathLike, *, before_LxD: np.ndarray | None = None
+) -> pathlib.Path:
+    """Heatmaps of cosine similarity between positional embeddings; with ``before_LxD``, before | after.
+
+    Both panels share one colour scale (-1 to 1); each title gives the
+    table's ``analysis.position_locality``.
+
+    Example:
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     plot_position_similarity(np.eye(4) + 0.1, f"{d}/pos.png").name
+      'pos.png'
+    """
+    panels = (
+        [("after training", pos_LxD)]
+        if before_LxD is None
+        else [("before training", before_LxD), ("after training", pos_LxD)]
+    )
+    fig = Figure(figsize=(5.6 * len(panels) + 1.2, 5.4))
+    axes = [fig.add_subplot(1, len(panels), i + 1) for i in range(len(panels))]
+    for ax, (name, table) in zip(axes, panels):
+        image = ax.imshow(position_similarity(table), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set(title=f"{name}\nlocality {analysis.position_locality(table):+.2f}", xlabel="position", ylabel="position")
+    fig.suptitle("Positional embeddings: cosine similarity between positions", fontweight="bold")
+    fig.tight_layout()
+    fig.colorbar(image, ax=axes, label="cosine similarity", shrink=0.85)
+    return _save(fig, path, tight=False)
+
+
+def plot_position_pca(
+    pos_LxD: np.ndarray, path: str | os.PathLike, *, before_LxD: np.ndarray | None = None
+) -> pathlib.Path:
+    """The positional table's first two principal components, points joined in position order.
+
+    Each point is labelled with its position (every ``ceil(L / 32)``-th for
+    long contexts) and coloured from first (dark) to last (yellow) position.
+
+    Example:
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     plot_position_pca(np.random.default_rng(0).normal(size=(8, 4)), f"{d}/pos_pca.png").name
+      'pos_pca.png'
+    """
+    panels = (
+        [("after training", pos_LxD)]
+        if before_LxD is None
+        else [("before training", before_LxD), ("after training", pos_LxD)]
+    )
+    fig = Figure(figsize=(5.8 * len(panels), 5.6))
+    every = max(1, math.ceil(len(pos_LxD) / 32))
+    for i, (name, table) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        points_Lx2, explained_2 = pca(table)
+        order_L = np.arange(len(points_Lx2))
+        ax.plot(points_Lx2[:, 0], points_Lx2[:, 1], "-", color="0.6", lw=1, zorder=1)
+        ax.scatter(
+            points_Lx2[:, 0],
+            points_Lx2[:, 1],
+            c=order_L,
+            cmap="viridis",
+            s=36,
+            zorder=2,
+            edgecolors="black",
+            linewidths=0.4,
+        )
+        for pos in order_L[::every]:
+            ax.annotate(str(pos), points_Lx2[pos], xytext=(4, 4), textcoords="offset points", fontsize=8)
+        # PCA removes the mean; its length against the spread shows a table that collapsed to one vector.
+        table = np.asarray(table, dtype=np.float64)
+        mean_length = np.linalg.norm(table.mean(axis=0))
+        spread = np.sqrt(((table - table.mean(axis=0)) ** 2).sum(axis=1).mean())
+        ax.set(
+            title=f"{name}: locality {analysis.position_locality(table):+.2f}\n"
+            f"mean vector length {mean_length:.2f}, rms distance from it {spread:.2f}",
+            xlabel=f"PC1 ({explained_2[0]:.0%} of variance)",
+            ylabel=f"PC2 ({explained_2[1]:.0%} of variance)",
+        )
+        ax.grid(alpha=0.3)
+    fig.suptitle("Positional embeddings, first two principal components, in position order", fontweight="bold")
+    return _save(fig, path)

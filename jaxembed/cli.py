@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
-import importlib.util
 import logging
 import os
 import pathlib
 import sys
 
+from jaxembed import config as config_lib
 from jaxembed import corpus
 from jaxembed.config import CONFIGS
 
@@ -62,66 +61,19 @@ def _walkthrough(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def load_config(name_or_path: str, overrides: list[str]):
-    """A config by name (``tiny``, ``default``, ``gpt2_small``) or file, with ``--config.a.b=v`` overrides.
+    """``jaxembed.config.load`` for the command line: a config by name or file, with overrides.
 
     Raises:
-      UsageError: no such config, an unknown field (the message lists the
-        valid ones and the closest match), or a value of the wrong type.
+      UsageError: see ``jaxembed.config.load``.
 
     Example:
       >>> load_config("tiny", ["--config.train.steps=5"]).train.steps
       5
     """
-    from absl import flags
-    from ml_collections import config_flags
-
-    named = name_or_path in CONFIGS
-    if not named and not pathlib.Path(name_or_path).is_file():
-        raise UsageError(
-            f"--config {name_or_path}: no such config file, and not one of the named configs ({', '.join(CONFIGS)})."
-        )
-    base = CONFIGS[name_or_path]() if named else _load_config_module(name_or_path).get_config()
-    valid = _flat_keys(base)
-    for arg in overrides:
-        key = arg.split("=", 1)[0].removeprefix("--config.")
-        if not arg.startswith("--config.") or key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" Did you mean --config.{close[0]}?" if close else ""
-            raise UsageError(
-                f"unrecognised argument {arg!r}.{hint} Config overrides look like --config.FIELD=VALUE; "
-                "valid fields: " + ", ".join(valid)
-            )
-    flag_values = flags.FlagValues()
-    argv = ["jaxembed", *overrides]
-    if named:
-        config_flags.DEFINE_config_dict("config", base, flag_values=flag_values, lock_config=True, sys_argv=argv)
-    else:
-        argv.insert(1, f"--config={name_or_path}")
-        config_flags.DEFINE_config_file(
-            "config", name_or_path, flag_values=flag_values, lock_config=True, sys_argv=argv
-        )
     try:
-        flag_values(argv)
-    except flags.Error as e:
+        return config_lib.load(name_or_path, overrides)
+    except config_lib.ConfigError as e:
         raise UsageError(str(e)) from None
-    return flag_values.config
-
-
-def _load_config_module(path: str):
-    spec = importlib.util.spec_from_file_location("jaxembed_user_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _flat_keys(config, prefix: str = "") -> list[str]:
-    keys = []
-    for name, value in config.items():
-        if hasattr(value, "items"):
-            keys += _flat_keys(value, f"{prefix}{name}.")
-        else:
-            keys.append(prefix + name)
-    return keys
 
 
 def _cluster_detected() -> bool:

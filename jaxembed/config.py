@@ -15,8 +15,11 @@ Example:
 
 from __future__ import annotations
 
+import difflib
+import importlib.util
 import math
-from collections.abc import Callable
+import pathlib
+from collections.abc import Callable, Sequence
 
 import ml_collections
 from ml_collections import config_dict
@@ -174,6 +177,10 @@ def gpt2_small_config() -> ml_collections.ConfigDict:
     return c
 
 
+class ConfigError(ValueError):
+    """A config cannot be loaded: no such name or file, an unknown field, or a bad value."""
+
+
 #: Configs shipped inside the package, by the name ``--config NAME`` takes.
 CONFIGS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
     "tiny": tiny_config,
@@ -230,3 +237,66 @@ def validate(config: ml_collections.ConfigDict) -> None:
     lr = config.optim.learning_rate
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise ValueError(f"optim.learning_rate={lr} is not allowed; it must be a finite number > 0.")
+
+
+def load(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
+    """A config by name (``tiny``, ``default``, ``gpt2_small``) or file, with ``--config.a.b=v`` overrides.
+
+    Raises:
+      ConfigError: no such config, an unknown field (the message lists the
+        valid ones and the closest match), or a value of the wrong type.
+
+    Example:
+      >>> load("tiny", ["--config.train.steps=5"]).train.steps
+      5
+    """
+    from absl import flags
+    from ml_collections import config_flags
+
+    named = name_or_path in CONFIGS
+    if not named and not pathlib.Path(name_or_path).is_file():
+        raise ConfigError(
+            f"--config {name_or_path}: no such config file, and not one of the named configs ({', '.join(CONFIGS)})."
+        )
+    base = CONFIGS[name_or_path]() if named else _load_config_module(name_or_path).get_config()
+    valid = _flat_keys(base)
+    for arg in overrides:
+        key = arg.split("=", 1)[0].removeprefix("--config.")
+        if not arg.startswith("--config.") or key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean --config.{close[0]}?" if close else ""
+            raise ConfigError(
+                f"unrecognised argument {arg!r}.{hint} Config overrides look like --config.FIELD=VALUE; "
+                "valid fields: " + ", ".join(valid)
+            )
+    flag_values = flags.FlagValues()
+    argv = ["jaxembed", *overrides]
+    if named:
+        config_flags.DEFINE_config_dict("config", base, flag_values=flag_values, lock_config=True, sys_argv=argv)
+    else:
+        argv.insert(1, f"--config={name_or_path}")
+        config_flags.DEFINE_config_file(
+            "config", name_or_path, flag_values=flag_values, lock_config=True, sys_argv=argv
+        )
+    try:
+        flag_values(argv)
+    except flags.Error as e:
+        raise ConfigError(str(e)) from None
+    return flag_values.config
+
+
+def _load_config_module(path: str):
+    spec = importlib.util.spec_from_file_location("jaxembed_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _flat_keys(config, prefix: str = "") -> list[str]:
+    keys = []
+    for name, value in config.items():
+        if hasattr(value, "items"):
+            keys += _flat_keys(value, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys

@@ -24,11 +24,15 @@ Example:
 
 from __future__ import annotations
 
+import ast
+import os
+import pathlib
 import sys
 from collections.abc import Sequence
 
 import grain
 import numpy as np
+import tiktoken
 
 from jaxembed.windows import (
     STORAGE_DTYPES,
@@ -94,18 +98,33 @@ class Unbatch(grain.IterDataset):
     or Grain worker processes).
     """
 
-    def __init__(self, parent: grain.IterDataset, batch_size: int):
+    def __init__(
+        self, parent: grain.IterDataset, batch_size: int, *, settings: dict | None = None, length: int | None = None
+    ):
         super().__init__(parent)
         self.batch_size = batch_size
+        self.settings = settings or {}
+        self._length = length
+
+    def __len__(self) -> int:
+        """Batches in all epochs of a finite loader.
+
+        Raises:
+          TypeError: the loader repeats forever (``num_epochs=None``).
+        """
+        if self._length is None:
+            raise TypeError("this loader repeats forever (num_epochs=None), so it has no len().")
+        return self._length
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _UnbatchIterator(self._parent.__iter__(), self.batch_size)
+        return _UnbatchIterator(self._parent.__iter__(), self.batch_size, self.settings)
 
 
 class _UnbatchIterator(grain.DatasetIterator):
-    def __init__(self, parent: grain.DatasetIterator, batch_size: int):
+    def __init__(self, parent: grain.DatasetIterator, batch_size: int, settings: dict | None = None):
         super().__init__(parent)
         self._batch_size = batch_size
+        self._settings = settings or {}
         self._chunk_state = parent.get_state()
         self._inputs, self._targets, self._offset = None, None, 0
 
@@ -123,9 +142,18 @@ class _UnbatchIterator(grain.DatasetIterator):
         return self._inputs[rows], self._targets[rows]
 
     def get_state(self) -> dict:
-        return {"chunk_start": self._chunk_state, "batches_taken": self._offset}
+        return {"chunk_start": self._chunk_state, "batches_taken": self._offset, "loader": self._settings}
 
     def set_state(self, state: dict) -> None:
+        # A state from another loader would silently replay other batches: refuse it, naming what differs.
+        saved = state.get("loader")
+        if saved is not None and saved != self._settings:
+            differ = ", ".join(
+                f"{k}={saved.get(k)!r} in the state, {self._settings.get(k)!r} here"
+                for k in sorted(saved.keys() | self._settings.keys())
+                if saved.get(k) != self._settings.get(k)
+            )
+            raise ValueError(f"this iterator state comes from a loader built with other settings ({differ}).")
         self._parent.set_state(state["chunk_start"])
         self._chunk_state, self._inputs, self._targets, self._offset = state["chunk_start"], None, None, 0
         if state["batches_taken"]:
@@ -151,7 +179,7 @@ def window_batches(
     drop_last: bool = True,
     seed: int = 0,
     num_epochs: int | None = 1,
-    tokenizer: str = "gpt2",
+    tokenizer: str | tiktoken.Encoding = "gpt2",
     shard_index: int | None = None,
     shard_count: int | None = None,
 ) -> WindowBatches:
@@ -212,7 +240,7 @@ def create_dataloader(
     num_workers: int = 0,
     seed: int = 0,
     num_epochs: int | None = 1,
-    tokenizer: str = "gpt2",
+    tokenizer: str | tiktoken.Encoding = "gpt2",
     shard_index: int | None = None,
     shard_count: int | None = None,
 ) -> grain.IterDataset:
@@ -228,7 +256,7 @@ def create_dataloader(
       num_workers: Grain worker processes (0: gather in this process).
       seed: shuffling seed.
       num_epochs: passes over the data; ``None`` repeats forever.
-      tokenizer: encoding name for ``jaxembed.tokenizer.get_encoding``.
+      tokenizer: an encoding name for ``jaxembed.tokenizer.get_encoding``, or a ``tiktoken.Encoding``.
       shard_index, shard_count: this process's shard; default
         ``jax.process_index()`` and ``jax.process_count()``.
 
@@ -270,8 +298,58 @@ def create_dataloader(
     # The tokens live in memory: reader threads would only contend for the GIL.
     loader = chunks.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if num_workers > 0:
+        _check_spawn_safe(num_workers)
         loader = _with_worker_processes(loader, num_workers)
-    return Unbatch(loader, batch_size)
+    settings = {
+        "batch_size": batch_size,
+        "max_length": max_length,
+        "stride": stride,
+        "shuffle": bool(shuffle),
+        "drop_last": bool(drop_last),
+        "seed": int(seed),
+        "windows": len(batches.windows),
+        "shard_index": batches.shard_index,
+        "shard_count": batches.shard_count,
+    }
+    length = None if num_epochs is None else len(batches)
+    return Unbatch(loader, batch_size, settings=settings, length=length)
+
+
+def _check_spawn_safe(num_workers: int) -> None:
+    """Refuses worker processes that would hang: Grain spawns them, and spawn re-runs the main script.
+
+    A script whose loader code is not under ``if __name__ == "__main__":``
+    (or a program read from stdin) makes every worker fail while starting,
+    and the parent would then wait for batches forever.
+
+    Raises:
+      ValueError: the main program is not a file with such a guard.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None and path.endswith("__main__.py"):
+        return  # interactive, a notebook, `python -c`, or a package's __main__: spawn does not re-run it
+    advice = (
+        f"num_workers={num_workers} starts Grain worker processes, which re-run the main program (spawn); "
+        '{problem}: put the code that builds and reads the loader under `if __name__ == "__main__":` '
+        "in a script file, or use num_workers=0."
+    )
+    if not os.path.isfile(path):
+        raise ValueError(advice.format(problem=f"the main program was read from {path}, which they cannot re-read"))
+    try:
+        tree = ast.parse(pathlib.Path(path).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return
+    guarded = any(
+        isinstance(node, ast.If) and "__name__" in ast.unparse(node.test) and "__main__" in ast.unparse(node.test)
+        for node in tree.body
+    )
+    if not guarded:
+        raise ValueError(
+            advice.format(
+                problem=f'{path} has no `if __name__ == "__main__":` guard, so they would start the loader again'
+            )
+        )
 
 
 def _with_worker_processes(loader: grain.IterDataset, num_workers: int) -> grain.IterDataset:

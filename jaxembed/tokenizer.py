@@ -127,14 +127,15 @@ def _tiktoken_cache_path(url: str) -> str:
     return os.path.join(cache_dir, hashlib.sha1(url.encode()).hexdigest())
 
 
-def get_encoding(name: str = "gpt2") -> tiktoken.Encoding:
+def get_encoding(name: str | tiktoken.Encoding = "gpt2") -> tiktoken.Encoding:
     """Returns the tiktoken encoding ``name``; ``"gpt2"`` needs no network.
 
     Args:
       name: one of ``ENCODINGS``: ``"gpt2"`` (built offline, identical to
         ``tiktoken.get_encoding("gpt2")``), ``"r50k_base"``, ``"cl100k_base"``
         or ``"o200k_base"`` (fetched by tiktoken, or read from
-        ``$TIKTOKEN_CACHE_DIR``).
+        ``$TIKTOKEN_CACHE_DIR``); or a ``tiktoken.Encoding``, returned as it is
+        (so every ``tokenizer=`` argument in jaxembed takes one).
 
     Raises:
       ValueError: ``name`` is not a supported encoding.
@@ -146,6 +147,8 @@ def get_encoding(name: str = "gpt2") -> tiktoken.Encoding:
       >>> enc.decode(enc.encode("Romeo, Romeo!"))
       'Romeo, Romeo!'
     """
+    if isinstance(name, tiktoken.Encoding):
+        return name
     if name == "gpt2":
         return _offline_gpt2()
     if name not in REMOTE_ENCODINGS:

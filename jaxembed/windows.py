@@ -27,6 +27,7 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+import tiktoken
 
 from jaxembed import tokenizer as tokenizer_lib
 
@@ -39,7 +40,7 @@ def _check_positive_int(name: str, value: object) -> int:
     return int(value)
 
 
-def tokenize(text: str, tokenizer: str = "gpt2") -> np.ndarray:
+def tokenize(text: str, tokenizer: str | tiktoken.Encoding = "gpt2") -> np.ndarray:
     """Encodes ``text`` into a flat int32 array of token ids.
 
     ``<|endoftext|>`` is allowed in the text and maps to its special id, as in
@@ -55,7 +56,9 @@ def tokenize(text: str, tokenizer: str = "gpt2") -> np.ndarray:
     return np.asarray(enc.encode(text, allowed_special={"<|endoftext|>"}), dtype=np.int32)
 
 
-def as_token_ids(text_or_ids: str | Sequence[int] | np.ndarray, tokenizer: str = "gpt2") -> np.ndarray:
+def as_token_ids(
+    text_or_ids: str | Sequence[int] | np.ndarray, tokenizer: str | tiktoken.Encoding = "gpt2"
+) -> np.ndarray:
     """Returns a flat id array: tokenizes text, validates given ids.
 
     Text and id sequences become int32. Arrays already stored as ``int32``,

@@ -141,6 +141,17 @@ def test_notebook_executes_offline(committed, corpus_path, tmp_path, monkeypatch
     assert first == pytest.approx(math.log(50257), abs=0.05)
     assert last < first - 2.0, f"validation loss only fell {first} -> {last}"
     assert "After training:\n' Romeo' ->" in text
+    # Part 6: with one attention layer the positional table learns distance; without, nothing.
+    found = {
+        name: (float(loc), float(gap))
+        for name, loc, gap in re.findall(
+            r"(embeddings only|one attention layer): locality ([-+][\d.]+), "
+            r"shuffled-positions gap ([-+][\d.]+)",
+            text,
+        )
+    }
+    assert found["one attention layer"][0] > 0.2 and found["one attention layer"][1] > 0.05, found
+    assert abs(found["embeddings only"][0]) < 0.1 and abs(found["embeddings only"][1]) < 0.02, found
     images = sum("image/png" in o.get("data", {}) for cell in nb.cells for o in cell.get("outputs", []))
     assert images >= 4
 

@@ -24,6 +24,17 @@ from collections.abc import Callable, Sequence
 import ml_collections
 from ml_collections import config_dict
 
+#: Logical axis names -> mesh axes: the batch over `data`; token-table rows (vocab) and
+#: attention heads over `model` (so mesh.model must divide model.num_heads); the rest replicated.
+AXIS_RULES = (
+    ("batch", "data"),
+    ("vocab", "model"),
+    ("heads", "model"),
+    ("embed", None),
+    ("kv", None),
+    ("position", None),
+)
+
 
 def base_config() -> ml_collections.ConfigDict:
     """The default training config (the seed's dimensions); every field commented.
@@ -94,16 +105,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # Devices on the data-parallel axis (-1: all remaining).
     c.mesh.model = 1  # Devices the token table's vocabulary axis is split over.
-    # Logical axis name of every parameter/activation dimension -> mesh axis (None: replicated).
-    # vocab: token-table rows; heads: attention heads (num_heads must divide by mesh.model).
-    c.mesh.logical_axis_rules = (
-        ("batch", "data"),
-        ("vocab", "model"),
-        ("heads", "model"),
-        ("embed", None),
-        ("kv", None),
-        ("position", None),
-    )
+    # Logical axis name of every parameter dimension -> mesh axis (None: replicated); see AXIS_RULES.
+    c.mesh.logical_axis_rules = AXIS_RULES
 
     c.report = ml_collections.ConfigDict()
     c.report.probe_tokens = (

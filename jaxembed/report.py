@@ -10,9 +10,9 @@ are re-exported here for existing callers.
 Example:
   >>> import tempfile
   >>> with tempfile.TemporaryDirectory() as d:
-  ...     rows = [{"step": 0, "val_loss": 10.8}, {"step": 50, "train_loss": 6.1, "val_loss": 6.5}]
-  ...     plot_loss_curves(rows, f"{d}/loss.png", vocab_size=50257).name
-  'loss.png'
+  ...     out = write_report(f"{d}/report.md", title="Run", summary_lines=["loss 5.2"], images={})
+  ...     out.read_text().splitlines()[0]
+  '# Run'
 """
 
 from __future__ import annotations

@@ -36,19 +36,13 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxembed.config import AXIS_RULES
 from jaxembed.model import EmbeddingLM, make_model
 
 AxisRules = Sequence[tuple[str, str | None]]
 
 #: Logical axis names -> mesh axes when a config gives none (``mesh.logical_axis_rules``).
-DEFAULT_AXIS_RULES: AxisRules = (
-    ("batch", "data"),
-    ("vocab", "model"),
-    ("heads", "model"),
-    ("embed", None),
-    ("kv", None),
-    ("position", None),
-)
+DEFAULT_AXIS_RULES: AxisRules = AXIS_RULES
 
 
 @flax.struct.dataclass

@@ -272,11 +272,13 @@ def test_kill_9_leaves_no_stale_lock(finished, text_path, env, tmp_path):
     try:
         wait_for(lambda: (workdir / "checkpoints" / "5").is_dir(), holder, "checkpoint 5")
         os.kill(holder.pid, signal.SIGSTOP)  # a hung run: it holds the lock but makes no progress
+        files = snapshot(workdir)
         started = time.monotonic()
         refused = jaxembed(train_args(workdir, text_path), env)
         assert time.monotonic() - started < 30  # refused before loading data or compiling
         assert refused.returncode == 2
         assert f"is in use by pid {holder.pid} on host" in assert_one_line(refused.stderr)
+        assert snapshot(workdir) == files  # the holder's checkpoints and metrics, byte for byte
         os.kill(holder.pid, signal.SIGKILL)
     finally:
         holder.kill()
@@ -331,7 +333,7 @@ def test_processes_with_different_workdirs_all_stop_with_one_line(text_path, env
 # --- 5: SIGTERM / SIGINT stop cleanly and resume exactly ---------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_saves_a_checkpoint_and_resume_is_exact(finished, text_path, env, tmp_path, signum):
     workdir = tmp_path / "run"
     proc = start(train_args(workdir, text_path), env, tmp_path, "run")
@@ -417,6 +419,7 @@ def test_disk_full_is_one_line_and_the_last_good_checkpoint_resumes(finished, sm
         ("--config.data.batchsize=4", "Did you mean --config.data.batch_size?"),
         ("--config.data.batch_size=4096", "4096 x 8"),
     ],
+    ids=["negative", "unknown-field", "batch-too-large"],
 )
 def test_bad_flag_leaves_no_workdir(text_path, env, tmp_path, flag, hint):
     workdir = tmp_path / "new" / "run"

@@ -82,7 +82,7 @@ def _quiet_failed_restore_noise() -> None:
     ``Task exception was never retrieved`` for orbax's ``async_deserialize``
     tasks, possibly long after ``restore`` returned. Both are harmless and would
     bury the one-line warning or error; this drops exactly those and passes
-    everything else on. Installed once, by the first ``restore``: the
+    everything else on. Installed once, by the first ``Checkpointer``: the
     tracebacks can appear before orbax even raises.
     """
     global _ASYNCIO_FILTER_ADDED
@@ -141,6 +141,7 @@ class Checkpointer:
         )
         self._pending: int | None = None
         self._failed: CheckpointWriteError | None = None
+        _quiet_failed_restore_noise()  # a failed background write leaves the same tracebacks as a failed read
 
     def steps(self) -> list[int]:
         """Complete checkpoint steps on disk, oldest first."""
@@ -184,6 +185,7 @@ class Checkpointer:
     @contextlib.contextmanager
     def _writing(self, step: int | None):
         """Turns any failure of orbax's (possibly background) writes into one clear error."""
+        previous = self._pending
         if step is not None and self._failed is None:
             self._pending = step
         try:
@@ -191,10 +193,13 @@ class Checkpointer:
         except Exception as e:  # orbax/tensorstore raise many types (ValueError for ENOSPC, OSError, ...).
             if self._failed is not None:
                 raise self._failed from None
-            good = [s for s in self._complete_steps() if s != self._pending]
+            complete = self._complete_steps()
+            # A background write's failure surfaces at the next save: name the step that was lost.
+            failed = previous if previous is not None and previous not in complete else self._pending
+            good = [s for s in complete if s != failed]
             last = f"The last good checkpoint is step {good[-1]}" if good else "No checkpoint was completed"
             self._failed = CheckpointWriteError(
-                f"could not write checkpoint step {self._pending} in {self.directory} ({_reason(e)}). "
+                f"could not write checkpoint step {failed} in {self.directory} ({_reason(e)}). "
                 f"{last}; fix the problem (e.g. free disk space) and rerun the same command to resume"
                 + (" from it." if good else ".")
             )

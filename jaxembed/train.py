@@ -149,10 +149,11 @@ def train_and_evaluate(
         if resuming and fingerprint is not None:
             check_corpus(path, fingerprint)
         if path is not None:
-            if create_workdir(path):
-                stack.callback(remove_if_empty, path)  # a run that fails before writing leaves no debris
+            new = create_workdir(path)
             if lock is None:
                 _lock(path, stack)
+            if new:  # only once locked: a run refused by the lock must not remove the holder's new workdir
+                stack.callback(remove_if_empty, path)  # a run that fails before writing leaves no debris
             check_shared(path)
             stack.enter_context(library_log(path / "train.log"))
         return _train(config, path, iterator, eval_batches, splits, mesh, notices, fingerprint, progress, stack)

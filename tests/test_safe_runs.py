@@ -1,0 +1,474 @@
+"""``jaxembed train --workdir W`` keeps a run safe: real processes, files and signals.
+
+Each test reproduces one way a run can go wrong with the real CLI in
+subprocesses (a resume with other settings, two runs on one workdir, a
+``kill -9``, workdirs that are not shared between processes, SIGTERM/SIGINT,
+a full disk, bad flags, an offline tokenizer, a damaged checkpoint) and checks
+that the user gets one clear ``jaxembed ...`` line on stderr (no traceback, no
+orbax/TensorStore noise), the documented exit code, that the checkpoints and
+metrics already on disk are untouched, and that a rerun resumes.
+
+One finished 20-step run (module scope) is the reference that interrupted runs
+must reproduce bitwise; tests that change a workdir copy it first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxembed import cli
+from jaxembed import run as run_lib
+
+STEPS = 20
+HANG_GUARD = 300  # seconds; a hang guard, not a speed requirement
+NOISE = ("Traceback", "Event loop is closed", "absl", "orbax", "tensorstore", "RESOURCE_EXHAUSTED", "E0000", "W0000")
+
+
+# --- Helpers ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """Subprocess environment: CPU only, an isolated corpus cache (also the neutral cwd)."""
+    return {**os.environ, "JAXEMBED_CACHE": str(tmp_path_factory.mktemp("cache")), "JAX_PLATFORMS": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def text_path(tmp_path_factory, corpus_path):
+    path = tmp_path_factory.mktemp("text") / "rj_head.txt"
+    path.write_text(corpus_path.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    return path
+
+
+def train_args(workdir, text_path, *extra):
+    # tensorboard=False: no event files; a resume may change it freely.
+    return [
+        "train",
+        "--config",
+        str(cli.CONFIG_DIR / "tiny.py"),
+        "--workdir",
+        str(workdir),
+        "--text",
+        str(text_path),
+        "--no-progress",
+        f"--config.train.steps={STEPS}",
+        "--config.train.checkpoint_every=5",
+        "--config.train.log_every=5",
+        "--config.train.eval_every=5",
+        "--config.train.eval_batches=2",
+        "--config.train.keep_checkpoints=2",
+        "--config.train.tensorboard=False",
+        "--config.data.batch_size=4",
+        "--config.data.max_length=8",
+        "--config.data.stride=8",
+        *extra,
+    ]
+
+
+def command(args):
+    return [sys.executable, "-m", "jaxembed.cli", *map(str, args)]
+
+
+def jaxembed(args, env, timeout=HANG_GUARD):
+    """Runs ``python -m jaxembed.cli ARGS`` to completion."""
+    return subprocess.run(
+        command(args), env=env, cwd=env["JAXEMBED_CACHE"], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def start(args, env, out_dir: pathlib.Path, name: str) -> subprocess.Popen:
+    """Starts ``python -m jaxembed.cli ARGS``; stdout/stderr go to ``out_dir/name.{out,err}``."""
+    # Files, not pipes: a child blocked on a full pipe would look like a hang.
+    out, err = open(out_dir / f"{name}.out", "w"), open(out_dir / f"{name}.err", "w")
+    # `python -m` puts the cwd first on sys.path: the cache folder has no jaxembed/ in it.
+    proc = subprocess.Popen(command(args), env=env, cwd=env["JAXEMBED_CACHE"], stdout=out, stderr=err)
+    out.close()
+    err.close()
+    proc.out_path, proc.err_path = out_dir / f"{name}.out", out_dir / f"{name}.err"
+    return proc
+
+
+def finish(proc: subprocess.Popen, timeout=HANG_GUARD) -> tuple[int, str, str]:
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        proc.kill()
+    return code, proc.out_path.read_text(), proc.err_path.read_text()
+
+
+def assert_one_line(stderr: str, prefix: str = "jaxembed train: error: ") -> str:
+    """stderr is exactly one line starting with ``prefix``; returns it."""
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(prefix), f"expected one {prefix!r} line, got:\n{stderr[-3000:]}"
+    for word in NOISE:
+        assert word not in stderr, stderr
+    return lines[0]
+
+
+def logged_steps(workdir):
+    """Steps of the complete rows of a (possibly running) run's metrics.jsonl."""
+    path = workdir / "metrics.jsonl"
+    steps = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            steps.append(json.loads(line)["step"])
+        except (json.JSONDecodeError, KeyError):
+            pass  # a row being written
+    return steps
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout=HANG_GUARD) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}:\n{proc.err_path.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.005)
+
+
+def snapshot(directory):
+    """Every file under ``directory``: relative path -> sha256 of its bytes."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def step_dirs(workdir):
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def corrupt(step_dir):
+    """Truncates the array data files of a checkpoint's train state (a half-written step)."""
+    data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data_files, f"no array data files under {step_dir}/state: has orbax's layout changed?"
+    for p in data_files:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
+
+
+def assert_same_tables(workdir, reference):
+    run, ref = run_lib.load_run(workdir), run_lib.load_run(reference)
+    assert run.step == ref.step == STEPS
+    np.testing.assert_array_equal(run.token_VxD, ref.token_VxD)
+    np.testing.assert_array_equal(run.position_LxD, ref.position_LxD)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, text_path, env):
+    """One uninterrupted run: its workdir."""
+    workdir = tmp_path_factory.mktemp("finished") / "run"
+    proc = jaxembed(train_args(workdir, text_path), env)
+    assert proc.returncode == 0, proc.stderr
+    assert step_dirs(workdir) == [15, 20]
+    return workdir
+
+
+@pytest.fixture
+def finished_copy(finished, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(finished, workdir)
+    return workdir
+
+
+# --- 1, 2: resuming with other settings -------------------------------------
+
+
+def test_resume_with_other_shapes_or_data_is_refused_and_touches_nothing(finished_copy, text_path, env, tmp_path):
+    checkpoints, metrics = snapshot(finished_copy / "checkpoints"), (finished_copy / "metrics.jsonl").read_bytes()
+    config = (finished_copy / "config.json").read_bytes()
+
+    proc = jaxembed(
+        train_args(finished_copy, text_path, "--config.model.features=16", "--config.seed=7", "--config.data.stride=4"),
+        env,
+    )
+    assert proc.returncode == 2
+    line = assert_one_line(proc.stderr)
+    assert f"workdir {finished_copy} holds a run with other settings" in line
+    for field, old, new in [("model.features", 32, 16), ("seed", 0, 7), ("data.stride", 8, 4)]:
+        assert f"{field}: {old} in the run, {new} now" in line, line
+
+    other_text = tmp_path / "other.txt"
+    other_text.write_text(text_path.read_text(encoding="utf-8")[::-1], encoding="utf-8")
+    proc = jaxembed(train_args(finished_copy, other_text), env)
+    assert proc.returncode == 2
+    line = assert_one_line(proc.stderr)
+    assert str(text_path) in line and str(other_text) in line, line
+
+    assert snapshot(finished_copy / "checkpoints") == checkpoints
+    assert (finished_copy / "metrics.jsonl").read_bytes() == metrics
+    assert (finished_copy / "config.json").read_bytes() == config
+    assert not (finished_copy / "config_changes.jsonl").exists()
+
+    # The right settings resume; more steps and another peak rate are allowed, said out loud and recorded.
+    proc = jaxembed(
+        train_args(finished_copy, text_path, "--config.train.steps=25", "--config.optim.learning_rate=0.01"), env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"Resuming from step {STEPS}" in proc.stdout
+    warning = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(warning) == 1 and warning[0].startswith("warning: Resuming with changed settings:"), proc.stderr
+    assert "train.steps 20 -> 25" in warning[0] and "optim.learning_rate 0.02 -> 0.01" in warning[0]
+    assert re.search(r"re-planned for 25 steps: step 21 uses [\d.e-]+ \(the old plan: [\d.e-]+\)", warning[0])
+    changes = [json.loads(line) for line in (finished_copy / "config_changes.jsonl").read_text().splitlines()]
+    assert changes == [
+        {
+            "step": STEPS,
+            "changes": {
+                "optim.learning_rate": {"from": 0.02, "to": 0.01},
+                "train.steps": {"from": STEPS, "to": 25},
+            },
+        }
+    ]
+    assert logged_steps(finished_copy) == [0, 5, 10, 15, 20, 25]
+    assert step_dirs(finished_copy) == [20, 25]
+
+
+# --- 3: one run per workdir --------------------------------------------------
+
+
+def test_two_runs_started_together_one_refuses_at_once(text_path, env, tmp_path):
+    workdir = tmp_path / "run"
+    procs = [start(train_args(workdir, text_path), env, tmp_path, name) for name in ("a", "b")]
+    ended = {}
+    deadline = time.monotonic() + HANG_GUARD
+    while len(ended) < 2:
+        for proc in procs:
+            if proc not in ended and proc.poll() is not None:
+                ended[proc] = [p.poll() for p in procs]  # who was still running when it ended
+        assert time.monotonic() < deadline, "the runs hang"
+        time.sleep(0.01)
+    results = {proc: finish(proc) for proc in procs}
+    codes = sorted(code for code, _, _ in results.values())
+    assert codes == [0, 2], {p.pid: r for p, r in results.items()}
+    (winner,) = [p for p in procs if results[p][0] == 0]
+    (loser,) = [p for p in procs if results[p][0] == 2]
+    assert winner.returncode == 0 and ended[loser][procs.index(winner)] is None  # refused while the other ran
+    line = assert_one_line(results[loser][2])
+    assert re.fullmatch(
+        rf"jaxembed train: error: workdir {re.escape(str(workdir))} is in use by pid {winner.pid} on host "
+        rf"{re.escape(socket.gethostname())}; wait for that run to finish \(or stop it\), or choose another --workdir\.",
+        line,
+    ), line
+    assert logged_steps(workdir) == [0, 5, 10, 15, 20]  # the winner's rows, once each
+    assert step_dirs(workdir) == [15, 20]
+
+
+def test_kill_9_leaves_no_stale_lock(finished, text_path, env, tmp_path):
+    workdir = tmp_path / "run"
+    holder = start(train_args(workdir, text_path), env, tmp_path, "holder")
+    try:
+        wait_for(lambda: (workdir / "checkpoints" / "5").is_dir(), holder, "checkpoint 5")
+        os.kill(holder.pid, signal.SIGSTOP)  # a hung run: it holds the lock but makes no progress
+        files = snapshot(workdir)
+        started = time.monotonic()
+        refused = jaxembed(train_args(workdir, text_path), env)
+        assert time.monotonic() - started < 30  # refused before loading data or compiling
+        assert refused.returncode == 2
+        assert f"is in use by pid {holder.pid} on host" in assert_one_line(refused.stderr)
+        assert snapshot(workdir) == files  # the holder's checkpoints and metrics, byte for byte
+        os.kill(holder.pid, signal.SIGKILL)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert holder.returncode == -signal.SIGKILL
+    assert (workdir / ".lock").exists()  # the file stays; the OS dropped the lock with the process
+
+    rerun = jaxembed(train_args(workdir, text_path), env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert re.search(r"Resuming from step (5|10|15)\b", rerun.stdout), rerun.stdout
+    assert_same_tables(workdir, finished)
+
+
+# --- 4: multi-process runs need one shared workdir ---------------------------
+
+
+def test_processes_with_different_workdirs_all_stop_with_one_line(text_path, env, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [
+        start(
+            train_args(
+                tmp_path / f"host{i}" / "run",
+                text_path,
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(i),
+                "--init-timeout",
+                "60",
+            ),
+            env,
+            tmp_path,
+            f"p{i}",
+        )
+        for i in range(2)
+    ]
+    started = time.monotonic()
+    results = [finish(proc, timeout=120) for proc in procs]
+    assert time.monotonic() - started < 120
+    for i, (code, _, err) in enumerate(results):
+        assert code == 2, err[-3000:]
+        line = assert_one_line(err)
+        assert f"workdir {tmp_path / f'host{i}' / 'run'} is not the same folder on every process" in line, line
+        assert line.endswith("--workdir must be the same shared directory on every host.")
+        assert not (tmp_path / f"host{i}" / "run").exists()  # no debris
+
+
+# --- 5: SIGTERM / SIGINT stop cleanly and resume exactly ---------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_saves_a_checkpoint_and_resume_is_exact(finished, text_path, env, tmp_path, signum):
+    workdir = tmp_path / "run"
+    proc = start(train_args(workdir, text_path), env, tmp_path, "run")
+    try:
+        wait_for(lambda: logged_steps(workdir)[-1:] >= [5], proc, "step 5")
+        os.kill(proc.pid, signum)
+        code, out, err = finish(proc)
+    finally:
+        proc.kill()
+    name = signal.Signals(signum).name
+    assert code == 128 + signum, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert (
+        lines[0] == f"warning: {name} received: finishing step and saving a checkpoint (send it again to stop at once)."
+    )
+    match = re.fullmatch(
+        rf"jaxembed train: stopped by {name} after step (\d+); a checkpoint of it was saved\. "
+        r"Rerun the same command to resume\.",
+        lines[1],
+    )
+    assert len(lines) == 2 and match, err
+    for word in NOISE:
+        assert word not in err
+    step = int(match.group(1))
+    assert 5 <= step < STEPS
+    assert step_dirs(workdir)[-1] == step
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == step and "val_loss" in rows[-1]  # the saved state's held-out loss is known
+    assert not (workdir / "report.md").exists()
+
+    resumed = jaxembed(train_args(workdir, text_path), env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"Resuming from step {step}" in resumed.stdout
+    assert_same_tables(workdir, finished)
+
+
+# --- 6: a full disk ------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path, finished):
+    """A real tmpfs that holds the run's files and one checkpoint, but not two."""
+    checkpoint_bytes = sum(p.stat().st_size for p in (finished / "checkpoints" / "20").rglob("*") if p.is_file())
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    size_kib = int(1.5 * checkpoint_bytes + 2**20) // 1024
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_disk_full_is_one_line_and_the_last_good_checkpoint_resumes(finished, small_disk, text_path, env, tmp_path):
+    workdir = small_disk / "run"
+    proc = jaxembed(train_args(workdir, text_path), env)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    line = assert_one_line(proc.stderr)
+    assert line == (
+        f"jaxembed train: error: could not write checkpoint step 10 in {workdir / 'checkpoints'} "
+        "(no space left on device). The last good checkpoint is step 5; fix the problem (e.g. free disk space) "
+        "and rerun the same command to resume from it."
+    )
+    assert step_dirs(workdir) == [5]
+    assert "No space left on device" in (workdir / "train.log").read_text()  # orbax's details, kept in the file
+    # More disk: the same command on a copy resumes from step 5 and ends where an uninterrupted run does.
+    moved = tmp_path / "moved"
+    shutil.copytree(workdir, moved)
+    rerun = jaxembed(train_args(moved, text_path), env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "Resuming from step 5" in rerun.stdout
+    assert_same_tables(moved, finished)
+    assert logged_steps(moved) == [0, 5, 10, 15, 20]
+
+
+# --- 7: a refused run leaves no workdir -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "flag, hint",
+    [
+        ("--config.data.batch_size=-4", "data.batch_size"),
+        ("--config.data.batchsize=4", "Did you mean --config.data.batch_size?"),
+        ("--config.data.batch_size=4096", "4096 x 8"),
+    ],
+    ids=["negative", "unknown-field", "batch-too-large"],
+)
+def test_bad_flag_leaves_no_workdir(text_path, env, tmp_path, flag, hint):
+    workdir = tmp_path / "new" / "run"
+    proc = jaxembed(train_args(workdir, text_path, flag), env)
+    assert proc.returncode == 2
+    assert hint in assert_one_line(proc.stderr)
+    assert not (tmp_path / "new").exists()
+
+
+# --- 12: a tokenizer that needs the network, offline ------------------------------
+
+
+def test_offline_tokenizer_is_one_line(text_path, env, tmp_path):
+    cache = tmp_path / "tiktoken"
+    cache.mkdir()
+    proc = jaxembed(
+        train_args(tmp_path / "run", text_path, "--config.data.tokenizer=cl100k_base"),
+        {**env, "TIKTOKEN_CACHE_DIR": str(cache)},
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    line = assert_one_line(proc.stderr)
+    assert "tokenizer='cl100k_base'" in line and "could not be downloaded" in line and str(cache) in line, line
+    assert "tokenizer='gpt2', which works offline" in line
+    assert not (tmp_path / "run").exists() and list(cache.iterdir()) == []
+
+
+# --- 13: readers skip a damaged checkpoint out loud -------------------------------
+
+
+def test_readers_warn_when_they_skip_a_damaged_checkpoint(finished_copy, env, tmp_path):
+    corrupt(finished_copy / "checkpoints" / "20")
+    damaged = snapshot(finished_copy / "checkpoints")
+    skipped = (
+        f"warning: checkpoint step 20 in {finished_copy / 'checkpoints'} is unreadable "
+        r"\(\w+\); reading an older one\."
+    )
+
+    proc = jaxembed(["neighbors", "--workdir", finished_copy, " the", "-k", "3"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(skipped, proc.stderr.strip()), proc.stderr
+    assert proc.stdout.startswith(f"Step 15 of {finished_copy}:")
+    assert len(proc.stdout.splitlines()) == 2
+
+    out = tmp_path / "proj"
+    proc = jaxembed(["export", "--workdir", finished_copy, "--out", out, "--tokens", "10"], env)
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(skipped, proc.stderr.strip()), proc.stderr
+    step15 = run_lib.load_run(finished_copy)
+    assert step15.step == 15
+    np.testing.assert_array_equal(np.load(out / "embeddings.npy"), step15.token_VxD)
+    assert snapshot(finished_copy / "checkpoints") == damaged  # readers rename nothing

@@ -24,7 +24,9 @@ import contextlib
 import logging
 import os
 import pathlib
+import signal
 import sys
+import threading
 
 from jaxembed import config as config_lib
 from jaxembed import corpus
@@ -387,6 +389,19 @@ def _console_logging():
         logger.propagate = propagate
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM outside the training loop stops like Ctrl-C (the loop itself saves a checkpoint first)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxembed`` console script."""
     args, extra = build_parser().parse_known_args(argv)
@@ -404,12 +419,15 @@ def main(argv: list[str] | None = None) -> int:
         OSError,
         ValueError,
     )
-    with _console_logging():
+    with _console_logging(), _sigterm_interrupts():
         try:
             return args.run(args, extra)
         except Preempted as e:  # not an error: the run stopped cleanly and can resume
             print(f"jaxembed {args.command}: {e}", file=sys.stderr)
             return 128 + e.signum
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the training loop (loading, compiling, the report)
+            print(f"jaxembed {args.command}: interrupted; files already written are complete.", file=sys.stderr)
+            return 130
         except user_errors as e:
             print(f"jaxembed {args.command}: error: {e}", file=sys.stderr)
             return 2

@@ -10,10 +10,10 @@ benchmarks.corpus --child SPEC``) and reports that process's kernel
 high-water mark (``VmHWM``), reset with ``/proc/self/clear_refs`` just before
 the measured call, above the resident set at that moment:
 
-* ``tokenize`` child: ``jaxembed.token_files.tokenize_files`` with
-  ``workers=1`` and ``workers=2``, then one ``enc.encode`` call on the same
-  text (the documents joined by ``<|endoftext|>``, read into memory before
-  the reset): tokens per second and peak memory of each.
+* ``tokenize`` children, one per run: ``jaxembed.token_files.tokenize_files``
+  with ``workers=1``, with ``workers=2``, and one ``enc.encode`` call on the
+  same text (the documents joined by ``<|endoftext|>``, read into memory
+  before the reset): tokens per second and peak memory of each.
 * ``train`` child: ``jaxembed.train.train_and_evaluate(config, None, ...)``
   for a few steps of ``tiny_config()``, either with ``config.data.tokens``
   (the memory-mapped ``tokens.npy``) or with ``text=`` (tokenized into an
@@ -44,7 +44,7 @@ QUICK_SIZES_MB = (1, 2)
 FILE_MB, QUICK_FILE_MB = 4.0, 0.25
 #: Training steps per child; metrics rows every ``TRAIN_LOG_EVERY`` steps (the first row includes compiling).
 TRAIN_STEPS, QUICK_TRAIN_STEPS = 60, 6
-TRAIN_LOG_EVERY, QUICK_TRAIN_LOG_EVERY = 20, 2
+TRAIN_LOG_EVERY, QUICK_TRAIN_LOG_EVERY = 10, 2
 TOKENIZE_WORKERS = (1, 2)
 SEPARATOR = "<|endoftext|>"
 SEED = 0
@@ -138,62 +138,59 @@ def _measured(fn):
             "peak_above_MiB": (after["VmHWM"] - before) / 1024,
             "before_MiB": before / 1024,
             "after_MiB": after["VmRSS"] / 1024,
+            # Right after the call, results still alive: what is file-backed (mapped pages, reclaimable) and not.
+            "after_anon_MiB": after.get("RssAnon", 0) / 1024,
+            "after_file_MiB": after.get("RssFile", 0) / 1024,
             "method": "VmHWM reset by /proc/self/clear_refs" if resettable else "ru_maxrss (whole process)",
         },
     )
 
 
 def tokenize_child(spec: dict) -> dict:
-    """``tokenize_files`` at each of ``spec["workers"]``, then one ``enc.encode`` on the same text."""
+    """One tokenizer run: ``tokenize_files`` with ``spec["workers"]``, or one ``enc.encode`` of the corpus text.
+
+    ``enc.encode`` gets the text read into memory before the measurement
+    (``corpus_text``); with ``spec["tokens_dir"]`` its ids are compared with
+    that token file's.
+    """
+    import numpy as np
+
     from jaxembed import token_files, tokenizer
 
     enc = tokenizer.get_encoding("gpt2")
     enc.encode("warm up the tokenizer", allowed_special={SEPARATOR})
-    rows = []
-    out = {"rows": rows}
-    for workers in spec["workers"]:
-        dest = pathlib.Path(spec["out"]) / f"workers{workers}"
+    if spec["impl"] == "tokenize_files":
+        dest = pathlib.Path(spec["out"])
         meta, seconds, mem = _measured(
-            lambda dest=dest, workers=workers: token_files.tokenize_files(
-                [spec["corpus"]], dest, workers=workers, overwrite=True
-            )
+            lambda: token_files.tokenize_files([spec["corpus"]], dest, workers=spec["workers"], overwrite=True)
         )
-        rows.append(
-            {
-                "impl": f"tokenize_files(workers={workers})",
-                "workers": workers,
-                "seconds": seconds,
-                "tokens": int(meta["num_tokens"]),
-                "documents": int(meta["num_documents"]),
-                "dtype": meta["dtype"],
-                "tokens_sha256": meta["tokens_sha256"],
-                "tokens_per_s": meta["num_tokens"] / seconds,
-                "token_file_bytes": (dest / token_files.TOKENS_FILE).stat().st_size,
-                **mem,
-            }
-        )
-        if workers != spec["workers"][-1]:
-            shutil.rmtree(dest)  # the last one is kept for the training children
-        else:
-            out["tokens_dir"] = str(dest)
-    text = corpus_text(spec["corpus"])
-    ids, seconds, mem = _measured(lambda: enc.encode(text, allowed_special={SEPARATOR}))
-    rows.append(
-        {
-            "impl": "enc.encode (one call, text in memory)",
-            "workers": 1,
+        return {
+            "impl": f"tokenize_files(workers={spec['workers']})",
+            "workers": spec["workers"],
             "seconds": seconds,
-            "tokens": len(ids),
-            "tokens_per_s": len(ids) / seconds,
-            "text_chars": len(text),
+            "tokens": int(meta["num_tokens"]),
+            "documents": int(meta["num_documents"]),
+            "dtype": meta["dtype"],
+            "tokens_sha256": meta["tokens_sha256"],
+            "tokens_per_s": meta["num_tokens"] / seconds,
+            "token_file_bytes": (dest / token_files.TOKENS_FILE).stat().st_size,
+            "tokens_dir": str(dest),
             **mem,
         }
-    )
-    import numpy as np
-
-    # The same ids: what the streaming tokenizer wrote is what one encode call gives.
-    tokens, _ = token_files.open_tokens(out["tokens_dir"])
-    out["encode_equals_token_file"] = bool(len(ids) == len(tokens) and np.array_equal(tokens, ids))
+    text = corpus_text(spec["corpus"])
+    ids, seconds, mem = _measured(lambda: enc.encode(text, allowed_special={SEPARATOR}))
+    out = {
+        "impl": "enc.encode (one call, text in memory)",
+        "workers": 1,
+        "seconds": seconds,
+        "tokens": len(ids),
+        "tokens_per_s": len(ids) / seconds,
+        "text_chars": len(text),
+        **mem,
+    }
+    if spec.get("tokens_dir"):  # the same ids: the streaming tokenizer wrote what one encode call gives
+        tokens, _ = token_files.open_tokens(spec["tokens_dir"])
+        out["equals_token_file"] = bool(len(ids) == len(tokens) and np.array_equal(tokens, ids))
     return out
 
 
@@ -256,8 +253,17 @@ def section(settings: harness.Settings, tmp_root: str | None = None) -> dict:
             root = pathlib.Path(tmp) / f"{size_mb}MB"
             built = build_corpus(root / "text", int(size_mb * 1e6), int(file_mb * 1e6))
             row = {"target_MB": size_mb, **built}
-            spec = {"job": "tokenize", "corpus": str(root / "text"), "out": str(root), "workers": TOKENIZE_WORKERS}
-            row["tokenize"] = harness.run_child("benchmarks.corpus", spec, timeout=1800)
+            base = {"job": "tokenize", "corpus": str(root / "text")}
+            rows = []
+            for workers in TOKENIZE_WORKERS:  # one fresh process per run: each peak is its own
+                out = str(root / f"tokens_workers{workers}")
+                spec = {**base, "impl": "tokenize_files", "workers": workers, "out": out}
+                rows.append(harness.run_child("benchmarks.corpus", spec, timeout=1800))
+            tokens_dir = rows[-1]["tokens_dir"]
+            for r in rows[:-1]:
+                shutil.rmtree(r["tokens_dir"])  # the last token file is kept for training
+            rows.append(harness.run_child("benchmarks.corpus", {**base, "impl": "encode", "tokens_dir": tokens_dir}))
+            row["tokenize"] = {"rows": rows, "tokens_dir": tokens_dir}
             row["train"] = {}
             if quick and size_mb != sizes[-1]:  # a smoke run trains at its larger size only: 2 children fewer
                 sources = ()

@@ -432,9 +432,16 @@ def jax_step(batch: int, length: int, features: int, vocab: int, overrides: dict
 
 
 def rss_kib() -> dict[str, int]:
-    """This process's resident set now (``VmRSS``) and its high-water mark (``VmHWM``), KiB (Linux)."""
+    """This process's resident set now (``VmRSS``), its high-water mark (``VmHWM``) and the resident set's
+    anonymous and file-backed parts (``RssAnon``, ``RssFile``: mapped file pages, e.g. of a memory map), KiB.
+    """
     text = pathlib.Path("/proc/self/status").read_text()
-    return {key: int(re.search(key + r":\s+(\d+)", text).group(1)) for key in ("VmRSS", "VmHWM")}
+    out = {}
+    for key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+        match = re.search(key + r":\s+(\d+)", text)
+        if match:
+            out[key] = int(match.group(1))
+    return out
 
 
 def reset_peak() -> bool:

@@ -256,10 +256,13 @@ def _corpus(c: dict) -> list[str]:
         "",
         f"Training: `train_and_evaluate(tiny_config(), None)`, {c['train_steps']} steps, from `data.tokens` "
         "(the memory-mapped `tokens.npy`) or from `text=` (read and tokenized into an in-memory int32 array; "
-        "reading the text is inside the measurement). Steady tok/s: median of the metrics rows after the first.",
+        "reading the text is inside the measurement). Steady tok/s: median of the metrics rows after the first. "
+        "*After*: the resident set when `train_and_evaluate` returns (its splits still alive), anonymous / "
+        "file-backed (pages of the memory-mapped token file: clean, the kernel can drop them).",
         "",
-        "| corpus | source | ids | steady tok/s | wall s | peak RSS MiB (+ above idle) | final train loss |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "| corpus | source | ids | steady tok/s | wall s | peak RSS MiB (+ above idle) | after: anon / file MiB "
+        "| final train loss |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for size in c["sizes"]:
         for source, r in size["train"].items():
@@ -267,7 +270,7 @@ def _corpus(c: dict) -> list[str]:
             lines.append(
                 f"| {size['bytes'] / 1e6:,.1f} MB | {source} | {ids} | {fmt(r['tokens_per_s'], 0)} | "
                 f"{fmt(r['seconds'], 1)} | {fmt(r['peak_MiB'], 1)} (+{fmt(r['peak_above_MiB'], 1)}) | "
-                f"{r['final_train_loss']:.4f} |"
+                f"{fmt(r.get('after_anon_MiB'), 1)} / {fmt(r.get('after_file_MiB'), 1)} | {r['final_train_loss']:.4f} |"
             )
     return lines
 

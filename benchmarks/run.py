@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-  python -m benchmarks.run                 # every section (~10 min on 2 cores)
+  python -m benchmarks.run                 # every section (about 6-7 min on 2 cores without torch)
   python -m benchmarks.run --quick         # a smoke run at tiny sizes (< 1 min)
   python -m benchmarks.run --no-reference  # jaxembed alone (automatic without torch)
   python -m benchmarks.run --sections memory,mesh

@@ -235,6 +235,7 @@ def train_child(spec: dict) -> dict:
 
 
 def child_main(spec: dict) -> dict:
+    """``python -m benchmarks.corpus --child SPEC``: a ``tokenize`` or a ``train`` job (``spec["job"]``)."""
     return tokenize_child(spec) if spec["job"] == "tokenize" else train_child(spec)
 
 

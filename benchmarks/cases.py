@@ -162,6 +162,7 @@ def train_case(
     vocab: int = GPT2_VOCAB,
     jax_step: Callable[[], object] | None = None,
     overrides: dict | None = None,
+    variants: dict[str, dict] | None = None,
 ) -> Case:
     """One optimiser step (forward, backward, clipping, AdamW) of the tied model.
 
@@ -172,11 +173,25 @@ def train_case(
     (``reference``) and with ``fused=True`` (``reference_fused``).
     ``jax_step`` is a ready ``harness.jax_step`` for this case (built elsewhere);
     ``overrides`` are ``{"section.field": value}`` config changes for jaxembed.
+    ``variants`` (``{"jaxembed_NAME": overrides}``) adds jaxembed's step with
+    other settings as further implementations, measured alternating with the
+    rest; each variant's first loss (from the same initial state and batch)
+    is in ``extra["first_loss"]``.
     """
     config = harness.make_config(batch, length, features, overrides)
     impls = {}
+    extra: dict = {}
     if "jaxembed" in which:
         impls["jaxembed"] = jax_step or harness.jax_step(batch, length, features, vocab, overrides)
+        for name, variant in (variants or {}).items():
+            if not name.startswith("jaxembed_"):
+                raise ValueError(f"variants: {name!r} must start with 'jaxembed_' (a jaxembed implementation).")
+            impls[name] = harness.jax_step(batch, length, features, vocab, {**(overrides or {}), **variant})
+        extra["first_loss"] = {name: getattr(fn, "first_loss", None) for name, fn in impls.items()}
+        extra["overrides"] = {
+            "jaxembed": overrides or {},
+            **{n: {**(overrides or {}), **v} for n, v in (variants or {}).items()},
+        }
     variants = {"reference": None, "reference_fused": True}
     if any(name in which for name in variants):
         from benchmarks import torch_reference as tr
@@ -202,6 +217,7 @@ def train_case(
             "flops": harness.train_flops(batch, length, features, vocab),
             "bytes": harness.optimizer_bytes(vocab, length, features),
         },
+        extra,
     )
 
 

@@ -177,13 +177,19 @@ def summarise(case: Case, times: dict[str, list[float]]) -> dict:
         median = statistics.median(ts)
         row[f"{name}_s"] = median
         row[f"{name}_tokens_per_s"] = case.tokens / median
+    for name in jax_impls(row):  # jaxembed and its variants (e.g. jaxembed_dense): each against the floor
+        row[f"{name}_x_floor"] = row[f"{name}_s"] / case.floor_s if case.floor_s else None
     jax_s = row.get("jaxembed_s")
     if jax_s:
-        row["jaxembed_x_floor"] = jax_s / case.floor_s if case.floor_s else None
         for name in REFERENCE_IMPLS:
             if f"{name}_s" in row:
                 row[f"speedup_vs_{name}"] = row[f"{name}_s"] / jax_s
     return row
+
+
+def jax_impls(row: dict) -> list[str]:
+    """The implementations of a row that are jaxembed: ``jaxembed`` and its variants ``jaxembed_*``."""
+    return [name for name in row.get("times_s", {}) if name == "jaxembed" or name.startswith("jaxembed_")]
 
 
 def run_case(case: Case, settings: Settings, hw: dict) -> dict:
@@ -204,7 +210,7 @@ def print_row(row: dict) -> None:
                 parts.append(f"{name} {row[f'{name}_tokens_per_s'] / 1e6:8.2f} Mtok/s")
     else:
         unit, scale = ("us", 1e6) if row["kind"] == "embed" else ("ms", 1e3)
-        for name in ("jaxembed", *REFERENCE_IMPLS):
+        for name in (*jax_impls(row), *REFERENCE_IMPLS):
             if f"{name}_s" in row:
                 parts.append(f"{name} {row[f'{name}_s'] * scale:9.2f} {unit}")
     for name in REFERENCE_IMPLS:
@@ -283,15 +289,23 @@ def finish_floor(case: Case, bandwidth: float, flops_rate: float) -> Case:
     return case
 
 
-def refloor(row: dict, hw: dict, time_key: str = "jaxembed_s", ratio_key: str = "jaxembed_x_floor") -> None:
-    """Recomputes a row's floor from its bytes / FLOPs and the run's best probes ``hw``."""
+def refloor(row: dict, hw: dict, time_key: str | None = None, ratio_key: str | None = None) -> None:
+    """Recomputes a row's floor from its bytes / FLOPs and the run's best probes ``hw``.
+
+    The ratio to the floor is updated for ``time_key`` -> ``ratio_key``, or
+    by default for every jaxembed implementation of the row
+    (``jaxembed_s`` -> ``jaxembed_x_floor``, ``jaxembed_dense_s`` -> ...).
+    """
     terms = row.get("floor_terms")
-    if not terms or time_key not in row:
+    keys = [(time_key, ratio_key)] if time_key else [(f"{n}_s", f"{n}_x_floor") for n in jax_impls(row)]
+    keys = [(t, r) for t, r in keys if t in row]
+    if not terms or not keys:
         return
     terms["memory_s"] = terms.get("bytes", 0) / hw["bandwidth_Bps"]
     terms["compute_s"] = terms.get("flops", 0) / hw["matmul_flops"]["peak"]
     row["floor_s"] = terms["memory_s"] + terms["compute_s"]
-    row[ratio_key] = row[time_key] / row["floor_s"]
+    for t, r in keys:
+        row[r] = row[t] / row["floor_s"]
 
 
 def train_flops(batch: int, length: int, features: int, vocab: int) -> float:
@@ -402,14 +416,42 @@ def step_callable(trainer, inputs_BxL: np.ndarray, targets_BxL: np.ndarray, seed
 
 
 def jax_step(batch: int, length: int, features: int, vocab: int, overrides: dict | None = None, tx=None):
-    """jaxembed's train step at these sizes on this case's batch, compiled and warmed up once."""
+    """jaxembed's train step at these sizes on this case's batch, compiled and warmed up once.
+
+    The warm-up is the first step from the initial state: its loss is kept as
+    ``step.first_loss`` (variants of one case start from the same state and
+    batch, so their first losses should agree).
+    """
     config = make_config(batch, length, features, overrides)
     step = step_callable(make_trainer(config, vocab, tx=tx), *train_batch(batch, length, vocab), seed=config.seed)
-    step()
+    step.first_loss = float(step()["loss"])
     return step
 
 
 # --- Child processes -------------------------------------------------------------------
+
+
+def rss_kib() -> dict[str, int]:
+    """This process's resident set now (``VmRSS``), its high-water mark (``VmHWM``) and the resident set's
+    anonymous and file-backed parts (``RssAnon``, ``RssFile``: mapped file pages, e.g. of a memory map), KiB.
+    """
+    text = pathlib.Path("/proc/self/status").read_text()
+    out = {}
+    for key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+        match = re.search(key + r":\s+(\d+)", text)
+        if match:
+            out[key] = int(match.group(1))
+    return out
+
+
+def reset_peak() -> bool:
+    """Resets this process's ``VmHWM`` to its current resident set; False where the kernel refuses."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def run_child(module: str, spec: dict, env: dict | None = None, timeout: float = 900) -> dict:

@@ -12,16 +12,20 @@ Two measurements per size and step variant:
   ``device.memory_stats()`` is ``None`` on CPU).
 
 A step variant is a set of config overrides (``{"section.field": value}``);
-``VARIANTS`` lists them, one column each. A variant whose fields
-``jaxembed.config.base_config()`` lacks is left out, so the tiled loss
-(``model.loss_tile_tokens``) appears as a column once the config has it.
+``VARIANTS`` lists them, one row each: the dense loss (``model.loss_tile_tokens
+= 0``, the full ``[B, L, V]`` logits), the default tile (2048 tokens: the
+seed's batches fit one tile, so they run the dense program), and two tiles that
+do split the seed's batches (256 splits 16 x 64; 8 splits 8 x 4). A variant
+that runs the dense program at a size (its tile holds the whole batch) gets no
+child of its own: its peak is the dense step's. ``plan_figures`` adds
+``jaxembed.plan.plan`` of ``gpt2_small_config()`` (what ``jaxembed plan
+--config gpt2_small`` prints).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import pathlib
-import re
 import sys
 import time
 
@@ -30,10 +34,12 @@ if __package__ in (None, ""):  # `python benchmarks/memory.py`
 
 from benchmarks import harness  # noqa: E402
 
-#: Step variants, one column each: name -> config overrides (the dense step has none).
+#: Step variants, one row each: name -> config overrides.
 VARIANTS: dict[str, dict] = {
     "dense": {"model.loss_tile_tokens": 0},
-    "tiled loss": {"model.loss_tile_tokens": 2048},  # the default: 2048 tokens per tile
+    "default tile 2048": {"model.loss_tile_tokens": 2048},
+    "tile 256": {"model.loss_tile_tokens": 256},
+    "tile 8": {"model.loss_tile_tokens": 8},
 }
 #: The seed's sizes (batch, length, features), run in children; GPT-2 vocabulary.
 RUN_SIZES = [(8, 4, 256), (16, 64, 256)]
@@ -65,6 +71,12 @@ def size_configs(quick: bool) -> list[tuple[str, object, int]]:
     return sizes + [(name, config, harness.GPT2_VOCAB)]
 
 
+def loss_tiles(config) -> int:
+    """Tiles the tied head's loss runs in for ``config`` (1: the dense program), from ``tied_cross_entropy``'s rule."""
+    tokens, tile = config.data.batch_size * config.data.max_length, config.model.get("loss_tile_tokens", 0)
+    return -(-tokens // tile) if 0 < tile < tokens else 1
+
+
 def xla_memory(config, vocab: int) -> dict:
     """XLA's buffer plan for ``Trainer.from_config(config, vocab).compiled_step`` (bytes).
 
@@ -87,23 +99,12 @@ def rss_jobs(quick: bool, which: tuple[str, ...]) -> list[dict]:
     jobs = []
     for b, length, d, v in sizes:
         base = {"batch": b, "length": length, "features": d, "vocab": v, "case": f"B={b} L={length} D={d} V={v:,}"}
-        jobs += [{**base, "impl": "jaxembed", "variant": name, "overrides": o} for name, o in variants().items()]
+        for name, o in variants().items():
+            if name != "dense" and loss_tiles(harness.make_config(b, length, d, o)) == 1:
+                continue  # the dense program: the dense child measures it
+            jobs.append({**base, "impl": "jaxembed", "variant": name, "overrides": o})
         jobs += [{**base, "impl": impl, "variant": impl} for impl in which if impl != "jaxembed"]
     return jobs
-
-
-def _rss_kib() -> dict[str, int]:
-    text = pathlib.Path("/proc/self/status").read_text()
-    return {key: int(re.search(key + r":\s+(\d+)", text).group(1)) for key in ("VmRSS", "VmHWM")}
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 def child_main(spec: dict) -> dict:
@@ -130,8 +131,8 @@ def child_main(spec: dict) -> dict:
     harness.train_batch(spec["batch"], spec["length"], spec["vocab"])  # tokenizes the corpus once
     from benchmarks import cases
 
-    resettable = _reset_peak()
-    base = _rss_kib()["VmRSS"]
+    resettable = harness.reset_peak()
+    base = harness.rss_kib()["VmRSS"]
     case = cases.train_case(
         spec["batch"],
         spec["length"],
@@ -141,11 +142,11 @@ def child_main(spec: dict) -> dict:
         overrides=spec.get("overrides"),
     )
     case.impls[impl]()
-    setup = _rss_kib()
-    _reset_peak()
+    setup = harness.rss_kib()
+    harness.reset_peak()
     for _ in range(spec.get("units", 2)):
         case.impls[impl]()
-    run = _rss_kib()
+    run = harness.rss_kib()
     if not resettable:  # the high-water mark then includes the imports
         import resource
 
@@ -190,10 +191,13 @@ def xla_section(quick: bool) -> list[dict]:
     rows = []
     for case, config, vocab in size_configs(quick):
         for name, overrides in variants().items():
+            variant_config = harness.apply_overrides(config.copy_and_resolve_references(), overrides)
             row = {
                 "case": case,
                 "variant": name,
-                **xla_memory(harness.apply_overrides(config.copy_and_resolve_references(), overrides), vocab),
+                "loss_tile_tokens": variant_config.model.loss_tile_tokens,
+                "tiles": loss_tiles(variant_config),
+                **xla_memory(variant_config, vocab),
             }
             print(
                 f"memory {case:<28} {name:<10} XLA temp {row['temp_bytes'] / 2**20:10,.1f} MiB, arguments "
@@ -203,6 +207,25 @@ def xla_section(quick: bool) -> list[dict]:
             )
             rows.append(row)
     return rows
+
+
+def plan_figures(quick: bool) -> dict:
+    """``jaxembed.plan.plan`` of ``gpt2_small_config()`` (quick: of the quick size's config), plus its name."""
+    from jaxembed.config import gpt2_small_config
+    from jaxembed.plan import plan
+
+    if quick:
+        name, config, vocab = "B=8 L=4 D=256 V=4,096", harness.make_config(8, 4, 256), 4096
+    else:
+        name, config, vocab = "gpt2_small", gpt2_small_config(), None
+    start = time.perf_counter()
+    out = {"case": name, **plan(config, vocab_size=vocab), "plan_s": time.perf_counter() - start}
+    print(
+        f"plan {name}: temp {out['temp_bytes'] / 2**20:,.1f} MiB, peak {out['peak_bytes'] / 2**20:,.1f} MiB, "
+        f"{out['flops_per_step'] / 1e12:,.2f} TFLOP per step (tile {out['loss_tile_tokens']})",
+        flush=True,
+    )
+    return out
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ def markdown(results: dict) -> str:
         ("sweep", _sweep),
         ("memory", _memory),
         ("mesh", _mesh),
+        ("corpus", _corpus),
         ("prototypes", _prototypes),
     ):
         if results.get(name):
@@ -136,6 +137,33 @@ def _train(rows: list[dict]) -> list[str]:
             f"{fmt(r['floor_s'] * 1e3, 1)} ms ({fmt(t['compute_s'] * 1e3, 1)} + {fmt(t['memory_s'] * 1e3, 1)}) | "
             f"{fmt(r['jaxembed_x_floor'])}x {_goal(r['jaxembed_x_floor'] <= GOALS['train_floor'])} |"
         )
+    tiled = [r for r in rows if "tiled_over_dense" in r]
+    if tiled:
+        lines += [
+            "",
+            "Tiled vs dense loss (`model.loss_tile_tokens`; same state, batch and floor, alternating "
+            "repetitions; a tile holding the whole batch runs the dense program). First loss: the first step "
+            "from the same initial state.",
+            "",
+            "| case | variant | tile | step | / dense (goal ≤ 1.0) | / floor | first loss |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        names = {"jaxembed_dense": "dense", "jaxembed": "default", "jaxembed_tiled": "tiled (4 tiles)"}
+        for r in tiled:
+            dense = r["jaxembed_dense_s"]
+            for impl, label in names.items():
+                ratio = r[f"{impl}_s"] / dense
+                tile = r["loss_tile_tokens"][impl]
+                if impl == "jaxembed_dense":
+                    goal = ""
+                elif tile >= r["batch"] * r["length"]:  # the whole batch fits one tile: the dense program
+                    goal = " (dense program)"
+                else:
+                    goal = f" {_goal(ratio <= 1.0)}"
+                lines.append(
+                    f"| {r['case']} | {label} | {r['loss_tile_tokens'][impl]:,} | {fmt(r[f'{impl}_s'] * 1e3, 1)} ms | "
+                    f"{fmt(ratio, 3)}{goal} | {fmt(r[f'{impl}_x_floor'])}x | {r['first_loss'][impl]:.6f} |"
+                )
     return lines
 
 
@@ -163,41 +191,40 @@ def _sweep(s: dict) -> list[str]:
 
 
 def _memory(mem: dict) -> list[str]:
-    variants = list(dict.fromkeys(r["variant"] for r in mem["xla"]))
     lines = [
         "### Memory of the train step",
         "",
         "XLA's buffer plan for `Trainer(...).compiled_step` (`memory_analysis()`, MiB): temporaries; "
         "arguments / outputs (the outputs' aliased part reuses the donated state); *live* = arguments + "
         "temporaries + outputs not aliased, an upper bound on what one step holds. Compiled only, never run, "
-        "for gpt2_small. One column per step variant.",
+        "for gpt2_small. One row per step variant; *tiles*: how many tiles the loss runs in (1: the dense program).",
         "",
-        "| case | " + " | ".join(f"{v}: temp | {v}: args / outputs (aliased) | {v}: live" for v in variants) + " |",
-        "| --- |" + " ---: | ---: | ---: |" * len(variants),
+        "| case | variant | tile | tiles | temp | args / outputs (aliased) | live |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    by_case: dict[str, dict] = {}
     for r in mem["xla"]:
-        by_case.setdefault(r["case"], {})[r["variant"]] = r
-    for case, row in by_case.items():
-        cells = []
-        for v in variants:
-            r = row.get(v)
-            if r is None:
-                cells += ["–"] * 3
-                continue
-            cells += [
-                _mib(r["temp_bytes"]),
-                f"{_mib(r['argument_bytes'])} / {_mib(r['output_bytes'])} ({_mib(r['alias_bytes'])})",
-                _mib(r["live_bytes"]),
-            ]
-        lines.append(f"| {case} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['case']} | {r['variant']} | {r.get('loss_tile_tokens', 0):,} | {r.get('tiles', 1):,} | "
+            f"{_mib(r['temp_bytes'])} | {_mib(r['argument_bytes'])} / {_mib(r['output_bytes'])} "
+            f"({_mib(r['alias_bytes'])}) | {_mib(r['live_bytes'])} |"
+        )
+    p = mem.get("plan")
+    if p:
+        lines += [
+            "",
+            f"`jaxembed.plan.plan` of {p['case']} (tile {p['loss_tile_tokens']:,}): temporaries "
+            f"**{_mib(p['temp_bytes'])} MiB**, peak (arguments + outputs − aliased + temporaries) "
+            f"{_mib(p['peak_bytes'])} MiB, {fmt(p['flops_per_step'] / 1e12, 2)} TFLOP per step "
+            f"(XLA's raw count, loop bodies once: {fmt(p['xla_flops'] / 1e12, 2)}).",
+        ]
     if mem.get("rss"):
         lines += [
             "",
             "Measured in a fresh process per case and variant (MiB above the idle process with its framework "
             "imported; `/proc/self/clear_refs` resets the high-water mark, since `memory_stats()` is None on CPU): "
             "*resident* after building the step and running it once, *peak* while running 2 more steps, "
-            "*setup peak* while building and compiling.",
+            "*setup peak* while building and compiling. Variants that run the dense program at a size are not "
+            "run again.",
             "",
             "| case | variant | resident | peak | setup peak |",
             "| --- | --- | ---: | ---: | ---: |",
@@ -210,6 +237,47 @@ def _memory(mem: dict) -> list[str]:
                     f"| {r['case']} | {r['variant']} | {fmt(r['resident_MiB'], 1)} | {fmt(r['peak_MiB'], 1)} | "
                     f"{fmt(r['setup_peak_MiB'], 1)} |"
                 )
+    return lines
+
+
+def _corpus(c: dict) -> list[str]:
+    lines = [
+        "### Corpus: tokenizing into a token file, and training from it",
+        "",
+        f"A synthetic corpus of python-docs paragraphs in a fresh random order per file ({c['file_MB']} MB files), "
+        "written to a temporary directory and deleted afterwards. Each figure is from a fresh child process; "
+        "peak = the process's `VmHWM` (reset just before the call), *+* = above its resident set at that moment.",
+        "",
+        "| corpus | tokens | tokenizer | seconds | Mtok/s | peak RSS MiB (+ above) |",
+        "| --- | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for size in c["sizes"]:
+        for r in size["tokenize"]["rows"]:
+            lines.append(
+                f"| {size['bytes'] / 1e6:,.1f} MB, {size['files']} files | {r['tokens']:,} | {r['impl']} | "
+                f"{fmt(r['seconds'])} | {fmt(r['tokens_per_s'] / 1e6)} | {fmt(r['peak_MiB'], 1)} "
+                f"(+{fmt(r['peak_above_MiB'], 1)}) |"
+            )
+    lines += [
+        "",
+        f"Training: `train_and_evaluate(tiny_config(), None)`, {c['train_steps']} steps, from `data.tokens` "
+        "(the memory-mapped `tokens.npy`) or from `text=` (read and tokenized into an in-memory int32 array; "
+        "reading the text is inside the measurement). Steady tok/s: median of the metrics rows after the first. "
+        "*After*: the resident set when `train_and_evaluate` returns (its splits still alive), anonymous / "
+        "file-backed (pages of the memory-mapped token file: clean, the kernel can drop them).",
+        "",
+        "| corpus | source | ids | steady tok/s | wall s | peak RSS MiB (+ above idle) | after: anon / file MiB "
+        "| final train loss |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for size in c["sizes"]:
+        for source, r in size["train"].items():
+            ids = f"{r['ids_dtype']}" + (", memory-mapped" if r["memory_mapped"] else ", in memory")
+            lines.append(
+                f"| {size['bytes'] / 1e6:,.1f} MB | {source} | {ids} | {fmt(r['tokens_per_s'], 0)} | "
+                f"{fmt(r['seconds'], 1)} | {fmt(r['peak_MiB'], 1)} (+{fmt(r['peak_above_MiB'], 1)}) | "
+                f"{fmt(r.get('after_anon_MiB'), 1)} / {fmt(r.get('after_file_MiB'), 1)} | {r['final_train_loss']:.4f} |"
+            )
     return lines
 
 

@@ -2,10 +2,11 @@
 
 Usage (from the repository root)::
 
-  python -m benchmarks.run                 # every section (~10 min on 2 cores)
+  python -m benchmarks.run                 # every section (about 6-7 min on 2 cores without torch)
   python -m benchmarks.run --quick         # a smoke run at tiny sizes (< 1 min)
   python -m benchmarks.run --no-reference  # jaxembed alone (automatic without torch)
   python -m benchmarks.run --sections memory,mesh
+  python -m benchmarks.run --sections corpus   # tokenizing and training from a token file, 50 and 200 MB
 
 Both implementations run in this one process, alternating within every
 repetition, after a warm-up; each figure is the median of the repetitions
@@ -32,10 +33,10 @@ import numpy as np
 if __package__ in (None, ""):  # `python benchmarks/run.py`
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from benchmarks import cases, harness, memory, mesh, report  # noqa: E402
+from benchmarks import cases, corpus, harness, memory, mesh, report  # noqa: E402
 from benchmarks.harness import GPT2_VOCAB, O200K_VOCAB, Settings  # noqa: E402
 
-SECTIONS = ("data", "embed", "train", "sweep", "memory", "mesh", "prototypes")
+SECTIONS = ("data", "embed", "train", "sweep", "memory", "mesh", "corpus", "prototypes")
 #: (max_length, stride, batch) of the data-pipeline cases; the first is the seed's.
 DATA_CASES = [(4, 4, 8), (256, 128, 8), (256, 1, 64), (1024, 512, 32)]
 #: (batch, length, features) of the InputEmbedding forward cases.
@@ -72,13 +73,51 @@ def _ready_step(ready: dict, key: tuple[int, int, int, int]):
     return future.result() if future else harness.jax_step(*key)
 
 
+def loss_variants(batch: int, length: int) -> dict[str, dict]:
+    """The train section's loss variants beside jaxembed's default (``model.loss_tile_tokens`` = 2048).
+
+    ``jaxembed_dense``: the full ``[B, L, V]`` logits (tile 0).
+    ``jaxembed_tiled``: a tile of a quarter of the batch's tokens, so the
+    loss really runs in 4 tiles (the default tile holds the whole batch at
+    the seed's sizes, so it runs the dense program).
+    """
+    return {
+        "jaxembed_dense": {"model.loss_tile_tokens": 0},
+        "jaxembed_tiled": {"model.loss_tile_tokens": max(1, batch * length // 4)},
+    }
+
+
 def train_section(settings: Settings, hw: dict, which: tuple[str, ...], ready: dict) -> list[dict]:
     specs = [QUICK_TRAIN] if settings.quick else [(b, length, 256, GPT2_VOCAB) for b, length in TRAIN_CASES]
     rows = []
     for b, length, d, v in specs:
         step = _ready_step(ready, (b, length, d, v)) if "jaxembed" in which else None
-        rows.append(harness.run_case(cases.train_case(b, length, d, which=which, vocab=v, jax_step=step), settings, hw))
+        variants = loss_variants(b, length) if "jaxembed" in which else None
+        case = cases.train_case(b, length, d, which=which, vocab=v, jax_step=step, variants=variants)
+        row = harness.run_case(case, settings, hw)
+        if variants:
+            row["loss_tile_tokens"] = {
+                "jaxembed": harness.make_config(b, length, d).model.loss_tile_tokens,
+                **{name: o["model.loss_tile_tokens"] for name, o in variants.items()},
+            }
+            add_tile_ratios(row)
+        rows.append(row)
     return rows
+
+
+def add_tile_ratios(row: dict) -> None:
+    """Step time of the default and the tiled step over the dense step's, and their first-loss differences."""
+    dense = row["jaxembed_dense_s"]
+    row["default_over_dense"] = row["jaxembed_s"] / dense
+    row["tiled_over_dense"] = row["jaxembed_tiled_s"] / dense
+    losses = row["first_loss"]
+    row["first_loss_max_abs_diff"] = max(abs(x - losses["jaxembed_dense"]) for x in losses.values())
+    print(
+        f"train {row['case']}: default (tile {row['loss_tile_tokens']['jaxembed']}) / dense "
+        f"{row['default_over_dense']:.3f}, tiled (tile {row['loss_tile_tokens']['jaxembed_tiled']}) / dense "
+        f"{row['tiled_over_dense']:.3f}; first losses differ by {row['first_loss_max_abs_diff']:.1e}",
+        flush=True,
+    )
 
 
 def sweep_section(settings: Settings, hw: dict, train_rows: list[dict], ready: dict) -> dict:
@@ -256,8 +295,12 @@ def main(argv: list[str] | None = None) -> int:
     # A smoke run overlaps its children and compilations with the timings (figures are not its point);
     # a full run keeps children until the timings are over so that they never disturb them.
     background = concurrent.futures.ThreadPoolExecutor(max_workers=2)
-    ready, rss, mesh_future = {}, [], None
+    ready, rss, mesh_future, corpus_future = {}, [], None, None
     if settings.quick:
+        if "corpus" in sections:  # its own thread: a chain of children, the longest background job
+            corpus_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+            corpus_future = corpus_pool.submit(corpus.section, settings)
+            corpus_pool.shutdown(wait=False)
         if "memory" in sections:
             rss = memory.start_rss(memory.rss_jobs(True, which), background)
         if "mesh" in sections:
@@ -291,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         results["prototypes"] = prototypes.run(settings, hw)
         lap("prototypes")
     if "memory" in sections:
-        results["memory"] = {"xla": memory.xla_section(settings.quick)}
+        results["memory"] = {"xla": memory.xla_section(settings.quick), "plan": memory.plan_figures(settings.quick)}
         if not settings.quick:
             rss = memory.start_rss(memory.rss_jobs(False, which + fused), background)
         results["memory"]["rss"] = memory.collect_rss(rss)
@@ -299,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     if "mesh" in sections:
         results["mesh"] = mesh_future.result() if mesh_future else mesh.section(settings)
         lap("mesh")
+    if "corpus" in sections:
+        results["corpus"] = corpus_future.result() if corpus_future else corpus.section(settings)
+        lap("corpus")
     background.shutdown()
 
     probes = [hw]

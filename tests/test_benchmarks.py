@@ -103,16 +103,15 @@ def test_reference_columns_match_torch_availability(quick):
 
 
 def test_memory_plan_holds_the_state_and_the_dense_gradient(quick):
-    from jaxembed.config import base_config
-
     results, _, _ = quick
-    xla = results["memory"]["xla"]
-    has_tiled = "loss_tile_tokens" in base_config().model
-    assert {r["variant"] for r in xla} == ({"dense", "tiled loss"} if has_tiled else {"dense"})
-    dense = next(r for r in xla if r["variant"] == "dense")
-    if has_tiled:  # never more temporaries than the full logits (equal when the batch fits one tile)
-        tiled = next(r for r in xla if r["variant"] == "tiled loss")
-        assert tiled["temp_bytes"] <= dense["temp_bytes"]
+    xla = {r["variant"]: r for r in results["memory"]["xla"]}
+    assert set(xla) == {"dense", "default tile 2048", "tile 256", "tile 8"}
+    tiles = {name: r["tiles"] for name, r in xla.items()}
+    # B*L = 32 tokens: only the 8-token tile splits the batch (into 4); a tile of 0 or >= 32 is dense.
+    assert tiles == {"dense": 1, "default tile 2048": 1, "tile 256": 1, "tile 8": math.ceil(B * L / 8)}
+    dense = xla["dense"]
+    for name in ("default tile 2048", "tile 256"):  # a tile holding the whole batch compiles the dense program
+        assert xla[name]["temp_bytes"] == dense["temp_bytes"]
     params = (V + L) * D * 4  # token + position tables, float32
     batch_bytes = 2 * B * L * 4  # inputs and targets, int32
     # Arguments: params, Adam's mu and nu, the batch, and a few scalars (step, counts, key).
@@ -120,14 +119,97 @@ def test_memory_plan_holds_the_state_and_the_dense_gradient(quick):
     # The donated state is reused for the new state: everything but the batch is aliased.
     assert dense["alias_bytes"] == dense["argument_bytes"] - batch_bytes
     # Clipping needs the gradient's global norm before any update: the dense gradient is a temporary.
-    assert dense["temp_bytes"] >= params
+    for r in xla.values():
+        assert r["temp_bytes"] >= params
     assert dense["live_bytes"] == (
         dense["argument_bytes"] + dense["temp_bytes"] + dense["output_bytes"] - dense["alias_bytes"]
     )
-    (rss,) = [r for r in results["memory"]["rss"] if r["variant"] == "dense"]
-    assert "error" not in rss, rss.get("error")
-    assert rss["resident_MiB"] >= params / 2**20  # the initialised tables are in memory
-    assert rss["peak_MiB"] >= rss["resident_MiB"] - 1  # stepping keeps the state resident
+    # jaxembed plan of the same (default) config reads the same compiled step.
+    plan = results["memory"]["plan"]
+    default = xla["default tile 2048"]
+    assert plan["temp_bytes"] == default["temp_bytes"] and plan["argument_bytes"] == default["argument_bytes"]
+    assert plan["peak_bytes"] == default["live_bytes"]
+    assert plan["tokens_per_step"] == B * L and plan["loss_tile_tokens"] == 2048
+    # Children only for programs that differ: the dense step and the one that really tiles.
+    rss = {r["variant"]: r for r in results["memory"]["rss"]}
+    assert set(rss) == {"dense", "tile 8"}
+    for r in rss.values():
+        assert "error" not in r, r.get("error")
+        assert r["resident_MiB"] >= params / 2**20  # the initialised tables are in memory
+        assert r["peak_MiB"] >= r["resident_MiB"] - 1  # stepping keeps the state resident
+
+
+def test_tiled_and_dense_steps_agree_and_are_timed_side_by_side(quick):
+    results, _, _ = quick
+    (row,) = results["train"]
+    impls = ("jaxembed", "jaxembed_dense", "jaxembed_tiled")
+    assert row["loss_tile_tokens"] == {"jaxembed": 2048, "jaxembed_dense": 0, "jaxembed_tiled": B * L // 4}
+    losses = [row["first_loss"][name] for name in impls]
+    # The first step from the same initial state and batch: the same loss whatever the tiling ...
+    assert max(losses) - min(losses) <= 1e-4
+    # ... and, with tables drawn at stddev 0.02, logits near 0: the loss of a uniform guess, ln V.
+    assert abs(losses[0] - math.log(V)) < 0.05
+    for name in impls:
+        assert len(row["times_s"][name]) == results["settings"]["reps"]
+        assert row[f"{name}_s"] == pytest.approx(float(np.median(row["times_s"][name])))
+        assert row[f"{name}_x_floor"] == pytest.approx(row[f"{name}_s"] / row["floor_s"])
+    assert row["tiled_over_dense"] == pytest.approx(row["jaxembed_tiled_s"] / row["jaxembed_dense_s"])
+    assert row["default_over_dense"] == pytest.approx(row["jaxembed_s"] / row["jaxembed_dense_s"])
+
+
+@pytest.fixture(scope="module")
+def corpus_section(quick):
+    return quick[0]["corpus"]
+
+
+def test_corpus_token_file_holds_an_independent_count_of_the_synthetic_corpus(corpus_section, tmp_path):
+    from benchmarks.corpus import build_corpus
+    from jaxembed.tokenizer import get_encoding
+
+    enc = get_encoding("gpt2")
+    sizes = corpus_section["sizes"]
+    assert [s["target_MB"] for s in sizes] == [1, 2]
+    assert not pathlib.Path(corpus_section["tmp_dir"]).exists()  # the corpora were deleted
+    for size in sizes:
+        # Rebuild the same corpus (deterministic in its seed) and count its tokens with tiktoken directly.
+        root = tmp_path / str(size["target_MB"])
+        built = build_corpus(root, int(size["target_MB"] * 1e6), int(corpus_section["file_MB"] * 1e6))
+        assert (built["sha256"], built["bytes"]) == (size["sha256"], size["bytes"])
+        files = sorted(root.glob("*.txt"))
+        assert len(files) == size["files"] > 1
+        texts = [f.read_text(encoding="utf-8") for f in files]
+        assert len(set(texts)) == len(texts) and texts[0][:2000] != texts[1][:2000]  # not one repeated string
+        want = sum(len(enc.encode_ordinary(t)) + 1 for t in texts)  # each document, then <|endoftext|>
+        rows = size["tokenize"]["rows"]
+        assert [r["workers"] for r in rows] == [1, 2, 1]
+        for r in rows:
+            assert r["tokens"] == want
+            assert _positive(r["tokens_per_s"]) and r["tokens_per_s"] == pytest.approx(want / r["seconds"])
+            assert _positive(r["peak_MiB"]) and r["peak_above_MiB"] >= 0
+            assert r["peak_MiB"] >= r["before_MiB"] + r["peak_above_MiB"] - 1e-6
+        for r in rows[:2]:  # uint16 ids behind a small .npy header
+            assert r["dtype"] == "uint16" and 2 * want < r["token_file_bytes"] < 2 * want + 4096
+        assert rows[0]["tokens_sha256"] == rows[1]["tokens_sha256"]  # workers do not change the file
+        assert rows[-1]["equals_token_file"] is True  # one encode call gives the token file's very ids
+        for r in size["train"].values():
+            assert r["corpus_tokens"] == want
+
+
+def test_corpus_training_from_the_token_file_and_from_text_agree(corpus_section):
+    trained = [s for s in corpus_section["sizes"] if s["train"]]
+    assert [s["target_MB"] for s in trained] == [2]  # a smoke run trains at its larger size only
+    runs = trained[0]["train"]
+    assert set(runs) == {"tokens", "text"}
+    tokens, text = runs["tokens"], runs["text"]
+    assert (tokens["ids_dtype"], tokens["memory_mapped"]) == ("uint16", True)
+    assert (text["ids_dtype"], text["memory_mapped"]) == ("int32", False)
+    # The same ids and seed: the same batches, so the same losses whichever way the ids were stored.
+    assert tokens["final_train_loss"] == pytest.approx(text["final_train_loss"], abs=1e-5)
+    assert tokens["val_loss"] == pytest.approx(text["val_loss"], abs=1e-5)
+    for r in (tokens, text):
+        assert r["steps"] == corpus_section["train_steps"]
+        assert _positive(r["tokens_per_s"]) and _positive(r["seconds"])
+        assert _positive(r["peak_MiB"]) and _positive(r["peak_above_MiB"])
 
 
 def test_mesh_child_sees_the_simulated_devices(quick):
@@ -145,7 +227,16 @@ def test_sweep_plot_and_report_files(quick):
     assert all(abs(sum(r["shares"].values()) - 1) < 1e-6 for r in rows)
     assert (out / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = (out / "results.md").read_text()
-    for heading in ("Data pipeline", "InputEmbedding forward", "Train step", "How cost grows", "Memory", "mesh"):
+    for heading in (
+        "Data pipeline",
+        "InputEmbedding forward",
+        "Train step",
+        "Tiled vs dense loss",
+        "How cost grows",
+        "Memory",
+        "mesh",
+        "Corpus",
+    ):
         assert heading in table
     temp_mib = next(r for r in results["memory"]["xla"] if r["variant"] == "dense")["temp_bytes"] / 2**20
     assert f"| {temp_mib:,.1f} |" in table  # the memory table shows the run's figure

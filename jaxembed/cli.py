@@ -179,14 +179,7 @@ def _neighbors(args: argparse.Namespace, extra: list[str]) -> int:
         f"Step {run.step} of {run.workdir}: centred cosine among the {len(candidates):,} tokens seen >= "
         f"{args.min_count} times (random pair: {round(mean, 2) + 0.0:+.2f} ± {std:.2f}):"
     )
-    print(analysis.format_neighbors(run.enc, ids, neighbors, run.token_counts_V))
-    unseen = [analysis.token_label(run.enc, q) for q in ids if run.token_counts_V[q] == 0]
-    if unseen:
-        print(
-            f"note: {', '.join(unseen)} never occur(s) in the training text, so no neighbours are ranked for "
-            "it: its row was never an input and only learned not to be predicted.",
-            file=sys.stderr,
-        )
+    print(analysis.format_neighbors(run.enc, ids, neighbors, run.token_counts_V))  # flags unseen probes
     return 0
 
 
@@ -262,9 +255,19 @@ def _plan(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxembed")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (sub-commands: train, neighbors, export, tokenize, walkthrough)."""
     parser = argparse.ArgumentParser(prog="jaxembed", description="Token and positional embeddings in JAX/Flax.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser(

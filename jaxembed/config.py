@@ -267,9 +267,10 @@ def load(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.Con
         key = arg.split("=", 1)[0].removeprefix("--config.")
         if not arg.startswith("--config.") or key not in valid:
             close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" Did you mean --config.{close[0]}?" if close else ""
+            if close:  # the likely fix alone; the full list would bury it
+                raise ConfigError(f"unrecognised argument {arg!r}. Did you mean --config.{close[0]}?")
             raise ConfigError(
-                f"unrecognised argument {arg!r}.{hint} Config overrides look like --config.FIELD=VALUE; "
+                f"unrecognised argument {arg!r}. Config overrides look like --config.FIELD=VALUE; "
                 "valid fields: " + ", ".join(valid)
             )
     flag_values = flags.FlagValues()

@@ -205,6 +205,7 @@ def plan(
         "vocab_size": int(vocab_size),
         "padded_vocab_size": trainer.model.padded_vocab_size,
         "loss_tile_tokens": int(trainer.loss_tile_tokens),
+        "num_layers": int(trainer.model.num_layers),
     }
     if splits is not None:
         windows = data.num_windows(len(splits.train_ids), length, config.data.stride)
@@ -240,11 +241,15 @@ def format_plan(p: dict[str, Any], name: str = "") -> str:
     mesh = " x ".join(f"{k}={v}" for k, v in p["mesh"].items())
     tile = p["loss_tile_tokens"]
     rows = [
-        ("parameters", f"{p['params']:,}", ""),
+        ("parameters", f"{p['params']:,}", f"{p.get('num_layers', 0)} attention layer(s)"),
         ("parameter bytes", _size(p["param_bytes"]), f"{_size(p['param_bytes_per_device'])} per device"),
         ("optimiser state", _size(p["opt_state_bytes"]), f"{_size(p['opt_state_bytes_per_device'])} per device"),
         ("tokens per step", f"{p['tokens_per_step']:,}", ""),
-        ("FLOPs per step", f"{p['flops_per_step']:.3g}", f"{p['flops_per_device']:.3g} per device (XLA cost analysis)"),
+        (
+            "FLOPs per step",
+            f"{p['flops_per_step']:.3g}",
+            f"{p['flops_per_device']:.3g} per device (XLA cost analysis, scan loops counted per trip)",
+        ),
     ]
     if "tokens_per_epoch" in p:
         rows.append(("tokens per epoch", f"{p['tokens_per_epoch']:,}", f"{p['steps_per_epoch']:,} steps"))

@@ -302,6 +302,7 @@ def training_report(
             probes += resolve_tokens(enc, [word])
         except ValueError as e:
             skipped.append(f"{word!r}: {e}")
+    probes = analysis.fill_probes(enc, token_counts_V, probes)  # never an empty table on another corpus
     before = analysis.rank_neighbors(before_VxD, token_counts_V, probes, num_neighbors, min_count)
     after = analysis.rank_neighbors(after_VxD, token_counts_V, probes, num_neighbors, min_count)
     numbers = report_numbers(
@@ -433,5 +434,8 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
         num_classes=None if active_ids is None else len(active_ids),
         num_layers=result.config.model.get("num_layers"),
         val_loss_positions_shuffled=result.val_loss_positions_shuffled,
-        tensorboard_step=result.metrics[-1]["step"] if result.config.train.get("tensorboard", False) else None,
+        # A rerun of a finished run trains nothing: its pictures are in TensorBoard already.
+        tensorboard_step=result.metrics[-1]["step"]
+        if result.config.train.get("tensorboard", False) and result.start_step < result.metrics[-1]["step"]
+        else None,
     )

@@ -44,7 +44,7 @@ import importlib.metadata
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -300,10 +300,11 @@ def tokenize_files(
 
 
 def _temp(out: Path, name: str, temps: list[Path]) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".part")
-    os.close(fd)
-    temps.append(Path(tmp))
-    return Path(tmp)
+    tmp = out / f".{name}.{uuid.uuid4().hex[:8]}.part"
+    # Not mkstemp: its 0600 mode would survive the rename; 0666 lets the umask decide, as for every file we write.
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    temps.append(tmp)
+    return tmp
 
 
 def _fsync(path: Path) -> None:

@@ -76,6 +76,8 @@ class TrainResult:
     #: Validation loss with the trained positional rows permuted at random: the gap to the
     #: final validation loss is how much the model relies on where a token sits.
     val_loss_positions_shuffled: float | None = None
+    #: The step training started from (0, or the restored checkpoint's step).
+    start_step: int = 0
 
     def tables(self, initial: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(token_VxD, position_LxD)`` as float32 numpy, padding rows dropped.
@@ -195,7 +197,15 @@ def _train(config, path, iterator, eval_batches, splits, mesh, notices, fingerpr
         stack.callback(ckpt.close)
         if ckpt.steps():
             state, start_step = ckpt.restore(trainer.abstract_state, iterator)
-            log.info("Resuming from step %d (%s).", start_step, ckpt.directory)
+            if start_step >= config.train.steps:
+                log.info(
+                    "Already trained to step %d (train.steps=%d): nothing to train; raise --config.train.steps "
+                    "to continue.",
+                    start_step,
+                    config.train.steps,
+                )
+            else:
+                log.info("Resuming from step %d (%s).", start_step, ckpt.directory)
             _announce(notices, config, start_step)
         if jax.process_index() == 0:
             _write_run_files(path, config, splits, fingerprint, notices, start_step)
@@ -213,7 +223,7 @@ def _train(config, path, iterator, eval_batches, splits, mesh, notices, fingerpr
         )
     state = _loop(config, trainer, state, iterator, eval_batches, metrics, ckpt, start_step, progress, profiler)
     shuffled = positions_shuffled_loss(trainer, state.params, eval_batches, seed=config.seed)
-    return TrainResult(state, metrics.rows, trainer.model, splits, path, config, initial_params, shuffled)
+    return TrainResult(state, metrics.rows, trainer.model, splits, path, config, initial_params, shuffled, start_step)
 
 
 def _announce(notices: dict, config: ml_collections.ConfigDict, step: int) -> None:

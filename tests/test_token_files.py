@@ -482,3 +482,16 @@ def test_open_tokens_rejects_missing_and_corrupt_directories(tmp_path):
     (out / "tokens.npy").unlink()
     with pytest.raises(ValueError, match="tokens.npy is missing"):
         token_files.open_tokens(out)
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    # Like every file jaxembed writes: readable by others under the usual 022 umask (mkstemp would give 0600).
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.txt").write_text("Two households, both alike in dignity.\n")
+    previous = os.umask(0o022)
+    try:
+        token_files.tokenize_files([tmp_path / "in"], tmp_path / "tok")
+    finally:
+        os.umask(previous)
+    for name in ("tokens.npy", "meta.json"):
+        assert (tmp_path / "tok" / name).stat().st_mode & 0o777 == 0o644, name

@@ -43,13 +43,6 @@ def env(tmp_path_factory):
     return {**os.environ, "JAXEMBED_CACHE": str(tmp_path_factory.mktemp("cache"))}
 
 
-@pytest.fixture(scope="module")
-def text_path(tmp_path_factory, corpus_path):
-    path = tmp_path_factory.mktemp("text") / "rj_head.txt"
-    path.write_text(corpus_path.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
-    return path
-
-
 def train_args(workdir, text_path, *extra):
     return [
         "train",

@@ -46,13 +46,6 @@ def env(tmp_path_factory):
     return {**os.environ, "JAXEMBED_CACHE": str(tmp_path_factory.mktemp("cache")), "JAX_PLATFORMS": "cpu"}
 
 
-@pytest.fixture(scope="module")
-def text_path(tmp_path_factory, corpus_path):
-    path = tmp_path_factory.mktemp("text") / "rj_head.txt"
-    path.write_text(corpus_path.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
-    return path
-
-
 def train_args(workdir, text_path, *extra):
     # tensorboard=False: no event files; a resume may change it freely.
     return [

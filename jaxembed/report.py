@@ -38,6 +38,7 @@ from jaxembed.plots import (
     plot_position_similarity,
     uniform_guess_loss,
 )
+from jaxembed.probes import fill_probes
 
 if TYPE_CHECKING:
     import ml_collections
@@ -302,7 +303,7 @@ def training_report(
             probes += resolve_tokens(enc, [word])
         except ValueError as e:
             skipped.append(f"{word!r}: {e}")
-    probes = analysis.fill_probes(enc, token_counts_V, probes)  # never an empty table on another corpus
+    probes = fill_probes(enc, token_counts_V, probes)  # never an empty table on another corpus
     before = analysis.rank_neighbors(before_VxD, token_counts_V, probes, num_neighbors, min_count)
     after = analysis.rank_neighbors(after_VxD, token_counts_V, probes, num_neighbors, min_count)
     numbers = report_numbers(

@@ -317,10 +317,15 @@ def test_divergence_from_the_start_exits_2_without_checkpoints(tmp_path, text_pa
 # --- train: usage errors -----------------------------------------------------
 
 
-def test_unknown_config_key_lists_fields_and_suggests_the_closest(tmp_path, capsys):
+def test_unknown_config_key_suggests_the_closest_or_lists_fields(tmp_path, capsys):
     code, _, err = main_in_process(["train", "--workdir", tmp_path / "w", "--config.train.stepz=3"], capsys)
     assert code == 2
-    assert "Did you mean --config.train.steps?" in err
+    # A close match alone: the full field list would bury it.
+    assert err.strip() == (
+        "jaxembed train: error: unrecognised argument '--config.train.stepz=3'. Did you mean --config.train.steps?"
+    )
+    code, _, err = main_in_process(["train", "--workdir", tmp_path / "w", "--config.zzz=3"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
     assert "valid fields:" in err and "optim.learning_rate" in err and "data.batch_size" in err
     assert not (tmp_path / "w").exists()
 

@@ -72,6 +72,7 @@ def test_lower_layers_never_import_higher_ones():
         "trainer": {"train", "run", "report", "analysis", "cli"},
         "train": {"run", "report", "analysis", "cli"},
         "analysis": {"train", "trainer", "cli", "report"},
+        "probes": {"train", "trainer", "cli", "report"},
         "report": {"cli"},
     }
     for module, banned in forbidden.items():

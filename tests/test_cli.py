@@ -8,7 +8,6 @@ Juliet and shrunken batches so that each finishes in seconds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,6 +21,7 @@ import time
 
 import numpy as np
 import pytest
+from run_files import corrupt, logged_steps, snapshot
 
 from jaxembed import analysis, cli, input_pipeline
 from jaxembed import run as run_lib
@@ -96,37 +96,8 @@ def read_metrics(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def logged_steps(workdir):
-    """Steps of the complete rows of a (possibly running) run's metrics.jsonl."""
-    path = workdir / "metrics.jsonl"
-    steps = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            steps.append(json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError):
-            pass  # a row being written
-    return steps
-
-
 def checkpoint_names(workdir):
     return sorted((p.name for p in (workdir / "checkpoints").iterdir()), key=lambda n: (len(n), n))
-
-
-def snapshot(directory):
-    """Every file under ``directory``: relative path -> sha256 of its bytes."""
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
-def corrupt(step_dir):
-    """Truncates the array data files of a checkpoint's train state (a half-written step)."""
-    data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-    assert data_files, f"no array data files under {step_dir}/state: has orbax's layout changed?"
-    for p in data_files:
-        p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
 
 
 def reference_lr(step, peak=2e-2, warmup=20, total=STEPS, final=0.1):

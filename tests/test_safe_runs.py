@@ -14,7 +14,6 @@ must reproduce bitwise; tests that change a workdir copy it first.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -28,6 +27,7 @@ import time
 
 import numpy as np
 import pytest
+from run_files import corrupt, logged_steps, snapshot
 
 from jaxembed import cli
 from jaxembed import run as run_lib
@@ -111,18 +111,6 @@ def assert_one_line(stderr: str, prefix: str = "jaxembed train: error: ") -> str
     return lines[0]
 
 
-def logged_steps(workdir):
-    """Steps of the complete rows of a (possibly running) run's metrics.jsonl."""
-    path = workdir / "metrics.jsonl"
-    steps = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            steps.append(json.loads(line)["step"])
-        except (json.JSONDecodeError, KeyError):
-            pass  # a row being written
-    return steps
-
-
 def wait_for(condition, proc: subprocess.Popen, what: str, timeout=HANG_GUARD) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -131,25 +119,8 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout=HANG_GUARD) -
         time.sleep(0.005)
 
 
-def snapshot(directory):
-    """Every file under ``directory``: relative path -> sha256 of its bytes."""
-    return {
-        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
 def step_dirs(workdir):
     return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
-
-
-def corrupt(step_dir):
-    """Truncates the array data files of a checkpoint's train state (a half-written step)."""
-    data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-    assert data_files, f"no array data files under {step_dir}/state: has orbax's layout changed?"
-    for p in data_files:
-        p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
 
 
 def assert_same_tables(workdir, reference):

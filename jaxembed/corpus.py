@@ -23,6 +23,7 @@ import re
 import socket
 import sys
 import sysconfig
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -30,6 +31,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import filelock
 import platformdirs
 
 from jaxembed.fileio import atomic_open
@@ -116,10 +118,7 @@ def load_text(
         else:
             path = cached_path(source)
             if not path.is_file():
-                if source == "romeo-juliet":
-                    _download(url, path, timeout=timeout)
-                else:
-                    _write_atomic(path, python_docs_text().encode("utf-8"))
+                _build_once(source, path, url=url, timeout=timeout)
             text = _read_text_file(path)
     else:
         text = _read_text_file(Path(source))
@@ -209,7 +208,7 @@ def python_docs_text() -> str:
         try:
             with warnings.catch_warnings():  # e.g. SyntaxWarning: invalid escape sequence
                 warnings.simplefilter("ignore")
-                tree = ast.parse((root / rel).read_bytes(), filename=str(rel))
+                tree = _parse(root / rel, str(rel))
         except (SyntaxError, ValueError, OSError):  # ValueError covers decode errors
             continue
         docs.extend(_docstrings(tree))
@@ -239,6 +238,40 @@ def strip_gutenberg(text: str) -> str:
     if start is None or end is None:
         return text
     return text[start.end() + 1 : end.start()]
+
+
+def _build_once(name: str, path: Path, *, url: str, timeout: float) -> None:
+    # Two threads or processes asking at once: one builds, the others wait on the lock and
+    # then find the finished file (written atomically, so never seen half-written).
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with filelock.FileLock(path.parent / f".{path.name}.lock"):
+        if path.is_file():
+            return
+        if name == "romeo-juliet":
+            _download(url, path, timeout=timeout)
+        else:
+            _write_atomic(path, python_docs_text().encode("utf-8"))
+
+
+# CPython 3.11's AST constructor keeps its recursion depth in state shared by all threads
+# (python/cpython#106905, fixed in 3.11.8 and 3.12.1): two threads parsing at once can fail with
+# "SystemError: AST constructor recursion depth mismatch". The lock serialises jaxembed's own
+# parses; the retry covers a parse running at the same time in code that does not take the lock.
+_AST_LOCK = threading.Lock()
+_AST_RETRIES = 20
+
+
+def _parse(path: Path, filename: str) -> ast.Module:
+    source = path.read_bytes()
+    for attempt in range(_AST_RETRIES):
+        try:
+            with _AST_LOCK:
+                return ast.parse(source, filename=filename)
+        except SystemError as e:
+            if "recursion depth mismatch" not in str(e) or attempt == _AST_RETRIES - 1:
+                raise
+            time.sleep(0.001 * (attempt + 1))  # let the other thread's parse finish
+    raise AssertionError("unreachable")
 
 
 def _docstrings(node: ast.AST) -> Iterator[str]:

@@ -1,10 +1,41 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures, and a fresh cache home for the whole run.
+
+``pytest_configure`` points every cache the tests write through (jaxembed's corpora,
+matplotlib's font cache, tiktoken's files, XDG's cache home) at one new temporary folder
+before any test module is imported, so a developer's warm cache and a new machine give the
+same results; subprocesses inherit it through ``os.environ``. Tests of the cache behaviour
+set their own.
+"""
 
 from __future__ import annotations
 
+import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
+
+_CACHE_VARIABLES = {
+    "JAXEMBED_CACHE": "jaxembed",
+    "MPLCONFIGDIR": "matplotlib",
+    "TIKTOKEN_CACHE_DIR": "tiktoken",
+    "XDG_CACHE_HOME": "xdg",
+}
+_fresh_home: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _fresh_home
+    _fresh_home = tempfile.mkdtemp(prefix="jaxembed-tests-cache-")
+    for variable, folder in _CACHE_VARIABLES.items():
+        os.environ[variable] = os.path.join(_fresh_home, folder)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _fresh_home is not None:
+        shutil.rmtree(_fresh_home, ignore_errors=True)
+
 
 _CORPUS = pathlib.Path(__file__).resolve().parents[2] / "shared/data/romeo_juliet_gutenberg.txt"
 

@@ -71,12 +71,18 @@ def send(handler: BaseHTTPRequestHandler, body: bytes, length: int | None = None
     handler.wfile.write(body)
 
 
-def refused_url() -> str:
-    # A port that was just free: nothing listens there, so connecting is refused.
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    # A port held bound but not listening: connecting is refused, and no other process can
+    # take the port while the test runs (a port merely "just free" could be taken).
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/pg1513.txt"
+        yield f"http://127.0.0.1:{s.getsockname()[1]}/pg1513.txt"
+
+
+def cache_files(folder: Path) -> list[str]:
+    """Names in the cache folder other than the build locks (which hold no data)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
 
 
 def assert_clear_error(err: CorpusUnavailableError, url: str, reason: str) -> None:
@@ -109,7 +115,7 @@ def test_download_then_read_from_cache(serve, corpus_path: Path, isolated_cache:
     text = load_text("romeo-juliet", url=url, timeout=5)
     assert text == corpus_path.read_text(encoding="utf-8")
     assert cached_path("romeo-juliet").read_bytes() == raw
-    assert sorted(p.name for p in isolated_cache.iterdir()) == ["romeo-juliet.txt"]  # no .part
+    assert cache_files(isolated_cache) == ["romeo-juliet.txt"]  # no .part
     assert hits == ["/pg1513.txt"]
 
     assert load_text("romeo-juliet", url=url, timeout=5) == text
@@ -125,8 +131,8 @@ def test_http_404_is_a_clear_error(serve, isolated_cache: Path) -> None:
     assert not cached_path("romeo-juliet").exists()
 
 
-def test_refused_connection_is_a_clear_error() -> None:
-    url = refused_url()
+def test_refused_connection_is_a_clear_error(refused_url: str) -> None:
+    url = refused_url
     with pytest.raises(CorpusUnavailableError) as info:
         load_text("romeo-juliet", url=url, timeout=5)
     assert_clear_error(info.value, url, "connection refused")
@@ -161,13 +167,13 @@ def test_truncated_download_leaves_no_cache_file(serve, corpus_path: Path, isola
     with pytest.raises(CorpusUnavailableError) as info:
         load_text("romeo-juliet", url=url, timeout=5)
     assert_clear_error(info.value, url, f"connection closed after {len(raw)} of {len(raw) + 1000} bytes")
-    assert not isolated_cache.exists() or list(isolated_cache.iterdir()) == []
+    assert not isolated_cache.exists() or cache_files(isolated_cache) == []
 
 
-def test_env_corpus_overrides_download(corpus_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_corpus_overrides_download(corpus_path: Path, monkeypatch: pytest.MonkeyPatch, refused_url: str) -> None:
     monkeypatch.setenv("JAXEMBED_CORPUS", str(corpus_path))
     # The URL refuses connections, so passing proves the network was not used.
-    assert load_text("romeo-juliet", url=refused_url()) == corpus_path.read_text(encoding="utf-8")
+    assert load_text("romeo-juliet", url=refused_url) == corpus_path.read_text(encoding="utf-8")
     assert not cached_path("romeo-juliet").exists()
 
     missing = corpus_path.parent / "no-such-file.txt"
@@ -257,3 +263,86 @@ def test_empty_or_blank_file(tmp_path: Path, data: bytes) -> None:
     with pytest.raises(ValueError, match="empty") as info:
         load_text(path)
     assert str(path) in str(info.value)
+
+
+# --- python-docs from many threads and processes (CPython 3.11's shared AST counter) ----------
+
+
+def _parse_python_in_a_loop(stop: threading.Event, failures: list[BaseException]) -> None:
+    # Other code in the same process parsing Python, without jaxembed's lock.
+    import ast
+    import inspect
+
+    source = inspect.getsource(threading)
+    while not stop.is_set():
+        try:
+            ast.parse(source)
+        except SystemError as e:  # the foreign thread may itself lose the race; jaxembed must not
+            failures.append(e)
+
+
+def test_python_docs_first_calls_from_racing_threads_build_once(
+    isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jaxembed.corpus as corpus_module
+
+    reference = corpus_module.python_docs_text()
+    builds: list[int] = []
+    real_build = corpus_module.python_docs_text
+
+    def counting_build() -> str:
+        builds.append(threading.get_ident())
+        return real_build()
+
+    monkeypatch.setattr(corpus_module, "python_docs_text", counting_build)
+    stop, foreign_failures = threading.Event(), []
+    parser = threading.Thread(target=_parse_python_in_a_loop, args=(stop, foreign_failures), daemon=True)
+    parser.start()
+    results: list[str] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def first_call() -> None:
+        barrier.wait()
+        try:
+            results.append(load_text("python-docs"))
+        except BaseException as e:  # noqa: BLE001 -- reported by the assertion below
+            errors.append(e)
+
+    threads = [threading.Thread(target=first_call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    stop.set()
+    parser.join(timeout=30)
+    assert not errors, errors
+    assert len(builds) == 1, f"built {len(builds)} times"
+    assert results == [reference] * 4
+    assert cached_path("python-docs").read_text(encoding="utf-8") == reference
+    assert not [p.name for p in isolated_cache.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_python_docs_built_alongside_a_parsing_thread(isolated_cache: Path) -> None:
+    # Alone in its thread, but with another thread parsing all the while: no SystemError escapes.
+    from jaxembed.corpus import python_docs_text
+
+    stop, foreign_failures = threading.Event(), []
+    parser = threading.Thread(target=_parse_python_in_a_loop, args=(stop, foreign_failures), daemon=True)
+    parser.start()
+    try:
+        texts = [python_docs_text() for _ in range(2)]
+    finally:
+        stop.set()
+        parser.join(timeout=30)
+    assert texts[0] == texts[1] and len(texts[0]) > 1_000_000
+
+
+def test_python_docs_two_processes_at_once_give_one_complete_file(isolated_cache: Path) -> None:
+    code = "from jaxembed.corpus import load_text; import sys; sys.stdout.write(str(len(load_text('python-docs'))))"
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    text = cached_path("python-docs").read_text(encoding="utf-8")
+    assert outs == [str(len(text))] * 2
+    assert not [p.name for p in isolated_cache.iterdir() if p.name.endswith(".tmp")]

@@ -26,6 +26,7 @@ import sys
 import time
 
 import numpy as np
+import portpicker
 import pytest
 from run_files import corrupt, logged_steps, snapshot
 
@@ -260,9 +261,7 @@ def test_kill_9_leaves_no_stale_lock(finished, text_path, env, tmp_path):
 
 
 def test_processes_with_different_workdirs_all_stop_with_one_line(text_path, env, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = portpicker.pick_unused_port()
     procs = [
         start(
             train_args(

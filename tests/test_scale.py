@@ -9,7 +9,6 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import time
 
 import jax
 import numpy as np
+import portpicker
 import pytest
 
 from jaxembed import run as run_lib
@@ -51,9 +51,8 @@ def small_text(corpus_path, tmp_path_factory):
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    # portpicker checks TCP and UDP and avoids ports handed out recently, unlike a bare bind to 0.
+    return portpicker.pick_unused_port()
 
 
 def losses(workdir: pathlib.Path) -> list[tuple]:

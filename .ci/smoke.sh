@@ -24,13 +24,13 @@ PY
 echo "smoke: (a) README 'library in ten lines'"
 python - <<'PY'
 import jax, jax.numpy as jnp
-from jaxembed import corpus, data, modules
+from jaxembed import data, nn, text
 
 import os
-text = corpus.load_text(os.environ["TEXT"])  # README: "python-docs"
-loader = data.create_dataloader(text, batch_size=8, max_length=4, stride=4, shuffle=False)
+corpus_text = text.load_text(os.environ["TEXT"])  # README: "python-docs"
+loader = data.create_dataloader(corpus_text, batch_size=8, max_length=4, stride=4, shuffle=False)
 inputs_BxL, targets_BxL = next(iter(loader))  # int32 numpy, [8, 4] each
-embed = modules.InputEmbedding(vocab_size=50257, max_length=4, features=256)
+embed = nn.InputEmbedding(vocab_size=50257, max_length=4, features=256)
 params = embed.init(jax.random.key(0), inputs_BxL)
 h_BxLxD = jax.jit(embed.apply)(params, inputs_BxL)  # token [8,4,256] + position [4,256]
 print(h_BxLxD.shape)  # (8, 4, 256)
@@ -48,15 +48,15 @@ jaxembed train --workdir "$tmp/w" --text "$text" \
 test -s "$tmp/w/report.md" || { echo "smoke: resumed jaxembed train wrote no $tmp/w/report.md" >&2; exit 1; }
 
 echo "smoke: (c) imports, the cache dir (platformdirs) and a progress bar as train draws it (tqdm)"
-python -c "import jaxembed.train, jaxembed.cli; print('imported from', jaxembed.__file__)"
+python -c "import jaxembed.train.loop, jaxembed.cli; print('imported from', jaxembed.__file__)"
 env -u JAXEMBED_CACHE python - <<'PY'  # unset: cache_dir() then asks platformdirs
 import sys
 
 from tqdm.auto import tqdm
 
-from jaxembed import corpus
+from jaxembed import text
 
-print("cache dir:", corpus.cache_dir())
+print("cache dir:", text.cache_dir())
 bar = tqdm(total=2, initial=0, unit="step", dynamic_ncols=True, file=sys.stderr)
 bar.update(2 - bar.n)
 bar.set_postfix({"loss": "1.000", "tok/s": "1,000"}, refresh=True)

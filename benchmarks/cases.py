@@ -6,7 +6,7 @@ one forward pass, one train step) plus what that unit is worth (tokens,
 bytes, FLOPs) so that the harness can turn medians into throughputs and
 floors. Setup (tokenizing, building the reference's dataset, initialising
 parameters, compiling) happens here, outside any timing. jaxembed's train
-step is always ``jaxembed.trainer.Trainer``'s compiled step
+step is always ``jaxembed.train.trainer.Trainer``'s compiled step
 (``harness.jax_step``), the one ``jaxembed train`` runs.
 """
 
@@ -119,7 +119,7 @@ def embed_case(
         import jax
         import jax.numpy as jnp
 
-        from jaxembed.modules import InputEmbedding
+        from jaxembed.nn.embeddings import InputEmbedding
 
         embed = InputEmbedding(vocab_size=vocab, max_length=length, features=features)
         ids = jnp.asarray(ids_BxL)
@@ -235,7 +235,7 @@ def equivalence(steps: int = 3, batch: int = 4, length: int = 8, features: int =
     import torch
 
     from benchmarks import torch_reference as tr
-    from jaxembed.modules import InputEmbedding
+    from jaxembed.nn.embeddings import InputEmbedding
 
     torch.set_num_threads(harness.threads())
     config = harness.make_config(batch, length, features, {"optim.warmup_steps": 1})

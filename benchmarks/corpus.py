@@ -3,18 +3,18 @@
 A synthetic corpus is written into a temporary directory at each of two sizes
 (``SIZES_MB``; ``QUICK_SIZES_MB`` for ``--quick``) and deleted afterwards:
 files of ``file_mb`` MB made of the offline ``python-docs`` corpus's
-paragraphs (``jaxembed.corpus.load_text("python-docs")``) in a fresh random
+paragraphs (``jaxembed.text.corpus.load_text("python-docs")``) in a fresh random
 order per file, so the text is not one repeated string (``build_corpus``).
 Every measurement runs in a fresh child process (``python -m
 benchmarks.corpus --child SPEC``) and reports that process's kernel
 high-water mark (``VmHWM``), reset with ``/proc/self/clear_refs`` just before
 the measured call, above the resident set at that moment:
 
-* ``tokenize`` children, one per run: ``jaxembed.token_files.tokenize_files``
+* ``tokenize`` children, one per run: ``jaxembed.text.token_files.tokenize_files``
   with ``workers=1``, with ``workers=2``, and one ``enc.encode`` call on the
   same text (the documents joined by ``<|endoftext|>``, read into memory
   before the reset): tokens per second and peak memory of each.
-* ``train`` child: ``jaxembed.train.train_and_evaluate(config, None, ...)``
+* ``train`` child: ``jaxembed.train.loop.train_and_evaluate(config, None, ...)``
   for a few steps of ``tiny_config()``, either with ``config.data.tokens``
   (the memory-mapped ``tokens.npy``) or with ``text=`` (tokenized into an
   in-memory int32 array). Its peak includes reading the text for ``text=``.
@@ -60,7 +60,7 @@ def paragraphs() -> list[str]:
     out, so that reading a file back (``corpus.load_text(strip=True)``
     normalises those) gives exactly the written text.
     """
-    from jaxembed import corpus
+    from jaxembed.text import corpus
 
     text = corpus.load_text("python-docs")
     return [p for p in text.split("\n\n") if p.strip() and not any(s in p for s in (SEPARATOR, "\r", "\ufeff"))]
@@ -155,7 +155,7 @@ def tokenize_child(spec: dict) -> dict:
     """
     import numpy as np
 
-    from jaxembed import token_files, tokenizer
+    from jaxembed.text import token_files, tokenizer
 
     enc = tokenizer.get_encoding("gpt2")
     enc.encode("warm up the tokenizer", allowed_special={SEPARATOR})
@@ -200,7 +200,7 @@ def train_child(spec: dict) -> dict:
     import numpy as np
 
     from jaxembed.config import tiny_config
-    from jaxembed.train import train_and_evaluate
+    from jaxembed.train.loop import train_and_evaluate
 
     jax.devices()
     config = tiny_config()

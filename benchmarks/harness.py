@@ -379,16 +379,16 @@ def has_fields(overrides: dict[str, Any]) -> bool:
 
 
 def make_trainer(config, vocab: int, mesh=None, tx=None):
-    """``jaxembed.trainer.Trainer`` for ``config``: the compiled step ``jaxembed train`` runs.
+    """``jaxembed.train.trainer.Trainer`` for ``config``: the compiled step ``jaxembed train`` runs.
 
     ``tx`` swaps the optimiser (a prototype) and keeps everything else.
     """
-    from jaxembed.trainer import Trainer
+    from jaxembed.train.trainer import Trainer
 
     if tx is None:
         return Trainer.from_config(config, vocab, mesh=mesh)
-    from jaxembed.model import make_model
-    from jaxembed.trainer import DEFAULT_AXIS_RULES, make_mesh
+    from jaxembed.nn.model import make_model
+    from jaxembed.train.trainer import DEFAULT_AXIS_RULES, make_mesh
 
     mesh = make_mesh(config.mesh.data, config.mesh.model) if mesh is None else mesh
     model = make_model(config.model, vocab_size=vocab, max_length=config.data.max_length)

@@ -18,7 +18,7 @@ seed's batches fit one tile, so they run the dense program), and two tiles that
 do split the seed's batches (256 splits 16 x 64; 8 splits 8 x 4). A variant
 that runs the dense program at a size (its tile holds the whole batch) gets no
 child of its own: its peak is the dense step's. ``plan_figures`` adds
-``jaxembed.plan.plan`` of ``gpt2_small_config()`` (what ``jaxembed plan
+``jaxembed.train.plan.plan`` of ``gpt2_small_config()`` (what ``jaxembed plan
 --config gpt2_small`` prints).
 """
 
@@ -121,7 +121,7 @@ def child_main(spec: dict) -> dict:
     if impl == "jaxembed":
         import jax
 
-        import jaxembed.trainer  # noqa: F401
+        import jaxembed.train.trainer  # noqa: F401
 
         jax.devices()
     else:
@@ -210,9 +210,9 @@ def xla_section(quick: bool) -> list[dict]:
 
 
 def plan_figures(quick: bool) -> dict:
-    """``jaxembed.plan.plan`` of ``gpt2_small_config()`` (quick: of the quick size's config), plus its name."""
+    """``jaxembed.train.plan.plan`` of ``gpt2_small_config()`` (quick: of the quick size's config), plus its name."""
     from jaxembed.config import gpt2_small_config
-    from jaxembed.plan import plan
+    from jaxembed.train.plan import plan
 
     if quick:
         name, config, vocab = "B=8 L=4 D=256 V=4,096", harness.make_config(8, 4, 256), 4096

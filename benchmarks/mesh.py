@@ -28,7 +28,7 @@ def child_main(spec: dict) -> dict:
     import jax
 
     from jaxembed.config import CONFIGS
-    from jaxembed.trainer import make_mesh
+    from jaxembed.train.trainer import make_mesh
 
     settings = harness.Settings(reps=spec["reps"], warmup=1, min_rep_s=spec["min_rep_s"])
     rows = []

@@ -9,7 +9,7 @@ prototypes that still answer an open question live here:
   iterator state without Grain's per-element iterator (is Grain in-process
   worth its cost per chunk?).
 * ``fused_adamw_transformation``: global-norm clipping + AdamW as one
-  elementwise pass, compiled by ``jaxembed.trainer.Trainer`` in place of
+  elementwise pass, compiled by ``jaxembed.train.trainer.Trainer`` in place of
   ``make_optimizer``'s chain (is a custom optimiser worth its state layout?).
 * ``step_components``: the seed-size step's parts alone (what bounds it?).
 
@@ -37,7 +37,7 @@ TRAIN_CASES = [(8, 4), (16, 64)]
 
 
 class FastLoader:
-    """Iterates ``jaxembed.data.WindowBatches`` in-process: no Grain, one gather per chunk.
+    """Iterates ``jaxembed.data.loader.WindowBatches`` in-process: no Grain, one gather per chunk.
 
     Yields exactly the batches ``create_dataloader(num_workers=0)`` yields
     (same order, same values), from the same chunks (``data.CHUNK_TOKENS``
@@ -229,7 +229,7 @@ def fused_clip_adamw(optim, total_steps: int):
     import jax.numpy as jnp
     import optax
 
-    from jaxembed.trainer import learning_rate_schedule
+    from jaxembed.train.trainer import learning_rate_schedule
 
     schedule = learning_rate_schedule(optim, total_steps)
     b1, b2, eps, wd, max_norm = optim.b1, optim.b2, 1e-8, optim.weight_decay, optim.grad_clip
@@ -266,7 +266,7 @@ def fused_clip_adamw(optim, total_steps: int):
 def fused_adamw_transformation(optim, total_steps: int):
     """``fused_clip_adamw`` as an ``optax.GradientTransformation`` (returns updates).
 
-    A drop-in for ``jaxembed.trainer.make_optimizer``: ``Trainer(model, tx, ...)``
+    A drop-in for ``jaxembed.train.trainer.make_optimizer``: ``Trainer(model, tx, ...)``
     compiles ``train_step`` with it unchanged (``tx.update`` then ``optax.apply_updates``), and XLA
     fuses the final addition into the same elementwise pass.
     """
@@ -296,7 +296,7 @@ def step_components(batch: int, length: int, features: int = 256, vocab: int = h
     import jax.numpy as jnp
     import optax
 
-    from jaxembed.model import cross_entropy
+    from jaxembed.nn.model import cross_entropy
 
     config = harness.make_config(batch, length, features)
     trainer = harness.make_trainer(config, vocab)

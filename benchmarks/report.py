@@ -212,7 +212,7 @@ def _memory(mem: dict) -> list[str]:
     if p:
         lines += [
             "",
-            f"`jaxembed.plan.plan` of {p['case']} (tile {p['loss_tile_tokens']:,}): temporaries "
+            f"`jaxembed.train.plan.plan` of {p['case']} (tile {p['loss_tile_tokens']:,}): temporaries "
             f"**{_mib(p['temp_bytes'])} MiB**, peak (arguments + outputs − aliased + temporaries) "
             f"{_mib(p['peak_bytes'])} MiB, {fmt(p['flops_per_step'] / 1e12, 2)} TFLOP per step "
             f"(XLA's raw count, loop bodies once: {fmt(p['xla_flops'] / 1e12, 2)}).",

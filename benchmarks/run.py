@@ -11,7 +11,7 @@ Usage (from the repository root)::
 Both implementations run in this one process, alternating within every
 repetition, after a warm-up; each figure is the median of the repetitions
 (``benchmarks.harness.measure``). Every jaxembed train step is
-``jaxembed.trainer.Trainer``'s compiled step. Peak memory and the mesh run in
+``jaxembed.train.trainer.Trainer``'s compiled step. Peak memory and the mesh run in
 fresh child processes. Results go to ``--out`` (default
 ``benchmarks/results/``, not committed): ``results.json``, ``results.md``
 (``benchmarks.report``) and ``sweep.png``.

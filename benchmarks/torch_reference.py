@@ -12,10 +12,10 @@ PyTorch's defaults:
 * ``InputEmbedding``: ``torch.nn.Embedding`` token + positional tables,
   ``tok(ids) + pos(arange(L))`` (the seed's cells 88-92).
 * ``EmbeddingLM``: the same tied next-token model as
-  ``jaxembed.model.EmbeddingLM``: ``logits = (tok(ids) + pos(arange(L))) @
+  ``jaxembed.nn.model.EmbeddingLM``: ``logits = (tok(ids) + pos(arange(L))) @
   tok.weight.T``; ``train_step`` does cross-entropy, global-norm gradient
   clipping and ``torch.optim.AdamW`` on the same warmup + cosine schedule as
-  ``jaxembed.trainer.make_optimizer``.
+  ``jaxembed.train.trainer.make_optimizer``.
 
 Importing this module needs torch (``pip install -e ".[bench]"``); the pure
 Python ``reference_windows`` below is importable without it.
@@ -106,7 +106,7 @@ def create_dataloader_v1(
     from torch.utils.data import DataLoader
 
     if tokenizer is None:
-        from jaxembed.tokenizer import get_encoding  # identical to tiktoken.get_encoding("gpt2"), offline
+        from jaxembed.text.tokenizer import get_encoding  # identical to tiktoken.get_encoding("gpt2"), offline
 
         tokenizer = get_encoding("gpt2")
     dataset = GPTDatasetV1(txt, tokenizer, max_length, stride)
@@ -130,7 +130,7 @@ def make_input_embedding(vocab_size: int, max_length: int, features: int):
 
 
 def make_embedding_lm(vocab_size: int, max_length: int, features: int, init_stddev: float = 0.02):
-    """``jaxembed.model.EmbeddingLM`` in PyTorch: input embeddings + tied head."""
+    """``jaxembed.nn.model.EmbeddingLM`` in PyTorch: input embeddings + tied head."""
     torch = _torch()
 
     class EmbeddingLM(torch.nn.Module):
@@ -149,7 +149,7 @@ def make_embedding_lm(vocab_size: int, max_length: int, features: int, init_stdd
 
 
 def warmup_cosine(step: int, *, peak: float, warmup_steps: int, total_steps: int, end_fraction: float) -> float:
-    """``optax.warmup_cosine_decay_schedule`` as ``jaxembed.trainer.learning_rate_schedule`` configures it."""
+    """``optax.warmup_cosine_decay_schedule`` as ``jaxembed.train.trainer.learning_rate_schedule`` configures it."""
     warmup = min(warmup_steps, max(total_steps - 1, 0))
     decay_steps = max(total_steps, warmup + 1)
     if step < warmup:

@@ -29,8 +29,8 @@ import sys
 import threading
 
 from jaxembed import config as config_lib
-from jaxembed import corpus
 from jaxembed.config import CONFIGS
+from jaxembed.text import corpus
 
 #: configs/ of a source checkout (the files users read and copy).
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -137,8 +137,8 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _tokenize(args: argparse.Namespace, extra: list[str]) -> int:
-    from jaxembed import token_files
-    from jaxembed.tokenizer import TokenizerUnavailableError
+    from jaxembed.text import token_files
+    from jaxembed.text.tokenizer import TokenizerUnavailableError
 
     _no_extra(extra)
     try:
@@ -165,8 +165,8 @@ def _tokenize(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _neighbors(args: argparse.Namespace, extra: list[str]) -> int:
-    from jaxembed import analysis
-    from jaxembed.run import load_run
+    from jaxembed.report import analysis
+    from jaxembed.train.run import load_run
 
     _no_extra(extra)
     run = load_run(args.workdir, step=args.step)
@@ -184,8 +184,9 @@ def _neighbors(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _export(args: argparse.Namespace, extra: list[str]) -> int:
-    from jaxembed import analysis, report
-    from jaxembed.run import load_run
+    from jaxembed import report
+    from jaxembed.report import analysis
+    from jaxembed.train.run import load_run
 
     _no_extra(extra)
     run = load_run(args.workdir, step=args.step)
@@ -201,7 +202,7 @@ def _export(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _step(text: str):
-    from jaxembed.run import parse_step
+    from jaxembed.train.run import parse_step
 
     try:
         return parse_step(text)
@@ -235,8 +236,8 @@ def _plan(args: argparse.Namespace, extra: list[str]) -> int:
 
     import jax
 
-    from jaxembed import plan as plan_lib
-    from jaxembed.trainer import make_mesh
+    from jaxembed.train import plan as plan_lib
+    from jaxembed.train.trainer import make_mesh
 
     mesh = None
     if args.devices is not None:
@@ -408,10 +409,10 @@ def _sigterm_interrupts():
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxembed`` console script."""
     args, extra = build_parser().parse_known_args(argv)
-    from jaxembed.checkpoint import CheckpointError
-    from jaxembed.tokenizer import TokenizerUnavailableError
-    from jaxembed.train import Preempted, TrainingError
-    from jaxembed.workdir import WorkdirError
+    from jaxembed.text.tokenizer import TokenizerUnavailableError
+    from jaxembed.train.checkpoint import CheckpointError
+    from jaxembed.train.loop import Preempted, TrainingError
+    from jaxembed.train.workdir import WorkdirError
 
     user_errors = (
         corpus.CorpusUnavailableError,

@@ -18,8 +18,10 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import math
+import numbers
 import pathlib
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
@@ -234,8 +236,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if config.model[name] not in _DTYPES:
             allowed = ", ".join(repr(d) for d in _DTYPES)
             raise ValueError(f"model.{name}={config.model[name]!r} is not allowed; use one of {allowed}.")
-    from jaxembed.tensorboard import parse_profile_steps
-
     parse_profile_steps(t.get("profile_steps", ""), total_steps=t.steps)
     lr = config.optim.learning_rate
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
@@ -304,3 +304,47 @@ def _flat_keys(config, prefix: str = "") -> list[str]:
         else:
             keys.append(prefix + name)
     return keys
+
+
+def parse_profile_steps(value: Any, *, total_steps: int | None = None) -> tuple[int, int] | None:
+    """Parses ``train.profile_steps``: ``"START,STOP"`` or ``(START, STOP)`` -> steps [START, STOP).
+
+    Args:
+      value: ``"10,15"``, ``(10, 15)``, or ``None`` / ``""`` / ``()`` for no profiling.
+      total_steps: ``train.steps``; when given, START must not lie past it.
+
+    Returns:
+      ``(start, stop)`` with ``1 <= start < stop``, or ``None`` (off).
+
+    Raises:
+      ValueError: any other value; the message names ``train.profile_steps``, the value and the allowed form.
+
+    Example:
+      >>> parse_profile_steps("10, 15"), parse_profile_steps((3, 4)), parse_profile_steps("")
+      ((10, 15), (3, 4), None)
+      >>> parse_profile_steps("15,10")
+      Traceback (most recent call last):
+      ...
+      ValueError: train.profile_steps='15,10' is not allowed: use 'START,STOP' (or a (START, STOP) pair) of integers with 1 <= START < STOP, e.g. '10,15' traces steps 10 to 14; '' turns profiling off.
+    """
+    if value is None or (isinstance(value, (str, tuple, list)) and len(value) == 0):
+        return None
+    error = ValueError(
+        f"train.profile_steps={value!r} is not allowed: use 'START,STOP' (or a (START, STOP) pair) of integers "
+        "with 1 <= START < STOP, e.g. '10,15' traces steps 10 to 14; '' turns profiling off."
+    )
+    parts = value.split(",") if isinstance(value, str) else value
+    if not isinstance(parts, (list, tuple)) or len(parts) != 2:
+        raise error
+    try:
+        start, stop = (int(p) if isinstance(p, str) else p for p in parts)
+    except ValueError:
+        raise error from None
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in (start, stop)) or not 1 <= start < stop:
+        raise error
+    if total_steps is not None and start > total_steps:
+        raise ValueError(
+            f"train.profile_steps={value!r} starts after the last step (train.steps={total_steps}); "
+            f"choose START <= {total_steps}."
+        )
+    return int(start), int(stop)

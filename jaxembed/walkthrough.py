@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxembed import data, modules, tokenizer
+from jaxembed import data
+from jaxembed.nn import embeddings
+from jaxembed.text import tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +71,7 @@ def walkthrough(
         shard_count=1,
     )
     inputs_BxL, _ = next(iter(loader))
-    embed = modules.InputEmbedding(vocab_size=enc.n_vocab, max_length=max_length, features=features)
+    embed = embeddings.InputEmbedding(vocab_size=enc.n_vocab, max_length=max_length, features=features)
     params = jax.jit(embed.init)(jax.random.key(seed), jnp.asarray(inputs_BxL))
     shapes = jax.eval_shape(
         lambda p, ids: (

@@ -58,8 +58,8 @@ except ImportError:  # Not installed here (e.g. a fresh Colab runtime): install 
 print(f"jaxembed {jaxembed.__version__}")
 
 # %% [markdown]
-# The imports. `jax.numpy` (`jnp`) mirrors NumPy; `modules` holds the Flax embedding
-# layers, `data` the sliding-window loader, `train`, `model` and `report` the training
+# The imports. `jax.numpy` (`jnp`) mirrors NumPy; `nn` holds the Flax embedding
+# layers and the model, `data` the sliding-window loader, `train` and `report` the training
 # run and its pictures.
 
 # %%
@@ -74,7 +74,9 @@ import numpy as np
 from IPython.display import Image, display
 from jax.experimental import checkify
 
-from jaxembed import analysis, corpus, data, model, modules, report, tokenizer, train
+from jaxembed import data, nn, report, train
+from jaxembed.text import corpus, tokenizer
+from jaxembed.report import analysis
 from jaxembed.config import base_config
 
 np.set_printoptions(precision=4, suppress=True)  # jax arrays print through NumPy
@@ -109,7 +111,7 @@ ids_L = jnp.array([2, 3, 5, 1])  # a sequence of L = 4 token ids
 toy_vocab_size = 6  # token ids 0..5
 toy_embedding_dim = 3  # each token becomes a 3-d vector
 
-toy_embedding = modules.TokenEmbedding(vocab_size=toy_vocab_size, features=toy_embedding_dim)
+toy_embedding = nn.TokenEmbedding(vocab_size=toy_vocab_size, features=toy_embedding_dim)
 print(f"Embedding layer: {toy_vocab_size} tokens -> {toy_embedding_dim}-d vectors")
 
 # %% [markdown]
@@ -203,12 +205,12 @@ print(toy_embedding.apply(toy_params, bad_ids_L))
 print("Plain indexing, table[6], gives row 5:", toy_table_VxD[6])
 
 # %% [markdown]
-# When ids come from outside, check them. `modules.check_ids` raises at once on
+# When ids come from outside, check them. `nn.check_ids` raises at once on
 # concrete arrays...
 
 # %%
 try:
-    modules.check_ids(bad_ids_L, toy_vocab_size)
+    nn.check_ids(bad_ids_L, toy_vocab_size)
 except ValueError as error:
     print("ValueError:", error)
 
@@ -221,7 +223,7 @@ except ValueError as error:
 
 # %%
 def checked_lookup(params, ids):
-    modules.check_ids(ids, toy_vocab_size)
+    nn.check_ids(ids, toy_vocab_size)
     return toy_embedding.apply(params, ids)
 
 
@@ -240,7 +242,7 @@ except checkify.JaxRuntimeError as error:
 #
 # Now the real vocabulary. GPT-2's byte-pair tokenizer has **50,257 tokens**. GPT-2
 # small embeds each in 768 dimensions; we use **256**, as the original notebook did.
-# (`jaxembed.tokenizer` builds the same encoding as `tiktoken.get_encoding("gpt2")`
+# (`jaxembed.text.tokenizer` builds the same encoding as `tiktoken.get_encoding("gpt2")`
 # from local files, so it needs no network.)
 
 # %%
@@ -257,7 +259,7 @@ print(f"GPT-2 vocabulary size: {gpt2_tokenizer.n_vocab:,}")
 GPT2_VOCAB_SIZE = gpt2_tokenizer.n_vocab  # 50,257
 GPT2_EMBEDDING_DIM = 256  # GPT-2 small uses 768; 256 for this tutorial
 
-token_embedding = modules.TokenEmbedding(vocab_size=GPT2_VOCAB_SIZE, features=GPT2_EMBEDDING_DIM)
+token_embedding = nn.TokenEmbedding(vocab_size=GPT2_VOCAB_SIZE, features=GPT2_EMBEDDING_DIM)
 token_params = token_embedding.init(token_key, jnp.zeros((1,), jnp.int32))
 
 num_params = sum(leaf.size for leaf in jax.tree.leaves(token_params))
@@ -349,7 +351,7 @@ print("Same vectors, reversed order:", bool(jnp.array_equal(dog_tok_LxD, man_tok
 # an array: in JAX, array shapes are fixed when a function is compiled.
 
 # %%
-pos_embedding = modules.PositionalEmbedding(max_length=CONTEXT_LENGTH, features=GPT2_EMBEDDING_DIM)
+pos_embedding = nn.PositionalEmbedding(max_length=CONTEXT_LENGTH, features=GPT2_EMBEDDING_DIM)
 pos_params = pos_embedding.init(position_key, CONTEXT_LENGTH)
 print(f"Positional embedding layer: {CONTEXT_LENGTH} positions -> {GPT2_EMBEDDING_DIM}-d vectors")
 print(f"This means we can handle sequences up to {CONTEXT_LENGTH} tokens long")
@@ -393,14 +395,14 @@ same_positions = jnp.allclose(input_embeddings_BxLxD - token_embeddings_BxLxD, p
 print("Every sequence got the same positional vectors:", bool(same_positions))
 
 # %% [markdown]
-# `modules.InputEmbedding` packages both tables and the sum in one layer. Because
+# `nn.InputEmbedding` packages both tables and the sum in one layer. Because
 # parameters are just a pytree, we don't even need to initialise it: we can hand it the
 # two tables from Parts 2 and 3, arranged the way its `init` would arrange them
 # (`jax.eval_shape` shows that structure without allocating anything). Same tables in,
 # same numbers out.
 
 # %%
-input_embedding = modules.InputEmbedding(
+input_embedding = nn.InputEmbedding(
     vocab_size=GPT2_VOCAB_SIZE, max_length=CONTEXT_LENGTH, features=GPT2_EMBEDDING_DIM
 )
 input_params = {"params": {"token": token_params["params"], "position": pos_params["params"]}}
@@ -493,8 +495,8 @@ display(Image(filename=report.plot_loss_curves(result.metrics, fig_dir / "loss.p
 # %%
 # The trained token table has 50,304 rows, padded to a multiple of 128 so it shards
 # evenly over devices; vocab_size=V drops the padding rows.
-before_VxD, pos_before_LxD = model.embedding_tables(result.initial_params, vocab_size=V)
-after_VxD, pos_after_LxD = model.embedding_tables(result.state.params, vocab_size=V)
+before_VxD, pos_before_LxD = nn.embedding_tables(result.initial_params, vocab_size=V)
+after_VxD, pos_after_LxD = nn.embedding_tables(result.state.params, vocab_size=V)
 
 probe_words = [" Romeo", " thou", " love", " night"]
 probe_ids = analysis.resolve_tokens(gpt2_tokenizer, probe_words)  # raises unless each is one token
@@ -617,7 +619,7 @@ print(f"Validation loss with attention: {attention_val[0]:.3f} -> {attention_val
 # ordinary validation loss; it is how much the model relies on position.
 
 # %%
-_, attention_pos_LxD = model.embedding_tables(attention_result.state.params, vocab_size=V)
+_, attention_pos_LxD = nn.embedding_tables(attention_result.state.params, vocab_size=V)
 for name, res, pos_LxD in [("embeddings only", result, pos_after_LxD), ("one attention layer", attention_result, attention_pos_LxD)]:
     final = [row["val_loss"] for row in res.metrics if "val_loss" in row][-1]
     print(f"{name:>20}: locality {analysis.position_locality(pos_LxD):+.3f}, "

@@ -66,9 +66,10 @@ def main() -> None:
 
     import jax
 
-    from jaxembed import corpus, train
+    from jaxembed import train
     from jaxembed.cli import UsageError, load_config
-    from jaxembed.plan import plan
+    from jaxembed.text import corpus
+    from jaxembed.train.plan import plan
 
     try:
         config = load_config(args.config, overrides)

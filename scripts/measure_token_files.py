@@ -36,7 +36,7 @@ CHILD_TOKENIZE = (
     USAGE
     + """
 import json, sys, time
-from jaxembed.token_files import tokenize_files
+from jaxembed.text.token_files import tokenize_files
 t = time.perf_counter()
 meta = tokenize_files([sys.argv[1]], sys.argv[2], workers=int(sys.argv[3]))
 dt = time.perf_counter() - t
@@ -49,7 +49,7 @@ CHILD_ENCODE = (
     USAGE
     + """
 import json, pathlib, sys, time
-from jaxembed.tokenizer import get_encoding
+from jaxembed.text.tokenizer import get_encoding
 enc = get_encoding("gpt2")
 files = sorted(pathlib.Path(sys.argv[1]).rglob("*.txt"))
 text = "<|endoftext|>".join(p.read_text(encoding="utf-8") for p in files) + "<|endoftext|>"
@@ -88,7 +88,7 @@ def main() -> None:
     parser.add_argument("--baseline-mb", type=float, default=None, help="corpus size for the enc.encode baseline")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from jaxembed import corpus
+    from jaxembed.text import corpus
 
     paragraphs = [p for p in corpus.load_text("python-docs").split("\n\n") if p.strip()]
     tmp = Path(tempfile.mkdtemp(prefix="token_files_bench_"))

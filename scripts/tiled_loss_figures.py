@@ -1,4 +1,4 @@
-"""Figures for choosing ``tile_tokens`` of ``jaxembed.loss.tied_cross_entropy``.
+"""Figures for choosing ``tile_tokens`` of ``jaxembed.nn.losses.tied_cross_entropy``.
 
   python scripts/tiled_loss_figures.py memory        # XLA temp bytes of jit(grad), gpt2_small sizes (compiles only)
   python scripts/tiled_loss_figures.py time          # median wall time of jit(value_and_grad), this backend
@@ -16,7 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from jaxembed.loss import tied_cross_entropy
+from jaxembed.nn.losses import tied_cross_entropy
 
 VOCAB, ROWS = 50257, 50304  # GPT-2, padded to a multiple of 128
 

@@ -1,4 +1,4 @@
-"""The numbers of ``jaxembed.analysis`` against independent float64 numpy / plain-Python references."""
+"""The numbers of ``jaxembed.report.analysis`` against independent float64 numpy / plain-Python references."""
 
 import math
 import re
@@ -6,8 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from jaxembed import analysis
-from jaxembed.tokenizer import get_encoding
+from jaxembed.report import analysis
+from jaxembed.text.tokenizer import get_encoding
 
 
 @pytest.fixture(scope="module")

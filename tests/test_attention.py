@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from jaxembed.model import LOGICAL_AXES, CausalSelfAttentionBlock, EmbeddingLM
-from jaxembed.modules import InputEmbedding
+from jaxembed.nn.embeddings import InputEmbedding
+from jaxembed.nn.model import LOGICAL_AXES, CausalSelfAttentionBlock, EmbeddingLM
 
 V, L, D, H, B = 11, 6, 8, 2, 3
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxembed.checkpoint import Checkpointer, CheckpointError
+from jaxembed.train.checkpoint import Checkpointer, CheckpointError
 
 # A failed restore of a damaged step leaves tensorstore reads that call back into
 # orbax's closed event loop; the Checkpointer must keep those "unraisable"

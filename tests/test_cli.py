@@ -23,9 +23,11 @@ import numpy as np
 import pytest
 from run_files import corrupt, logged_steps, snapshot
 
-from jaxembed import analysis, cli, input_pipeline
-from jaxembed import run as run_lib
-from jaxembed.tokenizer import get_encoding
+from jaxembed import cli
+from jaxembed.data import pipeline
+from jaxembed.report import analysis
+from jaxembed.text.tokenizer import get_encoding
+from jaxembed.train import run as run_lib
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS = 40
@@ -378,7 +380,7 @@ def test_export_writes_projector_files(finished, tmp_path, capsys):
     ids = [int(line.rsplit("\t", 1)[1]) for line in metadata[1:]]
     # The 50 most frequent training tokens, counted independently.
     config = run_lib.load_run(workdir).config
-    splits = input_pipeline.split_corpus(pathlib.Path(config.data.text).read_text(encoding="utf-8"), config)
+    splits = pipeline.split_corpus(pathlib.Path(config.data.text).read_text(encoding="utf-8"), config)
     counts = np.bincount(splits.train_ids, minlength=50257)
     assert ids == sorted(range(50257), key=lambda i: (-counts[i], i))[:50]
     np.testing.assert_allclose(np.loadtxt(out_dir / "vectors.tsv", delimiter="\t"), run.token_VxD[ids], rtol=1e-6)

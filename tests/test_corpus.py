@@ -1,4 +1,4 @@
-"""Tests for jaxembed.corpus: real files, a real local HTTP server, no mocks."""
+"""Tests for jaxembed.text.corpus: real files, a real local HTTP server, no mocks."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from jaxembed.corpus import (
+from jaxembed.text.corpus import (
     CORPORA,
     CorpusUnavailableError,
     cache_dir,
@@ -205,7 +205,7 @@ def test_python_docs_deterministic_sized_and_cached(isolated_cache: Path, tmp_pa
     other_cache = tmp_path / "other-cache"
     env = {**os.environ, "JAXEMBED_CACHE": str(other_cache), "PYTHONHASHSEED": "12345"}
     child = subprocess.Popen(
-        [sys.executable, "-c", "from jaxembed.corpus import load_text; load_text('python-docs')"],
+        [sys.executable, "-c", "from jaxembed.text.corpus import load_text; load_text('python-docs')"],
         env=env,
     )
     try:
@@ -284,7 +284,7 @@ def _parse_python_in_a_loop(stop: threading.Event, failures: list[BaseException]
 def test_python_docs_first_calls_from_racing_threads_build_once(
     isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import jaxembed.corpus as corpus_module
+    import jaxembed.text.corpus as corpus_module
 
     reference = corpus_module.python_docs_text()
     builds: list[int] = []
@@ -325,7 +325,7 @@ def test_python_docs_first_calls_from_racing_threads_build_once(
 
 def test_python_docs_built_alongside_a_parsing_thread(isolated_cache: Path) -> None:
     # Alone in its thread, but with another thread parsing all the while: no SystemError escapes.
-    from jaxembed.corpus import python_docs_text
+    from jaxembed.text.corpus import python_docs_text
 
     stop, foreign_failures = threading.Event(), []
     parser = threading.Thread(target=_parse_python_in_a_loop, args=(stop, foreign_failures), daemon=True)
@@ -339,7 +339,9 @@ def test_python_docs_built_alongside_a_parsing_thread(isolated_cache: Path) -> N
 
 
 def test_python_docs_two_processes_at_once_give_one_complete_file(isolated_cache: Path) -> None:
-    code = "from jaxembed.corpus import load_text; import sys; sys.stdout.write(str(len(load_text('python-docs'))))"
+    code = (
+        "from jaxembed.text.corpus import load_text; import sys; sys.stdout.write(str(len(load_text('python-docs'))))"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]

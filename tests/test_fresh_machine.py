@@ -20,6 +20,6 @@ def test_every_cache_points_at_a_fresh_folder() -> None:
 
 
 def test_subprocesses_inherit_the_fresh_cache() -> None:
-    code = "from jaxembed.corpus import cache_dir; print(cache_dir())"
+    code = "from jaxembed.text.corpus import cache_dir; print(cache_dir())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == os.environ["JAXEMBED_CACHE"]

@@ -1,6 +1,6 @@
 """Training data from token directories and text directories, checked against plain numpy/tiktoken.
 
-References: each document read as ``jaxembed.corpus.load_text(strip=True)`` reads it, encoded whole by
+References: each document read as ``jaxembed.text.corpus.load_text(strip=True)`` reads it, encoded whole by
 tiktoken, then ``<|endoftext|>``; splits, windows and counts recomputed with plain numpy slicing.
 """
 
@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import tiktoken
 
-from jaxembed import cli, corpus, data, input_pipeline, splits, token_files
+from jaxembed import cli, data
 from jaxembed.config import base_config
-from jaxembed.tokenizer import get_encoding
-from jaxembed.trainer import make_mesh
+from jaxembed.data import pipeline, splits
+from jaxembed.text import corpus, token_files
+from jaxembed.text.tokenizer import get_encoding
+from jaxembed.train.trainer import make_mesh
 
 GPT2 = get_encoding("gpt2")
 EOT = 50256
@@ -81,7 +83,7 @@ def root_map(ids: np.ndarray) -> np.memmap:
 def test_token_dir_splits_are_views_of_the_map_and_batches_equal_int32(tok_dir, ref):
     config = small_config(tokens=str(tok_dir), val_fraction=0.2)
     mesh = make_mesh()
-    train_it, eval_batches, s = input_pipeline.get_datasets(config, mesh)
+    train_it, eval_batches, s = pipeline.get_datasets(config, mesh)
     try:
         num_val = round(len(ref) * 0.2)
         np.testing.assert_array_equal(s.train_ids, ref[: len(ref) - num_val])
@@ -94,7 +96,7 @@ def test_token_dir_splits_are_views_of_the_map_and_batches_equal_int32(tok_dir, 
         windows = data.window_batches(s.train_ids, 4, 8, 8, shard_index=0, shard_count=1).windows
         assert np.shares_memory(windows.ids, mapped)
 
-        in_memory = input_pipeline.make_train_iterator(np.array(s.train_ids, dtype=np.int32), config, mesh)
+        in_memory = pipeline.make_train_iterator(np.array(s.train_ids, dtype=np.int32), config, mesh)
         try:
             for _ in range(5):
                 (x, y), (wx, wy) = next(train_it), next(in_memory)
@@ -152,7 +154,7 @@ def test_counts_and_active_vocabulary_on_a_map_equal_plain_numpy(tok_dir, ref, m
     with pytest.raises(ValueError, match=rf"model.active_vocab=True with data.tokens=.*{len(ref):,} tokens"):
         splits.check_active_vocabulary_size(s, config)
     with pytest.raises(ValueError, match="active_vocab=False"):
-        input_pipeline.get_datasets(config, make_mesh())
+        pipeline.get_datasets(config, make_mesh())
 
 
 def test_token_dir_of_another_tokenizer_names_both(tmp_path, text_dir):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxembed import data
-from jaxembed.tokenizer import get_encoding
+from jaxembed.text.tokenizer import get_encoding
 
 IDS = np.arange(2000, dtype=np.int32) % 50000
 

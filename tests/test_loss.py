@@ -1,4 +1,4 @@
-"""jaxembed.loss against float64 numpy: dense and tiled cross-entropy, masks, bad targets, sharding, memory."""
+"""jaxembed.nn.losses against float64 numpy: dense and tiled cross-entropy, masks, bad targets, sharding, memory."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxembed.loss import cross_entropy, tied_cross_entropy
+from jaxembed.nn.losses import cross_entropy, tied_cross_entropy
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -261,7 +261,7 @@ MESH_SCRIPT = textwrap.dedent(
     import json
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    from jaxembed.loss import tied_cross_entropy
+    from jaxembed.nn.losses import tied_cross_entropy
 
     assert jax.device_count() == 8
     n, d, rows, classes = 200, 32, 256, 250

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from jax.experimental import checkify
 
-from jaxembed.model import CausalSelfAttentionBlock, EmbeddingLM, cross_entropy, embedding_tables
+from jaxembed.nn.model import CausalSelfAttentionBlock, EmbeddingLM, cross_entropy, embedding_tables
 
 V, L, D, B = 13, 6, 4, 3
 

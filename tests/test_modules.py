@@ -1,4 +1,4 @@
-"""Tests for jaxembed.modules against numpy references (indexing, matmul, scatter-add).
+"""Tests for jaxembed.nn.embeddings against numpy references (indexing, matmul, scatter-add).
 
 Every module test runs twice, eagerly and under ``jax.jit`` (the ``maybe_jit``
 fixture), since tracing changes which code paths run.
@@ -17,7 +17,7 @@ from jax.experimental import checkify
 from jax.sharding import PartitionSpec
 from seed_values import SEED_FIRST_BATCH
 
-from jaxembed.modules import InputEmbedding, PositionalEmbedding, TokenEmbedding, check_ids
+from jaxembed.nn.embeddings import InputEmbedding, PositionalEmbedding, TokenEmbedding, check_ids
 
 VOCAB = 50257  # GPT-2
 D = 256  # the seed's embedding width

@@ -4,7 +4,7 @@ The README's snippet, run as a doctest (pytest runs ``--doctest-modules``):
 
   >>> import jax, jax.numpy as jnp, optax
   >>> from flax import nnx
-  >>> from jaxembed.modules import InputEmbedding
+  >>> from jaxembed.nn.embeddings import InputEmbedding
   >>> class TinyLM(nnx.Module):
   ...     def __init__(self, vocab_size, max_length, features, *, rngs):
   ...         linen = InputEmbedding(vocab_size=vocab_size, max_length=max_length, features=features)
@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxembed.modules import InputEmbedding
+from jaxembed.nn.embeddings import InputEmbedding
 
 V, L, D = 23, 6, 4
 

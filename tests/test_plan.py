@@ -1,4 +1,4 @@
-"""``jaxembed.plan`` and ``jaxembed plan``: sizes by hand, XLA's memory figures, loop-corrected FLOPs.
+"""``jaxembed.train.plan`` and ``jaxembed plan``: sizes by hand, XLA's memory figures, loop-corrected FLOPs.
 
 References are independent: parameter counts from the module sizes, AdamW's state from its
 definition, FLOPs from the closed-form matmul counts (2 * M * N * K), tokens per epoch from a
@@ -19,9 +19,9 @@ import pytest
 
 from jaxembed import cli
 from jaxembed.config import gpt2_small_config, tiny_config
-from jaxembed.plan import GiB, format_plan, loop_corrected_flops, plan
-from jaxembed.tokenizer import get_encoding
-from jaxembed.trainer import Trainer
+from jaxembed.text.tokenizer import get_encoding
+from jaxembed.train.plan import GiB, format_plan, loop_corrected_flops, plan
+from jaxembed.train.trainer import Trainer
 
 REQUIRED_KEYS = {
     "params",

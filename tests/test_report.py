@@ -12,9 +12,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from jaxembed import analysis, report
-from jaxembed import plots as plots_lib
-from jaxembed.tokenizer import get_encoding
+from jaxembed import report
+from jaxembed.report import analysis
+from jaxembed.report import plots as plots_lib
+from jaxembed.text.tokenizer import get_encoding
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DOLLARS = 13702  # '$$': unescaped, matplotlib would parse it as (empty) mathtext and fail.
@@ -56,7 +57,7 @@ def assert_no_temp_files(directory):
 
 
 def test_train_counts_match_counter():
-    from jaxembed.input_pipeline import Splits
+    from jaxembed.data.pipeline import Splits
 
     ids = np.random.default_rng(0).integers(0, 30, size=500).astype(np.int32)
     counts = Splits(ids, ids[:1], vocab_size=40).train_counts()
@@ -394,7 +395,7 @@ def short_run(tmp_path_factory, corpus_path):
     """30 steps of the tiny config with model.active_vocab, its report, and `jaxembed export`."""
     from jaxembed import cli
     from jaxembed.config import CONFIGS
-    from jaxembed.train import train_and_evaluate
+    from jaxembed.train.loop import train_and_evaluate
 
     config = CONFIGS["tiny"]()
     config.data.max_length, config.data.stride, config.data.batch_size = 8, 8, 4
@@ -509,7 +510,7 @@ def test_neighbors_command_agrees_with_the_report(short_run, capsys):
 
 def test_best_checkpoint_is_kept_and_readable(short_run, capsys):
     from jaxembed import cli
-    from jaxembed import run as run_lib
+    from jaxembed.train import run as run_lib
 
     workdir, _, numbers = short_run
     # keep_checkpoints=1: the latest step, plus the best one if that is older.
@@ -526,7 +527,7 @@ def test_best_checkpoint_is_kept_and_readable(short_run, capsys):
 def test_checkpointer_keeps_the_latest_and_the_best(tmp_path):
     import jax.numpy as jnp
 
-    from jaxembed.checkpoint import Checkpointer
+    from jaxembed.train.checkpoint import Checkpointer
 
     losses = {1: 5.0, 2: 3.0, 3: 4.0, 4: 4.5, 5: 3.2, 6: 2.9, 7: 3.5, 8: 3.4}
     ckpt = Checkpointer(tmp_path, keep=2)

@@ -31,7 +31,7 @@ import pytest
 from run_files import corrupt, logged_steps, snapshot
 
 from jaxembed import cli
-from jaxembed import run as run_lib
+from jaxembed.train import run as run_lib
 
 STEPS = 20
 HANG_GUARD = 300  # seconds; a hang guard, not a speed requirement

@@ -19,8 +19,9 @@ import numpy as np
 import portpicker
 import pytest
 
-from jaxembed import run as run_lib
-from jaxembed import train, trainer
+from jaxembed import train
+from jaxembed.train import run as run_lib
+from jaxembed.train import trainer
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Small and fast: 16-wide tables, context 8, 8 steps. Adam divides by sqrt(v), so near-zero
@@ -75,7 +76,7 @@ MESH_SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from jaxembed import train
     from jaxembed.cli import load_config
-    from jaxembed.model import embedding_tables
+    from jaxembed.nn.model import embedding_tables
 
     config = load_config(sys.argv[1], sys.argv[4:])
     text = open(sys.argv[2], encoding="utf-8").read()

@@ -1,4 +1,4 @@
-"""jaxembed.tensorboard, read back with TensorBoard's own readers.
+"""jaxembed.train.tensorboard, read back with TensorBoard's own readers.
 
 Scalars, text and images through ``EventAccumulator`` (the Python loader of
 ``tensorboard --load_fast=false``); resume also through the Rust data server
@@ -26,7 +26,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
 from tensorboard.util import tensor_util
 
-from jaxembed.tensorboard import SummaryLog, parse_profile_steps, profile, write_projector
+from jaxembed.train.tensorboard import SummaryLog, parse_profile_steps, profile, write_projector
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -139,7 +139,7 @@ def test_resume_after_a_killed_run_shows_each_step_once(tmp_path):
     killed = textwrap.dedent(f"""
         import os, pathlib, signal, time
         from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
-        from jaxembed.tensorboard import SummaryLog
+        from jaxembed.train.tensorboard import SummaryLog
         tb = SummaryLog({str(logdir)!r}, resume_step=50)
         for step in (60, 70):
             tb.write_row({{"step": step, "train_loss": 200.0 + step}})

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import tiktoken
 
-from jaxembed import corpus, data, text_stream, token_files
-from jaxembed.tokenizer import GPT2_PATTERN, get_encoding
+from jaxembed import data
+from jaxembed.text import corpus, streaming, token_files
+from jaxembed.text.tokenizer import GPT2_PATTERN, get_encoding
 
 REPO = Path(__file__).resolve().parents[1]
 EOT = 50256
@@ -45,7 +46,7 @@ def tricky_text(rng: random.Random, n: int) -> str:
 
 
 def reference_tokens(paths, enc=GPT2, eot=EOT):
-    """Each file read as jaxembed.corpus reads it, encoded whole, then the separator."""
+    """Each file read as jaxembed.text.corpus reads it, encoded whole, then the separator."""
     out = []
     for p in paths:
         out += enc.encode_ordinary(corpus.load_text(p, strip=True)) + [eot]
@@ -61,8 +62,8 @@ def paragraphs(corpus_path):
 @pytest.fixture
 def small_pieces(monkeypatch):
     # Tiny reads and pieces: thousands of cuts and of multi-byte characters split across reads.
-    monkeypatch.setattr(text_stream, "READ_BYTES", 777)
-    monkeypatch.setattr(text_stream, "PIECE_CHARS", 2000)
+    monkeypatch.setattr(streaming, "READ_BYTES", 777)
+    monkeypatch.setattr(streaming, "PIECE_CHARS", 2000)
 
 
 def write_corpus(root: Path, paragraphs, corpus_path, seed=0) -> list[Path]:
@@ -94,7 +95,7 @@ def write_corpus(root: Path, paragraphs, corpus_path, seed=0) -> list[Path]:
 def encodings():
     ranks = GPT2._mergeable_ranks
     yield "gpt2", GPT2
-    for name, pattern in [("cl100k", text_stream.CL100K_PATTERN), ("o200k", text_stream.O200K_PATTERN)]:
+    for name, pattern in [("cl100k", streaming.CL100K_PATTERN), ("o200k", streaming.O200K_PATTERN)]:
         # The regex decides where cuts are safe; GPT-2's ranks stand in for the (networked) real ones.
         yield (
             name,
@@ -104,7 +105,7 @@ def encodings():
 
 @pytest.mark.parametrize("name, enc", list(encodings()))
 def test_every_safe_boundary_keeps_the_tokens_of_the_whole_text(name, enc):
-    rule = text_stream.boundary_rule(enc)
+    rule = streaming.boundary_rule(enc)
     assert rule is not None and rule.name == name
     alphabet = [t[i : i + 3] for t in TRICKY for i in range(0, len(t), 3)] + [" ", "\n", "  ", "\n\n", "\t", "\r"]
     rng = random.Random(1)
@@ -124,8 +125,8 @@ def test_every_safe_boundary_keeps_the_tokens_of_the_whole_text(name, enc):
 
 
 def test_pieces_of_real_text_encode_like_the_whole(small_pieces, corpus_path):
-    src = text_stream.scan(corpus_path)
-    pieces = list(text_stream.document_pieces(src, text_stream.boundary_rule(GPT2)))
+    src = streaming.scan(corpus_path)
+    pieces = list(streaming.document_pieces(src, streaming.boundary_rule(GPT2)))
     assert len(pieces) > 50
     body = corpus.load_text(corpus_path, strip=True)
     assert "".join(pieces) == body
@@ -187,7 +188,7 @@ def test_unknown_regex_encodes_whole_documents(tmp_path, small_pieces):
     odd = tiktoken.Encoding(
         name="odd", pat_str=r"\S+|\s+", mergeable_ranks=GPT2._mergeable_ranks, special_tokens={"<|endoftext|>": EOT}
     )
-    assert text_stream.boundary_rule(odd) is None
+    assert streaming.boundary_rule(odd) is None
     (tmp_path / "a.txt").write_text(tricky_text(random.Random(4), 800))
     token_files.tokenize_files([tmp_path / "a.txt"], tmp_path / "out", tokenizer=odd)
     tokens, _ = token_files.open_tokens(tmp_path / "out")
@@ -215,7 +216,7 @@ def test_directories_and_globs_give_sorted_unique_documents(tmp_path):
 
 
 def test_gutenberg_header_and_licence_are_stripped_per_file(tmp_path, corpus_path, monkeypatch):
-    monkeypatch.setattr(text_stream, "READ_BYTES", 5)  # markers straddle reads
+    monkeypatch.setattr(streaming, "READ_BYTES", 5)  # markers straddle reads
     # A synthetic book: only the marker lines are Gutenberg's (spelled in pieces, so no tracked file holds them whole).
     marker = "PROJECT " + "GUTENBERG EBOOK X ***"
     book = f"Title page\n*** START OF THE {marker}\n\nBody line.\n  \n*** END OF THE {marker}\nlicence\n"
@@ -320,7 +321,7 @@ def test_a_run_killed_mid_write_leaves_the_previous_result_intact(tmp_path, para
     rng = random.Random(6)
     for i in range(3):
         (big / f"{i}.txt").write_text("\n\n".join(rng.choices(paragraphs, k=6000)))  # ~3 MB in all
-    code = f"from jaxembed.token_files import tokenize_files; tokenize_files([{str(big)!r}], {str(out)!r}, workers=1, overwrite=True)"
+    code = f"from jaxembed.text.token_files import tokenize_files; tokenize_files([{str(big)!r}], {str(out)!r}, workers=1, overwrite=True)"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-c", code], env=env)
     try:
@@ -397,7 +398,7 @@ def test_empty_documents(tmp_path, content, message):
 
 @pytest.mark.parametrize("prefix, tail", [(b"a" * 5000, b"\xff rest"), (b"x\xe2\x82\xac" * 900, b"\xe2\x82")])
 def test_non_utf8_names_the_file_and_byte_offset(tmp_path, monkeypatch, prefix, tail):
-    monkeypatch.setattr(text_stream, "READ_BYTES", 777)  # the bad byte lies past several reads
+    monkeypatch.setattr(streaming, "READ_BYTES", 777)  # the bad byte lies past several reads
     bad = tmp_path / "latin1.txt"
     bad.write_bytes(prefix + tail)
     with pytest.raises(UnicodeDecodeError) as reference:

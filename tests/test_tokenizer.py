@@ -1,4 +1,4 @@
-"""Tests for jaxembed.tokenizer: the real GPT-2 files, real tiktoken, no mocks.
+"""Tests for jaxembed.text.tokenizer: the real GPT-2 files, real tiktoken, no mocks.
 
 The machine running these tests has no network. Subprocesses additionally
 point HTTP(S)_PROXY at a closed local port (127.0.0.1:9), so any download
@@ -22,8 +22,8 @@ import tiktoken.load
 import tiktoken_ext.openai_public
 from seed_values import SEED_FIRST_BATCH as SEED_BATCH_8x4  # noqa: E402
 
-from jaxembed import tokenizer
-from jaxembed.tokenizer import TokenizerUnavailableError, get_encoding
+from jaxembed.text import tokenizer
+from jaxembed.text.tokenizer import TokenizerUnavailableError, get_encoding
 
 # The opening of the seed's copy of the corpus ("This ebook", lower case).
 SEED_HEADER = (
@@ -176,7 +176,7 @@ def test_endoftext_is_special_token(gpt2):
 
 _BUILD_GPT2 = """
 import json
-from jaxembed.tokenizer import get_encoding
+from jaxembed.text.tokenizer import get_encoding
 enc = get_encoding("gpt2")
 print(json.dumps({"ids": enc.encode("Hello world"), "n_vocab": enc.n_vocab}))
 """
@@ -267,7 +267,7 @@ def dump_tiktoken_bpe(ranks: dict[bytes, int]) -> bytes:
 
 _COMPARE_R50K = """
 import json, pathlib, sys
-from jaxembed.tokenizer import get_encoding
+from jaxembed.text.tokenizer import get_encoding
 text = pathlib.Path(sys.argv[1]).read_text(encoding="utf-8")
 r50k, gpt2 = get_encoding("r50k_base"), get_encoding("gpt2")
 ids = r50k.encode(text)
@@ -289,7 +289,7 @@ def test_r50k_base_from_prepared_cache_matches_gpt2(gpt2, corpus_path, tmp_path)
 
 _TRY_CL100K = """
 import json
-from jaxembed.tokenizer import TokenizerUnavailableError, get_encoding
+from jaxembed.text.tokenizer import TokenizerUnavailableError, get_encoding
 try:
     get_encoding("cl100k_base")
     print(json.dumps({"error": None}))

@@ -17,14 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxembed import corpus, input_pipeline, train, trainer
-from jaxembed import run as run_lib
-from jaxembed.checkpoint import CheckpointError
+from jaxembed import train
 from jaxembed.cli import CONFIG_DIR
 from jaxembed.config import base_config
-from jaxembed.model import EmbeddingLM, cross_entropy
-from jaxembed.tokenizer import get_encoding
-from jaxembed.workdir import WorkdirError
+from jaxembed.data import pipeline
+from jaxembed.nn.model import EmbeddingLM, cross_entropy
+from jaxembed.text import corpus
+from jaxembed.text.tokenizer import get_encoding
+from jaxembed.train import run as run_lib
+from jaxembed.train import trainer
+from jaxembed.train.checkpoint import CheckpointError
+from jaxembed.train.workdir import WorkdirError
 
 LN_VOCAB = math.log(50257)
 
@@ -210,7 +213,7 @@ def test_split_holds_out_the_end_of_the_gutenberg_body(corpus_path):
     raw = corpus_path.read_text(encoding="utf-8")
     enc = get_encoding("gpt2")
     config = tiny_config()
-    splits = input_pipeline.split_corpus(raw, config)
+    splits = pipeline.split_corpus(raw, config)
     body = corpus.strip_gutenberg(raw)
     assert len(body) < len(raw) - 10_000  # the markers were found: a licence was cut
 
@@ -230,7 +233,7 @@ def test_split_holds_out_the_end_of_the_gutenberg_body(corpus_path):
 
 def test_split_of_text_without_markers_keeps_everything():
     text = "alpha beta gamma. " * 200
-    splits = input_pipeline.split_corpus(text, base_config())
+    splits = pipeline.split_corpus(text, base_config())
     enc = get_encoding("gpt2")
     assert enc.decode(np.concatenate([splits.train_ids, splits.val_ids]).tolist()) == text
 
@@ -240,7 +243,7 @@ def test_split_rejects_bad_val_fraction(fraction):
     config = base_config()
     config.data.val_fraction = fraction
     with pytest.raises(ValueError, match="val_fraction"):
-        input_pipeline.split_corpus("to be or not to be " * 50, config)
+        pipeline.split_corpus("to be or not to be " * 50, config)
 
 
 # --- Errors before any compute ---------------------------------------------

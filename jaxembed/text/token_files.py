@@ -3,7 +3,7 @@
 ``tokenize_files`` turns text files into one flat token array on disk,
 ``out_dir/tokens.npy`` (``uint16`` when the vocabulary fits, else
 ``uint32``), plus ``out_dir/meta.json`` describing it. ``open_tokens`` maps
-it back read-only; ``jaxembed.data`` gathers training windows straight from
+it back read-only; ``jaxembed.data.loader`` gathers training windows straight from
 that map, so a corpus never has to fit in RAM as text or as ids.
 
 Layout: each document's tokens followed by the separator ``<|endoftext|>``
@@ -12,15 +12,15 @@ document, its source path, byte size, SHA-256, whether a Project Gutenberg
 header/licence was stripped, and ``[start, stop)``, its tokens in
 ``tokens.npy`` (the separator sits at ``stop``).
 
-Streaming (``jaxembed.text_stream``): each file is read and decoded in
+Streaming (``jaxembed.text.streaming``): each file is read and decoded in
 pieces of ``READ_BYTES`` bytes and encoded in pieces of about
 ``PIECE_CHARS`` characters, cut only where the tokenizer's pre-tokenization
 regex provably splits anyway, so the ids equal those of encoding each
 document whole while memory stays independent of the corpus size. Pieces are
 encoded by ``workers`` threads (tiktoken releases the GIL while encoding).
-Inputs are found by ``jaxembed.corpus.find_text_files``.
+Inputs are found by ``jaxembed.text.corpus.find_text_files``.
 
-Text is read as ``jaxembed.corpus.load_text(path, strip=True)`` reads it:
+Text is read as ``jaxembed.text.corpus.load_text(path, strip=True)`` reads it:
 strict UTF-8, BOM dropped, CRLF/CR turned into LF, Gutenberg header and
 licence stripped when both START and END lines are present. A literal
 ``<|endoftext|>`` inside a file is encoded as ordinary text, so separator
@@ -51,9 +51,9 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from jaxembed import corpus, text_stream
-from jaxembed import tokenizer as tokenizer_lib
-from jaxembed.text_stream import PIECE_CHARS, READ_BYTES
+from jaxembed.text import corpus, streaming
+from jaxembed.text import tokenizer as tokenizer_lib
+from jaxembed.text.streaming import PIECE_CHARS, READ_BYTES
 
 __all__ = ["FORMAT_VERSION", "PIECE_CHARS", "READ_BYTES", "SEPARATOR", "open_tokens", "tokenize_files"]
 
@@ -161,7 +161,7 @@ def tokenize_files(
     ``inputs``; a file named twice counts once. Memory stays bounded (about
     ``READ_BYTES + (2 * workers + 2) * PIECE_CHARS`` characters plus the
     tokenizer) whatever the corpus size, except for text with no safe cut
-    (see ``text_stream.BoundaryRule``) for ``PIECE_CHARS`` characters, or a tokenizer
+    (see ``streaming.BoundaryRule``) for ``PIECE_CHARS`` characters, or a tokenizer
     whose regex is not one of GPT-2's, cl100k's or o200k's (then each document
     is encoded whole).
 
@@ -180,7 +180,7 @@ def tokenize_files(
         or glob patterns (``**`` recursive); CLI ``INPUT...``.
       out_dir: directory for ``tokens.npy`` and ``meta.json``, created if
         missing; CLI ``--out``.
-      tokenizer: encoding name for ``jaxembed.tokenizer.get_encoding``, or a
+      tokenizer: encoding name for ``jaxembed.text.tokenizer.get_encoding``, or a
         ``tiktoken.Encoding`` that has ``<|endoftext|>``; CLI ``--tokenizer``.
       glob: file name pattern used inside directories; CLI ``--glob``.
       workers: encoding threads; ``None``: one per CPU; CLI ``--workers``.
@@ -229,7 +229,7 @@ def tokenize_files(
     bar = _bar(progress, sum(p.stat().st_size for p in paths), "scanning")
     sources = []
     for p in paths:
-        sources.append(text_stream.scan(p))
+        sources.append(streaming.scan(p))
         if bar is not None:
             bar.update(sources[-1].size)
     if bar is not None:
@@ -257,7 +257,7 @@ def tokenize_files(
         raw = _temp(out, "tokens.raw", temps)
         bar = _bar(progress, sum(s.size for s in sources), "tokenizing")
         with open(raw, "wb") as f:
-            spans = text_stream.encode_documents(sources, enc, dtype, workers, f, bar)
+            spans = streaming.encode_documents(sources, enc, dtype, workers, f, bar)
         if bar is not None:
             bar.close()
         num_tokens = spans[-1][1] + 1

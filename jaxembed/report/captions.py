@@ -1,6 +1,6 @@
 """The words of the run report: its summary lines and a caption for every picture.
 
-Pure text from the numbers ``jaxembed.report.report_numbers`` computes (the
+Pure text from the numbers ``jaxembed.report.writer.report_numbers`` computes (the
 keys of ``report.json``), so the report explains each picture with the
 run's own figures: what it shows, how to read it, and what this run shows.
 

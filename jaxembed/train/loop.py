@@ -1,10 +1,10 @@
 """The training loop: ``train_and_evaluate(config, workdir)``.
 
-Corpus -> ``input_pipeline.get_datasets`` -> ``trainer.Trainer`` (the compiled
+Corpus -> ``pipeline.get_datasets`` -> ``trainer.Trainer`` (the compiled
 step on a device mesh) -> metrics rows, orbax checkpoints and exact resume
-from ``workdir``. The step, state and optimiser live in ``jaxembed.trainer``;
-the data in ``jaxembed.input_pipeline``; the workdir's files in
-``jaxembed.workdir``; reading a finished run back in ``jaxembed.run``.
+from ``workdir``. The step, state and optimiser live in ``jaxembed.train.trainer``;
+the data in ``jaxembed.data.pipeline``; the workdir's files in
+``jaxembed.train.workdir``; reading a finished run back in ``jaxembed.train.run``.
 
 Example:
   >>> from jaxembed.config import base_config
@@ -36,13 +36,13 @@ import ml_collections
 import numpy as np
 
 from jaxembed import config as config_lib
-from jaxembed import input_pipeline
-from jaxembed.checkpoint import Checkpointer
+from jaxembed.data import pipeline
 from jaxembed.fileio import atomic_open, write_text_atomic
-from jaxembed.model import EmbeddingLM, embedding_tables
-from jaxembed.tensorboard import SummaryLog, profile
-from jaxembed.trainer import Trainer, TrainState, learning_rate_schedule, make_mesh
-from jaxembed.workdir import (
+from jaxembed.nn.model import EmbeddingLM, embedding_tables
+from jaxembed.train.checkpoint import Checkpointer
+from jaxembed.train.tensorboard import SummaryLog, profile
+from jaxembed.train.trainer import Trainer, TrainState, learning_rate_schedule, make_mesh
+from jaxembed.train.workdir import (
     MetricsLog,
     WorkdirError,
     WorkdirLock,
@@ -69,7 +69,7 @@ class TrainResult:
     state: TrainState
     metrics: list[dict]
     model: EmbeddingLM
-    splits: input_pipeline.Splits
+    splits: pipeline.Splits
     workdir: pathlib.Path | None
     config: ml_collections.ConfigDict
     initial_params: Any = None
@@ -90,7 +90,7 @@ class TrainResult:
         params = self.initial_params if initial else self.state.params
         token_KxD, position_LxD = embedding_tables(params, self.model.vocab_size)
         splits = self.splits
-        return input_pipeline.expand_active(token_KxD, splits.active_ids, splits.vocab_size), position_LxD
+        return pipeline.expand_active(token_KxD, splits.active_ids, splits.vocab_size), position_LxD
 
     def token_counts(self) -> np.ndarray:
         """``counts_V``: how often each token occurs in the training split."""
@@ -145,7 +145,7 @@ def train_and_evaluate(
         lock = _lock(path, stack) if path is not None and path.is_dir() else None  # a busy workdir: refuse at once
         notices = check_resume(path, config.to_dict()) if resuming else {}
         mesh = make_mesh(config.mesh.data, config.mesh.model)
-        iterator, eval_batches, splits = input_pipeline.get_datasets(config, mesh, text=text)
+        iterator, eval_batches, splits = pipeline.get_datasets(config, mesh, text=text)
         stack.callback(iterator.close)
         fingerprint = splits.corpus_fingerprint
         if resuming and fingerprint is not None:
@@ -181,7 +181,7 @@ def check_corpus(path: pathlib.Path, fingerprint: dict) -> None:
     stored_path = path / "corpus.json"
     if not stored_path.is_file():
         return
-    mismatch = input_pipeline.fingerprint_mismatch(json.loads(stored_path.read_text()), fingerprint)
+    mismatch = pipeline.fingerprint_mismatch(json.loads(stored_path.read_text()), fingerprint)
     if mismatch:
         raise WorkdirError(f"workdir {path}: {mismatch} Nothing in it was changed.")
 

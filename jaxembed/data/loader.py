@@ -1,7 +1,7 @@
 """Strided sliding windows over a token stream, served by Grain.
 
 The windows themselves (``tokenize``, ``as_token_ids``, ``StridedWindows``,
-``WindowBatches``) live in ``jaxembed.windows`` and are importable from here
+``WindowBatches``) live in ``jaxembed.data.windows`` and are importable from here
 too. Grain costs tens of microseconds per element, more than a small batch
 takes to gather, so each Grain element of ``create_dataloader`` is a *chunk*
 of many batches (about ``CHUNK_TOKENS`` tokens) gathered at once, which
@@ -14,7 +14,7 @@ Pipeline: ``WindowBatches`` (random access: batch index -> batch; also a
 with ``get_state()`` / ``set_state()``.
 
 Example:
-  >>> from jaxembed.data import create_dataloader
+  >>> from jaxembed.data.loader import create_dataloader
   >>> loader = create_dataloader("to be or not to be " * 20, batch_size=2,
   ...                            max_length=4, stride=4, shuffle=False)
   >>> inputs_BxL, targets_BxL = next(iter(loader))
@@ -34,7 +34,7 @@ import grain
 import numpy as np
 import tiktoken
 
-from jaxembed.windows import (
+from jaxembed.data.windows import (
     STORAGE_DTYPES,
     Batch,
     StridedWindows,
@@ -256,7 +256,7 @@ def create_dataloader(
       num_workers: Grain worker processes (0: gather in this process).
       seed: shuffling seed.
       num_epochs: passes over the data; ``None`` repeats forever.
-      tokenizer: an encoding name for ``jaxembed.tokenizer.get_encoding``, or a ``tiktoken.Encoding``.
+      tokenizer: an encoding name for ``jaxembed.text.tokenizer.get_encoding``, or a ``tiktoken.Encoding``.
       shard_index, shard_count: this process's shard; default
         ``jax.process_index()`` and ``jax.process_count()``.
 

@@ -1,10 +1,10 @@
 """The run report's pictures: loss curves, neighbour tables, PCA maps, positional tables.
 
-Each ``plot_*`` function draws numbers from ``jaxembed.analysis`` into one
+Each ``plot_*`` function draws numbers from ``jaxembed.report.analysis`` into one
 PNG and returns its path. Plots use ``matplotlib.figure.Figure`` with the Agg
 canvas directly, never pyplot, so they work headless and inside notebooks
 without changing the backend or leaving figures open. Files are written
-atomically (``jaxembed.fileio``). ``jaxembed.report`` puts them together.
+atomically (``jaxembed.fileio``). ``jaxembed.report.writer`` puts them together.
 
 Example:
   >>> import tempfile
@@ -26,9 +26,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from jaxembed import analysis
-from jaxembed.analysis import Neighbors, pca, position_similarity, token_label
 from jaxembed.fileio import atomic_open
+from jaxembed.report import analysis
+from jaxembed.report.analysis import Neighbors, pca, position_similarity, token_label
 
 if TYPE_CHECKING:
     import tiktoken
@@ -138,7 +138,7 @@ def plot_neighbors(
     neighbours.
 
     Example:
-      >>> from jaxembed.tokenizer import get_encoding
+      >>> from jaxembed.text.tokenizer import get_encoding
       >>> enc = get_encoding("gpt2")
       >>> import tempfile
       >>> with tempfile.TemporaryDirectory() as d:
@@ -232,7 +232,7 @@ def plot_pca(
     per panel). Each panel has its own principal axes.
 
     Example:
-      >>> from jaxembed.tokenizer import get_encoding
+      >>> from jaxembed.text.tokenizer import get_encoding
       >>> enc = get_encoding("gpt2")
       >>> table_VxD = np.random.default_rng(0).normal(size=(enc.n_vocab, 8))
       >>> import tempfile

@@ -2,7 +2,7 @@
 
 One entry point, ``get_datasets(config, mesh)``, in the spirit of Flax's
 ``examples/lm1b/input_pipeline.get_datasets``: it loads the configured corpus
-(``jaxembed.splits.load_splits``: a text, a directory of texts, or a
+(``jaxembed.data.splits.load_splits``: a text, a directory of texts, or a
 memory-mapped token directory from ``jaxembed tokenize``), holds out the end
 as validation, and returns a checkpointable iterator of global training
 batches already placed on the mesh, a fixed list of validation batches, and
@@ -17,7 +17,7 @@ state after the last batch handed out: what a checkpoint must store.
 
 Example:
   >>> from jaxembed.config import base_config
-  >>> from jaxembed.trainer import make_mesh
+  >>> from jaxembed.train.trainer import make_mesh
   >>> config = base_config()
   >>> config.data.max_length, config.data.stride, config.data.batch_size = 8, 8, 4
   >>> train_it, eval_batches, splits = get_datasets(config, make_mesh(), text="to be or not to be " * 200)
@@ -36,8 +36,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxembed import data
-from jaxembed.splits import (
+from jaxembed.data.loader import create_dataloader
+from jaxembed.data.splits import (
     Splits,
     check_active_vocabulary_size,
     expand_active,
@@ -47,6 +47,7 @@ from jaxembed.splits import (
     split_corpus,
     with_active_vocabulary,
 )
+from jaxembed.data.windows import num_windows
 
 __all__ = [
     "Splits",
@@ -73,7 +74,7 @@ def local_batch_size(global_batch: int, mesh: Mesh) -> int:
         axis and the processes.
 
     Example:
-      >>> from jaxembed.trainer import make_mesh
+      >>> from jaxembed.train.trainer import make_mesh
       >>> local_batch_size(16, make_mesh())
       16
     """
@@ -95,7 +96,7 @@ def global_batch(batch: tuple[np.ndarray, ...], sharding: NamedSharding) -> tupl
     """This process's rows of each array, assembled into global arrays on the mesh.
 
     Example:
-      >>> from jaxembed.trainer import make_mesh
+      >>> from jaxembed.train.trainer import make_mesh
       >>> x_BxL = np.zeros((2, 3), np.int32)
       >>> [a.shape for a in global_batch((x_BxL, x_BxL), batch_sharding(make_mesh()))]
       [(2, 3), (2, 3)]
@@ -104,7 +105,7 @@ def global_batch(batch: tuple[np.ndarray, ...], sharding: NamedSharding) -> tupl
 
 
 def _loader(ids: np.ndarray, config: ml_collections.ConfigDict, batch: int, stride: int, **kwargs) -> grain.IterDataset:
-    return data.create_dataloader(
+    return create_dataloader(
         ids,
         batch_size=batch,
         max_length=config.data.max_length,
@@ -152,7 +153,7 @@ def make_eval_batches(ids: np.ndarray, config: ml_collections.ConfigDict, mesh: 
       ValueError: the held-out slice is too short for one batch.
     """
     local_batch = local_batch_size(config.data.batch_size, mesh)
-    windows = data.num_windows(len(ids), config.data.max_length, config.data.max_length)
+    windows = num_windows(len(ids), config.data.max_length, config.data.max_length)
     available = (windows // jax.process_count()) // local_batch
     if available < 1:
         raise ValueError(

@@ -8,7 +8,7 @@ uint16/uint32 of a memory-mapped ``tokens.npy``, used in place), and gathers
 windows with vectorised numpy indexing, never window by window.
 
 ``StridedWindows`` is random access by window; ``WindowBatches`` orders the
-windows into (shuffled, sharded) batches. ``jaxembed.data`` serves those
+windows into (shuffled, sharded) batches. ``jaxembed.data.loader`` serves those
 batches through Grain.
 
 Example:
@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import tiktoken
 
-from jaxembed import tokenizer as tokenizer_lib
+from jaxembed.text import tokenizer as tokenizer_lib
 
 Batch = tuple[np.ndarray, np.ndarray]
 
@@ -63,7 +63,7 @@ def as_token_ids(
 
     Text and id sequences become int32. Arrays already stored as ``int32``,
     ``uint16`` or ``uint32`` (e.g. the memory-mapped ``tokens.npy`` of
-    ``jaxembed.token_files.open_tokens``) come back as they are, never copied;
+    ``jaxembed.text.token_files.open_tokens``) come back as they are, never copied;
     batches are cast to int32 when gathered. The id range is checked in
     chunks of ``_VALIDATE_CHUNK`` ids, so checking a memory map reads it once
     (2 bytes per token for uint16) without ever holding a full-size temporary.

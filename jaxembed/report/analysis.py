@@ -2,14 +2,14 @@
 
 Plain numpy in, plain numpy out (pull arrays off the device with
 ``np.asarray`` first), so the analysis runs on a checkpoint without JAX and is
-easy to check against a reference. ``jaxembed.report`` draws these numbers.
+easy to check against a reference. ``jaxembed.report.writer`` draws these numbers.
 
 Token text is shown repr-style (``' thou'``, ``'\\n'``) because GPT-2 tokens
 carry leading spaces and newlines that would otherwise be invisible.
 
 Example:
   >>> import numpy as np
-  >>> from jaxembed.tokenizer import get_encoding
+  >>> from jaxembed.text.tokenizer import get_encoding
   >>> enc = get_encoding("gpt2")
   >>> table_VxD = np.zeros((enc.n_vocab, 4), np.float32)
   >>> romeo, juliet, thou = resolve_tokens(enc, [" Romeo", " Juliet", " thou"])
@@ -257,7 +257,7 @@ def token_label(enc: tiktoken.Encoding, token_id: int) -> str:
     metadata comes from here, so they all spell a token the same way.
 
     Example:
-      >>> from jaxembed.tokenizer import get_encoding
+      >>> from jaxembed.text.tokenizer import get_encoding
       >>> enc = get_encoding("gpt2")
       >>> print(token_label(enc, 14210), token_label(enc, 198), token_label(enc, 447))
       ' thou' '\n' '⟨e2 80⟩'
@@ -273,7 +273,7 @@ def resolve_tokens(enc: tiktoken.Encoding, words: Sequence[str]) -> list[int]:
         and, where a leading space fixes it, suggests that spelling.
 
     Example:
-      >>> from jaxembed.tokenizer import get_encoding
+      >>> from jaxembed.text.tokenizer import get_encoding
       >>> resolve_tokens(get_encoding("gpt2"), [" Romeo", " thou"])
       [43989, 14210]
     """
@@ -303,7 +303,7 @@ def format_neighbors(
     training text gets a note instead of neighbours.
 
     Example:
-      >>> from jaxembed.tokenizer import get_encoding
+      >>> from jaxembed.text.tokenizer import get_encoding
       >>> enc = get_encoding("gpt2")
       >>> print(format_neighbors(enc, [14210], [[(1242, 0.612), (19338, 0.58)]]))
       ' thou' -> ' art' 0.61, ' hast' 0.58

@@ -3,7 +3,7 @@
 Three sources, one result:
 
 * ``data.tokens``: a directory written by ``jaxembed tokenize``
-  (``jaxembed.token_files``). Its memory-mapped ``tokens.npy`` is split by
+  (``jaxembed.text.token_files``). Its memory-mapped ``tokens.npy`` is split by
   plain slices, never copied: ``Splits.train_ids``/``val_ids`` are views of
   the map. ``data.val_tokens`` names a separate held-out directory instead.
 * ``data.text`` naming a directory or a glob: its files (``*.txt`` inside
@@ -34,8 +34,8 @@ import os
 import ml_collections
 import numpy as np
 
-from jaxembed import corpus, token_files, tokenizer
-from jaxembed.windows import tokenize
+from jaxembed.data.windows import tokenize
+from jaxembed.text import corpus, token_files, tokenizer
 
 __all__ = [
     "ACTIVE_VOCAB_MAX_TOKENS",

@@ -37,7 +37,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxembed.config import AXIS_RULES
-from jaxembed.model import EmbeddingLM, make_model
+from jaxembed.nn.model import EmbeddingLM, make_model
 
 AxisRules = Sequence[tuple[str, str | None]]
 

@@ -3,7 +3,7 @@
 ``W/config.json`` (the config the run was started with), ``W/metrics.jsonl``
 (one JSON row per logged step), ``W/token_counts.npy`` (training token
 counts, for the report) and, with ``model.active_vocab``, ``W/active_ids.npy``.
-Checkpoints live in ``W/checkpoints`` (``jaxembed.checkpoint``).
+Checkpoints live in ``W/checkpoints`` (``jaxembed.train.checkpoint``).
 
 Example:
   >>> import tempfile
@@ -232,7 +232,7 @@ class WorkdirLock:
       ...     WorkdirLock(w).acquire()
       Traceback (most recent call last):
       ...
-      jaxembed.workdir.WorkdirError: workdir ... is in use by pid ... on host ...
+      jaxembed.train.workdir.WorkdirError: workdir ... is in use by pid ... on host ...
     """
 
     def __init__(self, workdir: str | os.PathLike):

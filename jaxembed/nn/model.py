@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxembed.loss import cross_entropy, tied_cross_entropy
-from jaxembed.modules import InputEmbedding, check_ids, padded_size, require_size, require_stddev
+from jaxembed.nn.embeddings import InputEmbedding, check_ids, padded_size, require_size, require_stddev
+from jaxembed.nn.losses import cross_entropy, tied_cross_entropy
 
 #: Logical axis names of every parameter (map them to mesh axes with
 #: ``nn.logical_to_mesh_sharding``). Tensor parallelism splits "vocab" and

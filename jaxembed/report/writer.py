@@ -1,8 +1,8 @@
 """The run report: ``report.md``, ``report.json``, their pictures and the projector files.
 
 ``write_run_report(result, config.report)`` is what ``jaxembed train`` calls:
-it computes the run's numbers with ``jaxembed.analysis``, draws them with
-``jaxembed.plots``, explains them with ``jaxembed.captions`` and writes a
+it computes the run's numbers with ``jaxembed.report.analysis``, draws them with
+``jaxembed.report.plots``, explains them with ``jaxembed.report.captions`` and writes a
 Markdown report and a JSON file of every number beside the pictures. Every
 file is written atomically (``jaxembed.fileio``). The ``plot_*`` functions
 are re-exported here for existing callers.
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxembed import analysis, captions
-from jaxembed.analysis import format_neighbors, most_frequent, resolve_tokens, token_label
 from jaxembed.fileio import atomic_open
-from jaxembed.plots import (
+from jaxembed.report import analysis, captions
+from jaxembed.report.analysis import format_neighbors, most_frequent, resolve_tokens, token_label
+from jaxembed.report.plots import (
     plot_loss_curves,
     plot_neighbors,
     plot_pca,
@@ -38,13 +38,13 @@ from jaxembed.plots import (
     plot_position_similarity,
     uniform_guess_loss,
 )
-from jaxembed.probes import fill_probes
+from jaxembed.report.probes import fill_probes
 
 if TYPE_CHECKING:
     import ml_collections
     import tiktoken
 
-    from jaxembed.train import TrainResult
+    from jaxembed.train.loop import TrainResult
 
 __all__ = [
     "export_projector",
@@ -73,7 +73,7 @@ def export_projector(
     token per row, so tabs and newlines inside tokens cannot break the TSV.
 
     Example:
-      >>> from jaxembed.tokenizer import get_encoding
+      >>> from jaxembed.text.tokenizer import get_encoding
       >>> enc = get_encoding("gpt2")
       >>> import tempfile
       >>> with tempfile.TemporaryDirectory() as d:
@@ -282,7 +282,7 @@ def training_report(
 
     Example:
       >>> import tempfile
-      >>> from jaxembed.tokenizer import get_encoding
+      >>> from jaxembed.text.tokenizer import get_encoding
       >>> enc = get_encoding()
       >>> rng = np.random.default_rng(0)
       >>> counts = np.zeros(enc.n_vocab, int); counts[:500] = 10
@@ -356,7 +356,7 @@ def training_report(
     projector = most_frequent(token_counts_V, projector_tokens)
     export_projector(enc, after_VxD, projector, out / "projector")
     if tensorboard_step is not None:  # the same pictures and table in TensorBoard (tensorboard --logdir runs/)
-        from jaxembed import tensorboard
+        from jaxembed.train import tensorboard
 
         tensorboard.write_projector(out, after_VxD, projector, [token_label(enc, i) for i in projector])
         with tensorboard.SummaryLog(out, resume_step=tensorboard_step) as tb:
@@ -398,7 +398,7 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
     process 0 writes.
 
     Args:
-      result: what ``jaxembed.train.train_and_evaluate`` returned, with a workdir.
+      result: what ``jaxembed.train.loop.train_and_evaluate`` returned, with a workdir.
       report_config: ``config.report`` (probe tokens, neighbours, PCA and
         projector sizes).
 
@@ -410,7 +410,7 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
     """
     import jax
 
-    from jaxembed.tokenizer import get_encoding
+    from jaxembed.text.tokenizer import get_encoding
 
     if result.workdir is None:
         raise ValueError("the run has no workdir to write the report into; train with a workdir.")

@@ -8,7 +8,7 @@ Two named corpora are available, plus any UTF-8 file on disk:
 * ``"python-docs"`` -- the docstrings of the running interpreter's standard
   library, extracted with :mod:`ast`; needs no network at all.
 
->>> from jaxembed.corpus import CORPORA
+>>> from jaxembed.text.corpus import CORPORA
 >>> CORPORA
 ('romeo-juliet', 'python-docs')
 """

@@ -7,7 +7,7 @@ pins, so tokenizing never needs the network. Other tiktoken encodings go
 through tiktoken (network or ``TIKTOKEN_CACHE_DIR``).
 
 Example:
-  >>> from jaxembed.tokenizer import get_encoding
+  >>> from jaxembed.text.tokenizer import get_encoding
   >>> enc = get_encoding("gpt2")
   >>> enc.encode("Hello world"), enc.n_vocab
   ([15496, 995], 50257)

@@ -1,7 +1,7 @@
 """Which tokens the report asks for neighbours: the configured probes, filled from the corpus.
 
 Example:
-  >>> from jaxembed.tokenizer import get_encoding
+  >>> from jaxembed.text.tokenizer import get_encoding
   >>> enc = get_encoding("gpt2")
   >>> counts_V = np.zeros(enc.n_vocab, int)
   >>> counts_V[enc.encode(" return")] = 9
@@ -30,7 +30,7 @@ def fill_probes(enc: tiktoken.Encoding, counts_V: np.ndarray, probe_ids: Sequenc
     first, at least 3 letters long.
 
     Example:
-      >>> from jaxembed.tokenizer import get_encoding
+      >>> from jaxembed.text.tokenizer import get_encoding
       >>> enc = get_encoding("gpt2")
       >>> counts_V = np.zeros(enc.n_vocab, int)
       >>> counts_V[enc.encode(" return")] = 9; counts_V[enc.encode(" the")] = 5

@@ -1,6 +1,6 @@
 """TensorBoard for a run: scalars, config, report images, the projector and profiler traces.
 
-``SummaryLog`` writes the metrics rows of ``jaxembed.train`` as TensorBoard
+``SummaryLog`` writes the metrics rows of ``jaxembed.train.loop`` as TensorBoard
 scalars (through tensorboardX, which needs no TensorFlow), the run's config
 as text and the report's PNGs as images; ``write_projector`` writes the
 files TensorBoard's projector tab reads, so ``tensorboard --logdir runs/``
@@ -36,6 +36,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxembed.config import parse_profile_steps
 from jaxembed.fileio import atomic_open, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -262,50 +263,6 @@ def write_projector(
         ]
     write_text_atomic(config_path, "".join([*kept, entry]))
     return {"config": config_path, **{name: logdir / path for name, path in rel.items()}}
-
-
-def parse_profile_steps(value: Any, *, total_steps: int | None = None) -> tuple[int, int] | None:
-    """Parses ``train.profile_steps``: ``"START,STOP"`` or ``(START, STOP)`` -> steps [START, STOP).
-
-    Args:
-      value: ``"10,15"``, ``(10, 15)``, or ``None`` / ``""`` / ``()`` for no profiling.
-      total_steps: ``train.steps``; when given, START must not lie past it.
-
-    Returns:
-      ``(start, stop)`` with ``1 <= start < stop``, or ``None`` (off).
-
-    Raises:
-      ValueError: any other value; the message names ``train.profile_steps``, the value and the allowed form.
-
-    Example:
-      >>> parse_profile_steps("10, 15"), parse_profile_steps((3, 4)), parse_profile_steps("")
-      ((10, 15), (3, 4), None)
-      >>> parse_profile_steps("15,10")
-      Traceback (most recent call last):
-      ...
-      ValueError: train.profile_steps='15,10' is not allowed: use 'START,STOP' (or a (START, STOP) pair) of integers with 1 <= START < STOP, e.g. '10,15' traces steps 10 to 14; '' turns profiling off.
-    """
-    if value is None or (isinstance(value, (str, tuple, list)) and len(value) == 0):
-        return None
-    error = ValueError(
-        f"train.profile_steps={value!r} is not allowed: use 'START,STOP' (or a (START, STOP) pair) of integers "
-        "with 1 <= START < STOP, e.g. '10,15' traces steps 10 to 14; '' turns profiling off."
-    )
-    parts = value.split(",") if isinstance(value, str) else value
-    if not isinstance(parts, (list, tuple)) or len(parts) != 2:
-        raise error
-    try:
-        start, stop = (int(p) if isinstance(p, str) else p for p in parts)
-    except ValueError:
-        raise error from None
-    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in (start, stop)) or not 1 <= start < stop:
-        raise error
-    if total_steps is not None and start > total_steps:
-        raise ValueError(
-            f"train.profile_steps={value!r} starts after the last step (train.steps={total_steps}); "
-            f"choose START <= {total_steps}."
-        )
-    return int(start), int(stop)
 
 
 class StepProfiler:

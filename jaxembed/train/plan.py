@@ -37,8 +37,10 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxembed import config as config_lib
-from jaxembed import data, input_pipeline, tokenizer
-from jaxembed.trainer import Trainer, make_mesh
+from jaxembed import data
+from jaxembed.data import pipeline
+from jaxembed.text import tokenizer
+from jaxembed.train.trainer import Trainer, make_mesh
 
 log = logging.getLogger(__name__)
 
@@ -161,15 +163,15 @@ def plan(
     config_lib.validate(config)
     splits = None
     if text is not None:
-        splits = input_pipeline.split_corpus(text, config)
+        splits = pipeline.split_corpus(text, config)
         if config.model.get("active_vocab", False):
-            splits = input_pipeline.with_active_vocabulary(splits)
+            splits = pipeline.with_active_vocabulary(splits)
     if vocab_size is None:
         vocab_size = splits.model_vocab_size if splits else tokenizer.get_encoding(config.data.tokenizer).n_vocab
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer) or vocab_size < 1:
         raise ValueError(f"vocab_size={vocab_size!r} is not allowed; it must be an integer >= 1 (or None).")
     mesh = make_mesh(config.mesh.data, config.mesh.model) if mesh is None else mesh
-    input_pipeline.local_batch_size(config.data.batch_size, mesh)  # the batch must split over `data`
+    pipeline.local_batch_size(config.data.batch_size, mesh)  # the batch must split over `data`
 
     trainer = Trainer.from_config(config, int(vocab_size), mesh)
     state = trainer.abstract_state

@@ -6,7 +6,7 @@ still training. ``jaxembed neighbors`` and ``jaxembed export`` use it.
 Example:
   >>> import tempfile
   >>> from jaxembed.config import base_config
-  >>> from jaxembed.train import train_and_evaluate
+  >>> from jaxembed.train.loop import train_and_evaluate
   >>> config = base_config()
   >>> config.model.features, config.data.max_length, config.train.steps = 8, 8, 2
   >>> workdir = tempfile.mkdtemp()
@@ -19,7 +19,7 @@ Example:
   >>> load_run(workdir, step=7)  # doctest: +ELLIPSIS
   Traceback (most recent call last):
   ...
-  jaxembed.checkpoint.CheckpointError: no checkpoint for step 7 in ...; available steps: 2.
+  jaxembed.train.checkpoint.CheckpointError: no checkpoint for step 7 in ...; available steps: 2.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxembed import tokenizer
-from jaxembed.checkpoint import Checkpointer, CheckpointError
-from jaxembed.input_pipeline import expand_active
-from jaxembed.model import embedding_tables, make_model
-from jaxembed.trainer import make_mesh, make_optimizer, state_shardings
+from jaxembed.data.pipeline import expand_active
+from jaxembed.nn.model import embedding_tables, make_model
+from jaxembed.text import tokenizer
+from jaxembed.train.checkpoint import Checkpointer, CheckpointError
+from jaxembed.train.trainer import make_mesh, make_optimizer, state_shardings
 
 
 @dataclasses.dataclass(frozen=True)

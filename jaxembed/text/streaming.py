@@ -1,8 +1,8 @@
 """Text files read as pieces that encode exactly like the whole file.
 
-``jaxembed.token_files`` tokenizes corpora far larger than memory. It reads
+``jaxembed.text.token_files`` tokenizes corpora far larger than memory. It reads
 each file in pieces of ``READ_BYTES`` bytes (``decoded``: strict UTF-8, BOM
-dropped, CRLF/CR turned into LF, as ``jaxembed.corpus.load_text`` reads
+dropped, CRLF/CR turned into LF, as ``jaxembed.text.corpus.load_text`` reads
 text), finds the Project Gutenberg body in a first pass (``scan``), and
 hands the tokenizer pieces of about ``PIECE_CHARS`` characters cut only where
 its pre-tokenization regex provably splits anyway (``BoundaryRule``), so the
@@ -11,7 +11,7 @@ ids equal those of encoding each document whole (``document_pieces``);
 
 Example:
   >>> import pathlib, tempfile
-  >>> from jaxembed.tokenizer import get_encoding
+  >>> from jaxembed.text.tokenizer import get_encoding
   >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
   >>> _ = path.write_text("licence\\n*** START OF IT ***\\nTo be, or not to be\\n*** END OF IT ***\\n")
   >>> src = scan(path)
@@ -34,7 +34,7 @@ from typing import BinaryIO
 import numpy as np
 import tiktoken
 
-from jaxembed import tokenizer as tokenizer_lib
+from jaxembed.text import tokenizer as tokenizer_lib
 
 __all__ = [
     "PIECE_CHARS",
@@ -53,7 +53,7 @@ READ_BYTES = 1 << 20
 #: Characters handed to one encode call (pieces end at the last safe boundary past this).
 PIECE_CHARS = 1 << 20
 
-# Gutenberg markers as jaxembed.corpus matches them (``^\*\*\* ?START OF``
+# Gutenberg markers as jaxembed.text.corpus matches them (``^\*\*\* ?START OF``
 # and ``^\*\*\* ?END OF``); the line-start check is done by hand, in a stream.
 _MARK = re.compile(r"\*\*\* ?(START|END) OF")
 _MARK_LEN = len("*** START OF")
@@ -292,7 +292,7 @@ def encode_documents(
 
     Example:
       >>> import io, pathlib, tempfile
-      >>> from jaxembed.tokenizer import get_encoding
+      >>> from jaxembed.text.tokenizer import get_encoding
       >>> path = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
       >>> _ = path.write_text("Hello world")
       >>> f = io.BytesIO()

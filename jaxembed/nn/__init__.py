@@ -1,0 +1,46 @@
+"""Batches to logits and loss: embedding modules (Flax linen), the language model, the losses.
+
+The third stage of the data flow (text -> data -> nn -> train -> report). One module per concept:
+``embeddings`` (``TokenEmbedding``, ``PositionalEmbedding``, ``InputEmbedding``, ``check_ids``),
+``model`` (``EmbeddingLM``: input embeddings, causal attention blocks, a tied head) and ``losses``
+(``cross_entropy``, the tiled ``tied_cross_entropy``). Nothing here reads a config.
+
+Example:
+  >>> import jax, jax.numpy as jnp
+  >>> from jaxembed import nn
+  >>> embed = nn.InputEmbedding(vocab_size=10, max_length=4, features=3)
+  >>> ids_BxL = jnp.array([[1, 2, 3, 4]])
+  >>> embed.apply(embed.init(jax.random.key(0), ids_BxL), ids_BxL).shape
+  (1, 4, 3)
+"""
+
+from jaxembed.nn import embeddings, losses, model
+from jaxembed.nn.embeddings import (
+    InputEmbedding,
+    PositionalEmbedding,
+    TokenEmbedding,
+    check_ids,
+    padded_size,
+    torch_embedding_init,
+)
+from jaxembed.nn.losses import cross_entropy, tied_cross_entropy
+from jaxembed.nn.model import LOGICAL_AXES, CausalSelfAttentionBlock, EmbeddingLM, embedding_tables, make_model
+
+__all__ = [
+    "LOGICAL_AXES",
+    "CausalSelfAttentionBlock",
+    "EmbeddingLM",
+    "InputEmbedding",
+    "PositionalEmbedding",
+    "TokenEmbedding",
+    "check_ids",
+    "cross_entropy",
+    "embedding_tables",
+    "embeddings",
+    "losses",
+    "make_model",
+    "model",
+    "padded_size",
+    "tied_cross_entropy",
+    "torch_embedding_init",
+]

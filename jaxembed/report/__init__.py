@@ -1,0 +1,50 @@
+"""What a run learned: numbers from the tables, the pictures, their captions, ``report.md``/``report.json``.
+
+The last stage of the data flow (text -> data -> nn -> train -> report). One module per concept:
+``analysis`` (numpy only: neighbours, locality, PCA, frequencies, and which tokens to probe),
+``plots`` (matplotlib figures), ``captions`` (how to read each picture) and ``writer``
+(``write_run_report``).
+
+Example:
+  >>> import numpy as np
+  >>> from jaxembed import report
+  >>> round(report.uniform_guess_loss(50257), 3)
+  10.825
+"""
+
+from jaxembed.report import analysis, captions, plots, writer
+from jaxembed.report.plots import (
+    plot_loss_curves,
+    plot_neighbors,
+    plot_pca,
+    plot_position_pca,
+    plot_position_similarity,
+    uniform_guess_loss,
+)
+from jaxembed.report.writer import (
+    export_projector,
+    export_tables,
+    report_numbers,
+    training_report,
+    write_report,
+    write_run_report,
+)
+
+__all__ = [
+    "analysis",
+    "captions",
+    "export_projector",
+    "export_tables",
+    "plot_loss_curves",
+    "plot_neighbors",
+    "plot_pca",
+    "plot_position_pca",
+    "plot_position_similarity",
+    "plots",
+    "report_numbers",
+    "training_report",
+    "uniform_guess_loss",
+    "write_report",
+    "write_run_report",
+    "writer",
+]

@@ -1,0 +1,63 @@
+"""Training: the compiled step, the loop, checkpoints, the run directory, TensorBoard, plan, reading a run.
+
+The fourth stage of the data flow (text -> data -> nn -> train -> report). One module per concept:
+``trainer`` (``Trainer``: the one compiled step with shardings and donation; the optimiser and
+mesh), ``loop`` (``train_and_evaluate``), ``checkpoint`` (orbax: train state + Grain iterator
+state), ``workdir`` (every file a run keeps, the lock and the resume rules), ``tensorboard``
+(event files, projector, profiler), ``plan`` (memory and FLOPs before a run) and ``run``
+(``load_run``: a finished run, read-only).
+
+Example:
+  >>> from jaxembed import train
+  >>> train.learning_rate_schedule(1e-2, steps=100, warmup_steps=10)(10).item()
+  0.01
+"""
+
+from jaxembed.train import checkpoint, loop, plan, run, tensorboard, trainer, workdir
+from jaxembed.train.checkpoint import Checkpointer, CheckpointError, CheckpointWriteError
+from jaxembed.train.loop import Preempted, TrainingError, TrainResult, positions_shuffled_loss, train_and_evaluate
+from jaxembed.train.plan import format_plan
+from jaxembed.train.run import Run, load_run, parse_step
+from jaxembed.train.trainer import (
+    Trainer,
+    TrainState,
+    create_train_state,
+    eval_step,
+    learning_rate_schedule,
+    make_mesh,
+    make_optimizer,
+    train_step,
+)
+from jaxembed.train.workdir import WorkdirError, read_metrics
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointWriteError",
+    "Checkpointer",
+    "Preempted",
+    "Run",
+    "TrainResult",
+    "TrainState",
+    "Trainer",
+    "TrainingError",
+    "WorkdirError",
+    "checkpoint",
+    "create_train_state",
+    "eval_step",
+    "format_plan",
+    "learning_rate_schedule",
+    "load_run",
+    "loop",
+    "make_mesh",
+    "make_optimizer",
+    "parse_step",
+    "plan",
+    "positions_shuffled_loss",
+    "read_metrics",
+    "run",
+    "tensorboard",
+    "train_and_evaluate",
+    "train_step",
+    "trainer",
+    "workdir",
+]

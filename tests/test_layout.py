@@ -66,7 +66,9 @@ def test_every_module_belongs_to_a_known_stage():
 
 def test_there_is_no_import_cycle_between_modules():
     # Package faces (__init__) re-export their own modules, so they are left out of the module graph.
-    graph = {m: {d for d in imports_of(m) if d != m and not PACKAGE.joinpath(*d.split(".")[1:]).is_dir()} for m in MODULES}
+    graph = {
+        m: {d for d in imports_of(m) if d != m and not PACKAGE.joinpath(*d.split(".")[1:]).is_dir()} for m in MODULES
+    }
     state: dict[str, str] = {}
 
     def visit(node, path):

@@ -40,7 +40,7 @@ class FastLoader:
     """Iterates ``jaxembed.data.loader.WindowBatches`` in-process: no Grain, one gather per chunk.
 
     Yields exactly the batches ``create_dataloader(num_workers=0)`` yields
-    (same order, same values), from the same chunks (``data.CHUNK_TOKENS``
+    (same order, same values), from the same chunks (``data.loader.CHUNK_TOKENS``
     tokens, the chunks of ``data.WindowBatchChunks``), but without Grain's
     per-element iterator: each chunk is gathered and split into contiguous
     inputs and targets once, and batches are row slices of those. Its
@@ -63,7 +63,7 @@ class FastLoader:
         from jaxembed import data
 
         self.source, self.views = source, views
-        chunk_tokens = data.CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
+        chunk_tokens = data.loader.CHUNK_TOKENS if chunk_tokens is None else chunk_tokens
         self.per_chunk = max(1, chunk_tokens // (source.batch_size * (source.windows.max_length + 1)))
 
     def __len__(self) -> int:

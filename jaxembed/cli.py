@@ -30,13 +30,14 @@ import threading
 
 from jaxembed import config as config_lib
 from jaxembed.config import CONFIGS
+from jaxembed.errors import InvalidArgumentError, JaxembedError
 from jaxembed.text import corpus
 
 #: configs/ of a source checkout (the files users read and copy).
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
-class UsageError(ValueError):
+class UsageError(InvalidArgumentError):
     """A command-line mistake; printed without a traceback."""
 
 
@@ -409,20 +410,12 @@ def _sigterm_interrupts():
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxembed`` console script."""
     args, extra = build_parser().parse_known_args(argv)
-    from jaxembed.text.tokenizer import TokenizerUnavailableError
-    from jaxembed.train.checkpoint import CheckpointError
-    from jaxembed.train.loop import Preempted, TrainingError
-    from jaxembed.train.workdir import WorkdirError
+    from jaxembed.train.loop import Preempted
 
-    user_errors = (
-        corpus.CorpusUnavailableError,
-        TokenizerUnavailableError,
-        CheckpointError,
-        TrainingError,
-        WorkdirError,
-        OSError,
-        ValueError,
-    )
+    # What a user can fix ends in one line: jaxembed's own errors, and OSError (a disk that is full
+    # or a folder that is not writable: the environment, not a bug). Anything else is a bug and keeps
+    # its traceback.
+    user_errors = (JaxembedError, OSError)
     with _console_logging(), _sigterm_interrupts():
         try:
             return args.run(args, extra)

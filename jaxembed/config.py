@@ -26,6 +26,8 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from jaxembed.errors import InvalidArgumentError
+
 #: Logical axis names -> mesh axes: the batch over `data`; token-table rows (vocab) and
 #: attention heads over `model` (so mesh.model must divide model.num_heads); the rest replicated.
 AXIS_RULES = (
@@ -182,7 +184,7 @@ def gpt2_small_config() -> ml_collections.ConfigDict:
     return c
 
 
-class ConfigError(ValueError):
+class ConfigError(InvalidArgumentError):
     """A config cannot be loaded: no such name or file, an unknown field, or a bad value."""
 
 
@@ -208,38 +210,42 @@ def validate(config: ml_collections.ConfigDict) -> None:
       >>> validate(c)
       Traceback (most recent call last):
       ...
-      ValueError: train.steps=0 is not allowed; it must be an integer >= 1.
+      jaxembed.errors.InvalidArgumentError: train.steps=0 is not allowed; it must be an integer >= 1.
     """
     t = config.train
     for name in ("steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"):
         value = t[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"train.{name}={value!r} is not allowed; it must be an integer >= 1.")
+            raise InvalidArgumentError(f"train.{name}={value!r} is not allowed; it must be an integer >= 1.")
     for name in ("max_length", "stride", "batch_size"):
         value = config.data[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"data.{name}={value!r} is not allowed; it must be an integer >= 1.")
+            raise InvalidArgumentError(f"data.{name}={value!r} is not allowed; it must be an integer >= 1.")
     if (
         isinstance(config.data.num_workers, bool)
         or not isinstance(config.data.num_workers, int)
         or config.data.num_workers < 0
     ):
-        raise ValueError(f"data.num_workers={config.data.num_workers!r} is not allowed; it must be an integer >= 0.")
+        raise InvalidArgumentError(
+            f"data.num_workers={config.data.num_workers!r} is not allowed; it must be an integer >= 0."
+        )
     tile = config.model.get("loss_tile_tokens", 0)
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
-        raise ValueError(f"model.loss_tile_tokens={tile!r} is not allowed; it must be an integer >= 0 (0: dense).")
+        raise InvalidArgumentError(
+            f"model.loss_tile_tokens={tile!r} is not allowed; it must be an integer >= 0 (0: dense)."
+        )
     for name in ("features", "vocab_multiple"):
         value = config.model[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"model.{name}={value!r} is not allowed; it must be an integer >= 1.")
+            raise InvalidArgumentError(f"model.{name}={value!r} is not allowed; it must be an integer >= 1.")
     for name in ("dtype", "param_dtype"):
         if config.model[name] not in _DTYPES:
             allowed = ", ".join(repr(d) for d in _DTYPES)
-            raise ValueError(f"model.{name}={config.model[name]!r} is not allowed; use one of {allowed}.")
+            raise InvalidArgumentError(f"model.{name}={config.model[name]!r} is not allowed; use one of {allowed}.")
     parse_profile_steps(t.get("profile_steps", ""), total_steps=t.steps)
     lr = config.optim.learning_rate
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"optim.learning_rate={lr} is not allowed; it must be a finite number > 0.")
+        raise InvalidArgumentError(f"optim.learning_rate={lr} is not allowed; it must be a finite number > 0.")
 
 
 def load(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -325,11 +331,11 @@ def parse_profile_steps(value: Any, *, total_steps: int | None = None) -> tuple[
       >>> parse_profile_steps("15,10")
       Traceback (most recent call last):
       ...
-      ValueError: train.profile_steps='15,10' is not allowed: use 'START,STOP' (or a (START, STOP) pair) of integers with 1 <= START < STOP, e.g. '10,15' traces steps 10 to 14; '' turns profiling off.
+      jaxembed.errors.InvalidArgumentError: train.profile_steps='15,10' is not allowed: use 'START,STOP' (or a (START, STOP) pair) of integers with 1 <= START < STOP, e.g. '10,15' traces steps 10 to 14; '' turns profiling off.
     """
     if value is None or (isinstance(value, (str, tuple, list)) and len(value) == 0):
         return None
-    error = ValueError(
+    error = InvalidArgumentError(
         f"train.profile_steps={value!r} is not allowed: use 'START,STOP' (or a (START, STOP) pair) of integers "
         "with 1 <= START < STOP, e.g. '10,15' traces steps 10 to 14; '' turns profiling off."
     )
@@ -343,7 +349,7 @@ def parse_profile_steps(value: Any, *, total_steps: int | None = None) -> tuple[
     if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in (start, stop)) or not 1 <= start < stop:
         raise error
     if total_steps is not None and start > total_steps:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"train.profile_steps={value!r} starts after the last step (train.steps={total_steps}); "
             f"choose START <= {total_steps}."
         )

@@ -19,7 +19,16 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-__all__ = ["InvalidArgumentError", "JaxembedError", "check_int", "check_positive_int"]
+__all__ = [
+    "ExistingOutputError",
+    "InvalidArgumentError",
+    "InvalidTypeError",
+    "JaxembedError",
+    "MissingFileError",
+    "NotAFileError",
+    "check_int",
+    "check_positive_int",
+]
 
 
 class JaxembedError(Exception):
@@ -28,6 +37,22 @@ class JaxembedError(Exception):
 
 class InvalidArgumentError(JaxembedError, ValueError):
     """An argument or config field holds a value that is not allowed; the message names both."""
+
+
+class InvalidTypeError(JaxembedError, TypeError):
+    """An argument has a type that is not allowed (e.g. float token ids); the message names it."""
+
+
+class MissingFileError(JaxembedError, FileNotFoundError):
+    """An input file or folder the user named does not exist."""
+
+
+class NotAFileError(JaxembedError, IsADirectoryError):
+    """A path the user named is a folder where a file is needed."""
+
+
+class ExistingOutputError(JaxembedError, FileExistsError):
+    """The output would replace something the user made; nothing was changed."""
 
 
 def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:

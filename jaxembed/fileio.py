@@ -24,6 +24,8 @@ import uuid
 from collections.abc import Iterator
 from typing import IO
 
+from jaxembed.errors import InvalidArgumentError
+
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", *, fsync: bool = False) -> Iterator[IO]:
@@ -48,7 +50,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, fsync: bool = False
       b'\\x00\\x01'
     """
     if mode not in ("w", "wb"):
-        raise ValueError(f"mode={mode!r} is not allowed; use 'w' or 'wb'.")
+        raise InvalidArgumentError(f"mode={mode!r} is not allowed; use 'w' or 'wb'.")
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"

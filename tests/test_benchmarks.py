@@ -298,7 +298,7 @@ def test_fast_loader_prototype_yields_grain_loaders_batches(shard_count, chunk_t
     from jaxembed import data
 
     if chunk_tokens:
-        monkeypatch.setattr(data, "CHUNK_TOKENS", chunk_tokens)
+        monkeypatch.setattr(data.loader, "CHUNK_TOKENS", chunk_tokens)
 
     ids = np.random.default_rng(1).integers(0, 50257, 700).astype(np.int32)
     for shard_index in range(shard_count):

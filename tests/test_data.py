@@ -199,7 +199,7 @@ def test_stacked_shards_equal_one_reader_with_the_global_batch(corpus_ids):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_restore_at_every_batch_across_chunk_boundaries(monkeypatch, num_workers):
     # Chunks of 3 batches, so restores land before, inside and at chunk ends.
-    monkeypatch.setattr(data, "CHUNK_TOKENS", 3 * 2 * 5)
+    monkeypatch.setattr(data.loader, "CHUNK_TOKENS", 3 * 2 * 5)
     ids = np.random.default_rng(3).integers(0, 50257, size=200)
     kwargs = dict(
         batch_size=2,

@@ -15,7 +15,6 @@ Example:
 
 from jaxembed.data import loader, pipeline, splits, windows
 from jaxembed.data.loader import (
-    CHUNK_TOKENS,
     Unbatch,
     WindowBatchChunks,
     create_dataloader,
@@ -36,7 +35,6 @@ from jaxembed.data.windows import (
 )
 
 __all__ = [
-    "CHUNK_TOKENS",
     "STORAGE_DTYPES",
     "Batch",
     "Splits",

@@ -45,6 +45,7 @@ from jaxembed.data.windows import (
     split_spans,
     tokenize,
 )
+from jaxembed.errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = [
     "CHUNK_TOKENS",
@@ -113,7 +114,7 @@ class Unbatch(grain.IterDataset):
           TypeError: the loader repeats forever (``num_epochs=None``).
         """
         if self._length is None:
-            raise TypeError("this loader repeats forever (num_epochs=None), so it has no len().")
+            raise InvalidTypeError("this loader repeats forever (num_epochs=None), so it has no len().")
         return self._length
 
     def __iter__(self) -> grain.DatasetIterator:
@@ -153,7 +154,7 @@ class _UnbatchIterator(grain.DatasetIterator):
                 for k in sorted(saved.keys() | self._settings.keys())
                 if saved.get(k) != self._settings.get(k)
             )
-            raise ValueError(f"this iterator state comes from a loader built with other settings ({differ}).")
+            raise InvalidArgumentError(f"this iterator state comes from a loader built with other settings ({differ}).")
         self._parent.set_state(state["chunk_start"])
         self._chunk_state, self._inputs, self._targets, self._offset = state["chunk_start"], None, None, 0
         if state["batches_taken"]:
@@ -279,7 +280,7 @@ def create_dataloader(
       [(2, 4)]
     """
     if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
-        raise ValueError(f"num_workers={num_workers!r} is not allowed; it must be an integer >= 0.")
+        raise InvalidArgumentError(f"num_workers={num_workers!r} is not allowed; it must be an integer >= 0.")
     batches = window_batches(
         text_or_ids,
         batch_size,
@@ -335,7 +336,9 @@ def _check_spawn_safe(num_workers: int) -> None:
         "in a script file, or use num_workers=0."
     )
     if not os.path.isfile(path):
-        raise ValueError(advice.format(problem=f"the main program was read from {path}, which they cannot re-read"))
+        raise InvalidArgumentError(
+            advice.format(problem=f"the main program was read from {path}, which they cannot re-read")
+        )
     try:
         tree = ast.parse(pathlib.Path(path).read_text(encoding="utf-8"))
     except (OSError, SyntaxError, UnicodeDecodeError):
@@ -345,7 +348,7 @@ def _check_spawn_safe(num_workers: int) -> None:
         for node in tree.body
     )
     if not guarded:
-        raise ValueError(
+        raise InvalidArgumentError(
             advice.format(
                 problem=f'{path} has no `if __name__ == "__main__":` guard, so they would start the loader again'
             )

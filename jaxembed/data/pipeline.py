@@ -48,6 +48,7 @@ from jaxembed.data.splits import (
     with_active_vocabulary,
 )
 from jaxembed.data.windows import num_windows
+from jaxembed.errors import InvalidArgumentError
 
 __all__ = [
     "Splits",
@@ -80,7 +81,7 @@ def local_batch_size(global_batch: int, mesh: Mesh) -> int:
     """
     data_size, processes = mesh.shape["data"], jax.process_count()
     if global_batch % data_size or global_batch % processes:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"data.batch_size={global_batch} must be divisible by the mesh's data axis "
             f"({data_size} devices) and by the number of processes ({processes})."
         )
@@ -156,7 +157,7 @@ def make_eval_batches(ids: np.ndarray, config: ml_collections.ConfigDict, mesh: 
     windows = num_windows(len(ids), config.data.max_length, config.data.max_length)
     available = (windows // jax.process_count()) // local_batch
     if available < 1:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"the held-out slice has {len(ids)} tokens, too few for one validation batch of "
             f"{local_batch} x {config.data.max_length}; raise data.val_fraction "
             f"(now {config.data.val_fraction}) or use a longer text."

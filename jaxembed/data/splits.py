@@ -35,6 +35,7 @@ import ml_collections
 import numpy as np
 
 from jaxembed.data.windows import tokenize
+from jaxembed.errors import InvalidArgumentError
 from jaxembed.text import corpus, token_files, tokenizer
 
 __all__ = [
@@ -188,7 +189,7 @@ def describe_corpus(fp: dict) -> str:
 def _check_fraction(config: ml_collections.ConfigDict) -> float:
     fraction = config.data.val_fraction
     if not 0 < fraction < 1:
-        raise ValueError(f"data.val_fraction={fraction} is not allowed; it must lie in (0, 1).")
+        raise InvalidArgumentError(f"data.val_fraction={fraction} is not allowed; it must lie in (0, 1).")
     return fraction
 
 
@@ -255,7 +256,7 @@ def read_text_files(source: str | os.PathLike[str], tokenizer_name: str = "gpt2"
     paths = corpus.find_text_files(source)
     total = sum(p.stat().st_size for p in paths)
     if total > TEXT_FILES_MAX_BYTES:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"data.text={os.fspath(source)!r} names {len(paths)} files of {total / 2**20:,.1f} MiB, more than the "
             f"{TEXT_FILES_MAX_BYTES >> 20} MiB tokenized in memory; tokenize them once with "
             f"`jaxembed tokenize {os.fspath(source)} --out DIR`, then train with --tokens DIR."
@@ -271,7 +272,7 @@ def read_text_files(source: str | os.PathLike[str], tokenizer_name: str = "gpt2"
 def _open_token_dir(field: str, path: str, tokenizer_name: str) -> tuple[np.memmap, dict]:
     tokens, meta = token_files.open_tokens(path)
     if meta.get("tokenizer") != tokenizer_name:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"data.{field}={path!r} was tokenized with tokenizer={meta.get('tokenizer')!r}, but "
             f"data.tokenizer={tokenizer_name!r}; set --config.data.tokenizer={meta.get('tokenizer')} or "
             f"re-tokenize with `jaxembed tokenize ... --tokenizer {tokenizer_name}`."
@@ -329,9 +330,13 @@ def load_splits(config: ml_collections.ConfigDict, *, text: str | None = None) -
     d = config.data
     tokens, val_tokens = d.get("tokens"), d.get("val_tokens")
     if tokens and d.text:
-        raise ValueError(f"data.tokens={tokens!r} and data.text={d.text!r} are both set; train on one of them.")
+        raise InvalidArgumentError(
+            f"data.tokens={tokens!r} and data.text={d.text!r} are both set; train on one of them."
+        )
     if val_tokens and not tokens:
-        raise ValueError(f"data.val_tokens={val_tokens!r} needs data.tokens (--tokens DIR) for the training tokens.")
+        raise InvalidArgumentError(
+            f"data.val_tokens={val_tokens!r} needs data.tokens (--tokens DIR) for the training tokens."
+        )
     if text is not None:
         return split_corpus(text, config, source="text argument")
     if tokens:
@@ -388,7 +393,7 @@ def check_active_vocabulary_size(splits: Splits, config: ml_collections.ConfigDi
     """
     n = len(splits.train_ids) + len(splits.val_ids)
     if config.model.active_vocab and config.data.get("tokens") and n > ACTIVE_VOCAB_MAX_TOKENS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"model.active_vocab=True with data.tokens={config.data.tokens!r}: {n:,} tokens is more than the "
             f"{ACTIVE_VOCAB_MAX_TOKENS:,} re-indexed in memory; set --config.model.active_vocab=False "
             "(a corpus this large uses nearly the whole vocabulary anyway)."

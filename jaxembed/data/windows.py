@@ -29,6 +29,7 @@ from collections.abc import Sequence
 import numpy as np
 import tiktoken
 
+from jaxembed.errors import InvalidArgumentError, InvalidTypeError
 from jaxembed.text import tokenizer as tokenizer_lib
 
 Batch = tuple[np.ndarray, np.ndarray]
@@ -36,7 +37,7 @@ Batch = tuple[np.ndarray, np.ndarray]
 
 def _check_positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name}={value!r} is not allowed; {name} must be an integer >= 1.")
+        raise InvalidArgumentError(f"{name}={value!r} is not allowed; {name} must be an integer >= 1.")
     return int(value)
 
 
@@ -51,7 +52,7 @@ def tokenize(text: str, tokenizer: str | tiktoken.Encoding = "gpt2") -> np.ndarr
       [15496, 995]
     """
     if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}.")
+        raise InvalidTypeError(f"text must be a str, got {type(text).__name__}.")
     enc = tokenizer_lib.get_encoding(tokenizer)
     return np.asarray(enc.encode(text, allowed_special={"<|endoftext|>"}), dtype=np.int32)
 
@@ -83,9 +84,9 @@ def as_token_ids(
         return tokenize(text_or_ids, tokenizer)
     ids = np.asarray(text_or_ids)
     if ids.dtype == bool or not np.issubdtype(ids.dtype, np.integer):
-        raise TypeError(f"text_or_ids must be a str or integer token ids, got dtype {ids.dtype}.")
+        raise InvalidTypeError(f"text_or_ids must be a str or integer token ids, got dtype {ids.dtype}.")
     if ids.ndim != 1:
-        raise ValueError(f"text_or_ids must be a flat (1-D) id array, got shape {ids.shape}.")
+        raise InvalidArgumentError(f"text_or_ids must be a flat (1-D) id array, got shape {ids.shape}.")
     n_vocab = tokenizer_lib.get_encoding(tokenizer).n_vocab
     signed = np.issubdtype(ids.dtype, np.signedinteger)
     for lo in range(0, len(ids), _VALIDATE_CHUNK):
@@ -97,7 +98,7 @@ def as_token_ids(
             int(np.count_nonzero((c < 0) | (c >= n_vocab)))
             for c in (ids[i : i + _VALIDATE_CHUNK] for i in range(lo, len(ids), _VALIDATE_CHUNK))
         )
-        raise ValueError(
+        raise InvalidArgumentError(
             f"text_or_ids[{bad[0]}]={ids[bad[0]]} is outside tokenizer={tokenizer!r}'s vocabulary; "
             f"ids must lie in [0, {n_vocab}) ({total} ids out of range)."
         )
@@ -148,11 +149,11 @@ class StridedWindows:
         self.stride = _check_positive_int("stride", stride)
         ids = np.asarray(ids)
         if ids.ndim != 1:
-            raise ValueError(f"ids must be 1-D, got shape {ids.shape}.")
+            raise InvalidArgumentError(f"ids must be 1-D, got shape {ids.shape}.")
         self.ids = _storage_ids(ids)
         self._num_windows = num_windows(len(self.ids), self.max_length, self.stride)
         if self._num_windows == 0:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"the text has {len(self.ids)} tokens, too few for one window of "
                 f"max_length={self.max_length}: it needs at least {self.max_length + 1} "
                 "tokens (inputs plus the shifted target)."
@@ -275,7 +276,7 @@ class WindowBatches:
             or not isinstance(shard_index, (int, np.integer))
             or not 0 <= shard_index < shard_count
         ):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"shard_index={shard_index!r} is not allowed; it must be an integer in [0, {shard_count})."
             )
         self.shuffle, self.seed, self.drop_last = bool(shuffle), int(seed), bool(drop_last)
@@ -287,7 +288,7 @@ class WindowBatches:
         self.batches_per_epoch = full + int(has_partial)
         if self.batches_per_epoch == 0:
             what = f"batch_size={batch_size}" + (f" x shard_count={shard_count}" if shard_count > 1 else "")
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{what} is larger than the {len(windows)} windows, so no batch is left for shard "
                 f"{self.shard_index}; use a smaller batch_size, stride or max_length"
                 + (", or drop_last=False." if self.drop_last else ".")

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
 
+from jaxembed.errors import InvalidArgumentError, InvalidTypeError
+
 Initializer = Callable[..., jax.Array]
 Axes = tuple[str | None, ...] | None
 
@@ -53,14 +55,14 @@ def require_size(owner: str, name: str, value: Any, minimum: int = 1) -> None:
       >>> require_size("TokenEmbedding", "features", 0)
       Traceback (most recent call last):
       ...
-      ValueError: TokenEmbedding.features=0 is not allowed: it must be an integer >= 1.
+      jaxembed.errors.InvalidArgumentError: TokenEmbedding.features=0 is not allowed: it must be an integer >= 1.
     """
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(
+        raise InvalidTypeError(
             f"{owner}.{name}={value!r} is not allowed: it must be an integer >= {minimum}, got {type(value).__name__}."
         )
     if value < minimum:
-        raise ValueError(f"{owner}.{name}={value!r} is not allowed: it must be an integer >= {minimum}.")
+        raise InvalidArgumentError(f"{owner}.{name}={value!r} is not allowed: it must be an integer >= {minimum}.")
 
 
 def require_stddev(owner: str, name: str, value: Any) -> None:
@@ -70,12 +72,12 @@ def require_stddev(owner: str, name: str, value: Any) -> None:
       >>> require_stddev("EmbeddingLM", "init_stddev", float("nan"))
       Traceback (most recent call last):
       ...
-      ValueError: EmbeddingLM.init_stddev=nan is not allowed: it must be a finite number >= 0.
+      jaxembed.errors.InvalidArgumentError: EmbeddingLM.init_stddev=nan is not allowed: it must be a finite number >= 0.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{owner}.{name}={value!r} is not allowed: it must be a finite number >= 0.")
+        raise InvalidTypeError(f"{owner}.{name}={value!r} is not allowed: it must be a finite number >= 0.")
     if not (np.isfinite(value) and value >= 0):
-        raise ValueError(f"{owner}.{name}={value!r} is not allowed: it must be a finite number >= 0.")
+        raise InvalidArgumentError(f"{owner}.{name}={value!r} is not allowed: it must be a finite number >= 0.")
 
 
 def padded_size(size: int, multiple: int) -> int:
@@ -91,7 +93,7 @@ def padded_size(size: int, multiple: int) -> int:
 def _require_integer(name: str, x: Any) -> jax.Array:
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.integer):
-        raise TypeError(f"{name} must be an integer array, got dtype {x.dtype}.")
+        raise InvalidTypeError(f"{name} must be an integer array, got dtype {x.dtype}.")
     return x
 
 
@@ -124,7 +126,9 @@ def check_ids(ids: Any, upper: int, name: str = "ids") -> None:
         flat = jnp.ravel(ids)
         first = int(jnp.argmin(jnp.ravel(in_range)))
         position = tuple(int(i) for i in jnp.unravel_index(first, ids.shape))
-        raise ValueError(f"{name}{list(position)}={int(flat[first])} is out of range; ids must lie in [0, {upper}).")
+        raise InvalidArgumentError(
+            f"{name}{list(position)}={int(flat[first])} is out of range; ids must lie in [0, {upper})."
+        )
 
 
 def _lookup(table: jax.Array, ids: jax.Array) -> jax.Array:
@@ -303,11 +307,11 @@ class PositionalEmbedding(nn.Module):
         table = jnp.asarray(self.embedding, self.dtype or self.param_dtype)
         if positions is None:
             if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-                raise ValueError(f"length={length!r} must be a Python int >= 1 (or pass positions=).")
+                raise InvalidArgumentError(f"length={length!r} must be a Python int >= 1 (or pass positions=).")
             if isinstance(start_index, (int, np.integer)):
                 start_index = int(start_index)
                 if start_index < 0 or start_index + length > self.max_length:
-                    raise ValueError(
+                    raise InvalidArgumentError(
                         f"start_index={start_index} + length={length} exceeds "
                         f"max_length={self.max_length}: positions must lie in [0, {self.max_length})."
                     )
@@ -316,9 +320,9 @@ class PositionalEmbedding(nn.Module):
         else:
             positions = _require_integer("positions", positions)
             if positions.ndim not in (1, 2):
-                raise ValueError(f"positions must have shape [L] or [B, L], got shape {positions.shape}.")
+                raise InvalidArgumentError(f"positions must have shape [L] or [B, L], got shape {positions.shape}.")
             if positions.shape[-1] > self.max_length:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"positions has length {positions.shape[-1]}, longer than max_length={self.max_length}."
                 )
         positions = positions + jnp.asarray(start_index, positions.dtype)
@@ -414,12 +418,12 @@ class InputEmbedding(nn.Module):
         """
         ids = _require_integer("ids", ids)
         if ids.ndim not in (1, 2):
-            raise ValueError(f"ids must have shape [L] or [B, L], got shape {ids.shape}.")
+            raise InvalidArgumentError(f"ids must have shape [L] or [B, L], got shape {ids.shape}.")
         length = ids.shape[-1]
         if length > self.max_length:
-            raise ValueError(f"ids has sequence length {length}, longer than max_length={self.max_length}.")
+            raise InvalidArgumentError(f"ids has sequence length {length}, longer than max_length={self.max_length}.")
         if positions is not None and jnp.shape(positions)[-1] != length:
-            raise ValueError(f"positions has length {jnp.shape(positions)[-1]} but ids has length {length}.")
+            raise InvalidArgumentError(f"positions has length {jnp.shape(positions)[-1]} but ids has length {length}.")
         tok_xLxD = self.token(ids)
         pos_xLxD = self.position(length, positions=positions, start_index=start_index)
         return tok_xLxD + pos_xLxD

@@ -32,23 +32,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxembed.errors import InvalidArgumentError, InvalidTypeError
+
 __all__ = ["cross_entropy", "tied_cross_entropy"]
 
 
 def _check_targets(targets: jax.Array, shape: tuple[int, ...], name: str = "targets") -> None:
     if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
-        raise TypeError(f"{name} must be an integer array, got dtype {jnp.result_type(targets)}")
+        raise InvalidTypeError(f"{name} must be an integer array, got dtype {jnp.result_type(targets)}")
     if tuple(jnp.shape(targets)) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(jnp.shape(targets))}")
+        raise InvalidArgumentError(f"{name} must have shape {tuple(shape)}, got {tuple(jnp.shape(targets))}")
 
 
 def _check_where(where: jax.Array | None, shape: tuple[int, ...]) -> None:
     if where is None:
         return
     if jnp.result_type(where) != jnp.bool_:
-        raise TypeError(f"where must be a bool array, got dtype {jnp.result_type(where)}")
+        raise InvalidTypeError(f"where must be a bool array, got dtype {jnp.result_type(where)}")
     if tuple(jnp.shape(where)) != tuple(shape):
-        raise ValueError(f"where must have the targets' shape {tuple(shape)}, got {tuple(jnp.shape(where))}")
+        raise InvalidArgumentError(f"where must have the targets' shape {tuple(shape)}, got {tuple(jnp.shape(where))}")
 
 
 def _lse_and_target_logit(logits_NxV: jax.Array, targets_N: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Array]:
@@ -100,7 +102,7 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, *, where: jax.Array | N
       1.3862943649291992
     """
     if jnp.ndim(logits) < 1:
-        raise ValueError(f"logits must have a class axis, got shape {jnp.shape(logits)}")
+        raise InvalidArgumentError(f"logits must have a class axis, got shape {jnp.shape(logits)}")
     _check_targets(targets, jnp.shape(logits)[:-1])
     _check_where(where, jnp.shape(logits)[:-1])
     lse, picked = _lse_and_target_logit(jnp.asarray(logits, jnp.float32), jnp.asarray(targets), jnp.shape(logits)[-1])
@@ -225,19 +227,19 @@ def tied_cross_entropy(
       True
     """
     if jnp.ndim(h) != 2 or jnp.ndim(table) != 2:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"h and table must be 2-D (h_NxD, table_VxD), got shapes {jnp.shape(h)} and {jnp.shape(table)}"
         )
     (n, d), (v, d_table) = jnp.shape(h), jnp.shape(table)
     if d != d_table:
-        raise ValueError(f"h has width {d} but table has width {d_table}")
+        raise InvalidArgumentError(f"h has width {d} but table has width {d_table}")
     for name, value in (("num_classes", num_classes), ("tile_tokens", tile_tokens)):
         if value is not None and (not isinstance(value, int | np.integer) or isinstance(value, bool)):
-            raise TypeError(f"{name} must be an int, got {value!r}")
+            raise InvalidTypeError(f"{name} must be an int, got {value!r}")
     if num_classes is None or not 1 <= num_classes <= v:
-        raise ValueError(f"num_classes must be in [1, {v}] (rows of table), got {num_classes}")
+        raise InvalidArgumentError(f"num_classes must be in [1, {v}] (rows of table), got {num_classes}")
     if tile_tokens is not None and tile_tokens < 0:
-        raise ValueError(f"tile_tokens must be >= 0 (0 or None: dense), got {tile_tokens}")
+        raise InvalidArgumentError(f"tile_tokens must be >= 0 (0 or None: dense), got {tile_tokens}")
     _check_targets(targets, (n,))
     _check_where(where, (n,))
     dtype = jnp.promote_types(jnp.result_type(h), jnp.result_type(table)) if dtype is None else jnp.dtype(dtype)

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxembed.errors import InvalidArgumentError
 from jaxembed.nn.embeddings import InputEmbedding, check_ids, padded_size, require_size, require_stddev
 from jaxembed.nn.losses import cross_entropy, tied_cross_entropy
 
@@ -56,7 +57,7 @@ LOGICAL_AXES: dict[str, tuple[str, ...]] = {
 def _check_heads(owner: str, features: int, num_heads: int) -> None:
     require_size(owner, "num_heads", num_heads)
     if features % num_heads:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{owner}.num_heads={num_heads} is not allowed: it must divide features={features} "
             f"(head width = features // num_heads)."
         )
@@ -124,7 +125,7 @@ class CausalSelfAttentionBlock(nn.Module):
           ValueError: the last axis is not ``features`` wide.
         """
         if h_xLxD.ndim < 2 or h_xLxD.shape[-1] != self.features:
-            raise ValueError(f"h must have shape [..., L, {self.features}], got shape {h_xLxD.shape}.")
+            raise InvalidArgumentError(f"h must have shape [..., L, {self.features}], got shape {h_xLxD.shape}.")
         axes = LOGICAL_AXES
         kernel_init = nn.initializers.lecun_normal()
         attention = nn.MultiHeadDotProductAttention(
@@ -337,7 +338,7 @@ class EmbeddingLM(nn.Module):
           >>> EmbeddingLM(vocab_size=10, max_length=4, features=2, vocab_multiple=8).check(jnp.array([[3, 12]]))
           Traceback (most recent call last):
           ...
-          ValueError: ids[0, 1]=12 is out of range; ids must lie in [0, 10).
+          jaxembed.errors.InvalidArgumentError: ids[0, 1]=12 is out of range; ids must lie in [0, 10).
         """
         check_ids(ids_BxL, self.vocab_size, "ids")
         check_ids(jnp.arange(jnp.shape(ids_BxL)[-1]), self.max_length, "positions")

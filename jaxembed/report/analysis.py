@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jaxembed.errors import InvalidArgumentError
+
 if TYPE_CHECKING:
     import tiktoken
 
@@ -96,7 +98,7 @@ def neighbor_candidates(counts_V: np.ndarray, min_count: int = DEFAULT_MIN_COUNT
       [0, 2, 4]
     """
     if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or min_count < 1:
-        raise ValueError(f"min_count={min_count!r}: must be an integer >= 1.")
+        raise InvalidArgumentError(f"min_count={min_count!r}: must be an integer >= 1.")
     return np.flatnonzero(np.asarray(counts_V) >= min_count).astype(np.int64)
 
 
@@ -290,7 +292,9 @@ def resolve_tokens(enc: tiktoken.Encoding, words: Sequence[str]) -> list[int]:
         else:
             hint = "choose a word that GPT-2 keeps whole (most common words need a leading space)."
         pieces = " + ".join(token_label(enc, i) for i in encoded) or "nothing"
-        raise ValueError(f"{word!r} encodes to {len(encoded)} GPT-2 tokens {encoded} ({pieces}), not 1; {hint}")
+        raise InvalidArgumentError(
+            f"{word!r} encodes to {len(encoded)} GPT-2 tokens {encoded} ({pieces}), not 1; {hint}"
+        )
     return ids
 
 
@@ -395,7 +399,9 @@ def position_locality(position_LxD: np.ndarray) -> float:
     """
     position_LxD = np.asarray(position_LxD, dtype=np.float64)
     if position_LxD.ndim != 2 or len(position_LxD) < 2:
-        raise ValueError(f"position_LxD has shape {position_LxD.shape}: need a 2-D table with at least 2 positions.")
+        raise InvalidArgumentError(
+            f"position_LxD has shape {position_LxD.shape}: need a 2-D table with at least 2 positions."
+        )
     sims_LxL = position_similarity(position_LxD)
     length = len(position_LxD)
     gap_LxL = np.abs(np.arange(length)[:, None] - np.arange(length)[None, :])

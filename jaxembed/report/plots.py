@@ -26,6 +26,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from jaxembed.errors import InvalidArgumentError
 from jaxembed.fileio import atomic_open
 from jaxembed.report import analysis
 from jaxembed.report.analysis import Neighbors, pca, position_similarity, token_label
@@ -118,7 +119,7 @@ def uniform_guess_loss(num_classes: int) -> float:
       10.825
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise ValueError(f"num_classes={num_classes!r}: must be an integer >= 1.")
+        raise InvalidArgumentError(f"num_classes={num_classes!r}: must be an integer >= 1.")
     return math.log(num_classes)
 
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from jaxembed.errors import InvalidArgumentError
 from jaxembed.fileio import atomic_open
 from jaxembed.report import analysis, captions
 from jaxembed.report.analysis import format_neighbors, most_frequent, resolve_tokens, token_label
@@ -413,7 +414,7 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
     from jaxembed.text.tokenizer import get_encoding
 
     if result.workdir is None:
-        raise ValueError("the run has no workdir to write the report into; train with a workdir.")
+        raise InvalidArgumentError("the run has no workdir to write the report into; train with a workdir.")
     before_VxD, pos_before_LxD = result.tables(initial=True)
     after_VxD, pos_LxD = result.tables()
     if jax.process_index() != 0:

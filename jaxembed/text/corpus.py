@@ -34,6 +34,7 @@ from pathlib import Path
 import filelock
 import platformdirs
 
+from jaxembed.errors import InvalidArgumentError, InvalidTypeError, JaxembedError, MissingFileError, NotAFileError
 from jaxembed.fileio import atomic_open
 
 __all__ = [
@@ -63,7 +64,7 @@ _END = re.compile(r"^\*\*\* ?END OF", re.MULTILINE)
 _GLOB_MAGIC = frozenset("*?[")
 
 
-class CorpusUnavailableError(RuntimeError):
+class CorpusUnavailableError(JaxembedError, RuntimeError):
     """A named corpus is neither cached nor downloadable right now."""
 
 
@@ -88,7 +89,7 @@ def cached_path(name: str) -> Path:
     if name == "python-docs":
         # The text depends on the interpreter, so each version gets its own file.
         return cache_dir() / f"python-docs-{sys.version_info[0]}.{sys.version_info[1]}.txt"
-    raise ValueError(f"unknown corpus {name!r}; choose one of {', '.join(CORPORA)}")
+    raise InvalidArgumentError(f"unknown corpus {name!r}; choose one of {', '.join(CORPORA)}")
 
 
 def load_text(
@@ -162,13 +163,15 @@ def find_text_files(
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     if not isinstance(inputs, Sequence) or not inputs:
-        raise ValueError(f"inputs={inputs!r} is not allowed; give one or more files, directories or glob patterns.")
+        raise InvalidArgumentError(
+            f"inputs={inputs!r} is not allowed; give one or more files, directories or glob patterns."
+        )
     if not isinstance(glob, str) or not glob:
-        raise ValueError(f"glob={glob!r} is not allowed; give a file name pattern such as '*.txt'.")
+        raise InvalidArgumentError(f"glob={glob!r} is not allowed; give a file name pattern such as '*.txt'.")
     found: dict[str, Path] = {}
     for item in inputs:
         if not isinstance(item, (str, os.PathLike)):
-            raise TypeError(f"inputs must hold paths (str or os.PathLike), got {type(item).__name__}: {item!r}.")
+            raise InvalidTypeError(f"inputs must hold paths (str or os.PathLike), got {type(item).__name__}: {item!r}.")
         name = os.fspath(item)
         path = Path(name)
         if path.is_file():
@@ -180,9 +183,9 @@ def find_text_files(
             for hit in map(Path, glob_lib.glob(name, recursive=True)):
                 matches += [hit] if hit.is_file() else [p for p in hit.rglob(glob) if p.is_file()]
         else:
-            raise ValueError(f"input {name!r} does not exist (and is not a glob pattern).")
+            raise InvalidArgumentError(f"input {name!r} does not exist (and is not a glob pattern).")
         if not matches:
-            raise ValueError(f"input {name!r} matches no files (directories are searched for glob={glob!r}).")
+            raise InvalidArgumentError(f"input {name!r} matches no files (directories are searched for glob={glob!r}).")
         for p in matches:
             found.setdefault(os.path.abspath(p), Path(os.path.abspath(p)))
     return sorted(found.values())
@@ -285,20 +288,22 @@ def _docstrings(node: ast.AST) -> Iterator[str]:
 def _read_text_file(path: Path, via: str = "") -> str:
     where = f"{path} (from {via})" if via else str(path)
     if path.is_dir():
-        raise IsADirectoryError(f"corpus path is a directory, not a text file: {where}")
+        raise NotAFileError(f"corpus path is a directory, not a text file: {where}")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"corpus file not found: {where} (named corpora: {', '.join(CORPORA)})") from None
+        raise MissingFileError(f"corpus file not found: {where} (named corpora: {', '.join(CORPORA)})") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValueError(f"corpus file is not UTF-8: {where}: byte 0x{data[e.start]:02x} at offset {e.start}") from None
+        raise InvalidArgumentError(
+            f"corpus file is not UTF-8: {where}: byte 0x{data[e.start]:02x} at offset {e.start}"
+        ) from None
     # Same result as open(..., encoding="utf-8-sig"): no BOM, universal newlines,
     # so a CRLF download and an LF copy of the same book give identical text.
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     if not text.strip():
-        raise ValueError(f"corpus file is empty (or only whitespace): {where}")
+        raise InvalidArgumentError(f"corpus file is empty (or only whitespace): {where}")
     return text
 
 

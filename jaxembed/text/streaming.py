@@ -34,6 +34,7 @@ from typing import BinaryIO
 import numpy as np
 import tiktoken
 
+from jaxembed.errors import InvalidArgumentError
 from jaxembed.text import tokenizer as tokenizer_lib
 
 __all__ = [
@@ -185,7 +186,7 @@ def decoded(path: Path, digest=None) -> Iterator[tuple[str, int]]:
                 text = decoder.decode(data, final=final)
             except UnicodeDecodeError as e:
                 at = offset - pending + e.start
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"input file is not UTF-8: {path}: byte 0x{e.object[e.start]:02x} at offset {at}"
                 ) from None
             offset += len(data)
@@ -235,12 +236,12 @@ def scan(path: Path) -> Source:
     size = path.stat().st_size
     if body_end is not None:
         if first_body_char is None or first_body_char >= body_end:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"input file has an empty Project Gutenberg body (only whitespace between START and END): {path}"
             )
         return Source(path, size, sha, body_start, body_end, gutenberg=True)
     if not any_text:
-        raise ValueError(f"input file is empty (or only whitespace): {path}")
+        raise InvalidArgumentError(f"input file is empty (or only whitespace): {path}")
     return Source(path, size, sha)
 
 
@@ -273,7 +274,7 @@ def document_pieces(src: Source, rule: BoundaryRule | None, progress=None) -> It
             yield pending[:cut]
             pending, searched = pending[cut:], 1
     if digest.hexdigest() != src.sha256:
-        raise ValueError(f"input file changed while it was being tokenized: {src.path}; run again.")
+        raise InvalidArgumentError(f"input file changed while it was being tokenized: {src.path}; run again.")
     if pending:
         yield pending
 

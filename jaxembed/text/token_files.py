@@ -51,6 +51,7 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
+from jaxembed.errors import InvalidArgumentError, InvalidTypeError
 from jaxembed.text import corpus, streaming
 from jaxembed.text import tokenizer as tokenizer_lib
 from jaxembed.text.streaming import PIECE_CHARS, READ_BYTES
@@ -68,7 +69,7 @@ def _token_dtype(n_vocab: int, name: str) -> np.dtype:
         return np.dtype("<u2")
     if n_vocab <= 1 << 32:
         return np.dtype("<u4")
-    raise ValueError(
+    raise InvalidArgumentError(
         f"tokenizer={name!r} has n_vocab={n_vocab}; its ids do not fit uint32, the widest dtype tokens.npy uses "
         f"(allowed: n_vocab <= {1 << 32})."
     )
@@ -101,7 +102,9 @@ def _get_encoding(tokenizer: str | tiktoken.Encoding) -> tiktoken.Encoding:
     if isinstance(tokenizer, tiktoken.Encoding):
         return tokenizer
     if not isinstance(tokenizer, str):
-        raise TypeError(f"tokenizer must be an encoding name or a tiktoken.Encoding, got {type(tokenizer).__name__}.")
+        raise InvalidTypeError(
+            f"tokenizer must be an encoding name or a tiktoken.Encoding, got {type(tokenizer).__name__}."
+        )
     return tokenizer_lib.get_encoding(tokenizer)
 
 
@@ -115,7 +118,7 @@ def _check_out_dir(out: Path, new_meta: dict, overwrite: bool) -> dict | None:
     except ValueError as e:
         if overwrite:
             return None
-        raise ValueError(
+        raise InvalidArgumentError(
             f"out_dir={str(out)!r} already holds {TOKENS_FILE}/{META_FILE} that are not a complete token corpus "
             f"({e}); pass overwrite=True (--overwrite) to replace them."
         ) from None
@@ -127,7 +130,7 @@ def _check_out_dir(out: Path, new_meta: dict, overwrite: bool) -> dict | None:
         return None  # same corpus, damaged file: rebuild it
     if overwrite:
         return None
-    raise ValueError(
+    raise InvalidArgumentError(
         f"out_dir={str(out)!r} already holds a different token corpus ({_describe_difference(old, new_meta)}); "
         "pass overwrite=True (--overwrite) to replace it, or choose another out_dir."
     )
@@ -215,15 +218,17 @@ def tokenize_files(
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise ValueError(f"workers={workers!r} is not allowed; it must be an integer >= 1 (or None: one per CPU).")
+        raise InvalidArgumentError(
+            f"workers={workers!r} is not allowed; it must be an integer >= 1 (or None: one per CPU)."
+        )
     workers = int(workers)
     enc = _get_encoding(tokenizer)
     if SEPARATOR not in enc.special_tokens_set:
-        raise ValueError(f"tokenizer={enc.name!r} has no {SEPARATOR} special token to separate documents.")
+        raise InvalidArgumentError(f"tokenizer={enc.name!r} has no {SEPARATOR} special token to separate documents.")
     dtype = _token_dtype(enc.n_vocab, enc.name)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir={str(out)!r} exists and is not a directory.")
+        raise InvalidArgumentError(f"out_dir={str(out)!r} exists and is not a directory.")
     paths = corpus.find_text_files(inputs, glob)
 
     bar = _bar(progress, sum(p.stat().st_size for p in paths), "scanning")
@@ -363,40 +368,42 @@ def open_tokens(directory: str | os.PathLike[str], *, verify: bool = False) -> t
     """
     d = Path(directory)
     if not d.is_dir():
-        raise ValueError(
+        raise InvalidArgumentError(
             f"token directory {str(d)!r} does not exist (write one with tokenize_files / jaxembed tokenize)."
         )
     meta_path, tokens_path = d / META_FILE, d / TOKENS_FILE
     if not meta_path.is_file():
         hint = " (tokens.npy without meta.json: an interrupted run?)" if tokens_path.exists() else ""
-        raise ValueError(f"{str(d)!r} is not a complete token directory: {META_FILE} is missing{hint}.")
+        raise InvalidArgumentError(f"{str(d)!r} is not a complete token directory: {META_FILE} is missing{hint}.")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if not isinstance(meta, dict):
-            raise ValueError("not a JSON object")
+            raise InvalidArgumentError("not a JSON object")
         n, dtype_name, docs = int(meta["num_tokens"]), str(meta["dtype"]), meta["documents"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{str(meta_path)!r} is not a valid token meta file: {type(e).__name__}: {e}") from None
+        raise InvalidArgumentError(
+            f"{str(meta_path)!r} is not a valid token meta file: {type(e).__name__}: {e}"
+        ) from None
     if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{str(meta_path)!r} has format_version={meta.get('format_version')!r}; this jaxembed reads {FORMAT_VERSION}."
         )
     if dtype_name not in ("uint16", "uint32"):
-        raise ValueError(f"{str(meta_path)!r} says dtype={dtype_name!r}; allowed: 'uint16', 'uint32'.")
+        raise InvalidArgumentError(f"{str(meta_path)!r} says dtype={dtype_name!r}; allowed: 'uint16', 'uint32'.")
     if not tokens_path.is_file():
-        raise ValueError(f"{str(d)!r} is not a complete token directory: {TOKENS_FILE} is missing.")
+        raise InvalidArgumentError(f"{str(d)!r} is not a complete token directory: {TOKENS_FILE} is missing.")
     try:
         tokens = np.load(tokens_path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
-        raise ValueError(f"{str(tokens_path)!r} is not a readable .npy file: {e}") from None
+        raise InvalidArgumentError(f"{str(tokens_path)!r} is not a readable .npy file: {e}") from None
     if tokens.ndim != 1 or tokens.dtype != np.dtype(dtype_name) or len(tokens) != n:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{str(tokens_path)!r} holds {tokens.dtype} of shape {tokens.shape}, but {META_FILE} says {dtype_name} of "
             f"shape ({n},); the directory is corrupt: rebuild it with overwrite=True."
         )
     _check_spans(meta_path, tokens, docs, meta.get("separator_id"))
     if verify and _file_sha256(tokens_path) != meta.get("tokens_sha256"):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{str(tokens_path)!r} does not match the SHA-256 in {META_FILE}; rebuild it with overwrite=True."
         )
     return tokens, meta
@@ -407,12 +414,14 @@ def _check_spans(meta_path: Path, tokens: np.ndarray, docs: list, separator_id: 
         starts = np.array([d["start"] for d in docs], dtype=np.int64)
         stops = np.array([d["stop"] for d in docs], dtype=np.int64)
     except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{str(meta_path)!r}: bad document spans: {type(e).__name__}: {e}") from None
+        raise InvalidArgumentError(f"{str(meta_path)!r}: bad document spans: {type(e).__name__}: {e}") from None
     n = len(tokens)
     # Documents tile tokens.npy: each [start, stop) followed by the separator at stop.
     ok = len(docs) > 0 and starts[0] == 0 and stops[-1] == n - 1 and bool(np.all(starts <= stops))
     ok = ok and bool(np.all(starts[1:] == stops[:-1] + 1))
     if ok and not bool(np.all(tokens[stops] == separator_id)):
-        raise ValueError(f"{str(meta_path)!r}: tokens.npy has no separator id {separator_id} at some document end.")
+        raise InvalidArgumentError(
+            f"{str(meta_path)!r}: tokens.npy has no separator id {separator_id} at some document end."
+        )
     if not ok:
-        raise ValueError(f"{str(meta_path)!r}: document spans do not tile tokens.npy ({n} tokens).")
+        raise InvalidArgumentError(f"{str(meta_path)!r}: document spans do not tile tokens.npy ({n} tokens).")

@@ -25,6 +25,8 @@ import pathlib
 import tiktoken
 from tiktoken_ext.openai_public import r50k_pat_str as GPT2_PATTERN
 
+from jaxembed.errors import InvalidArgumentError, JaxembedError
+
 # The hashes tiktoken pins in tiktoken_ext.openai_public.gpt2().
 GPT2_FILE_HASHES = {
     "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
@@ -41,7 +43,7 @@ REMOTE_ENCODINGS = {
 ENCODINGS = ("gpt2", *REMOTE_ENCODINGS)
 
 
-class TokenizerUnavailableError(RuntimeError):
+class TokenizerUnavailableError(JaxembedError, RuntimeError):
     """A tokenizer's data files are missing, corrupt, or cannot be fetched."""
 
 
@@ -152,7 +154,7 @@ def get_encoding(name: str | tiktoken.Encoding = "gpt2") -> tiktoken.Encoding:
     if name == "gpt2":
         return _offline_gpt2()
     if name not in REMOTE_ENCODINGS:
-        raise ValueError(f"tokenizer={name!r} is not supported; choose one of {list(ENCODINGS)}.")
+        raise InvalidArgumentError(f"tokenizer={name!r} is not supported; choose one of {list(ENCODINGS)}.")
     try:
         return tiktoken.get_encoding(name)
     except Exception as e:  # tiktoken raises requests' or OS errors; translate them all.

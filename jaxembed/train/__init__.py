@@ -9,8 +9,10 @@ state), ``workdir`` (every file a run keeps, the lock and the resume rules), ``t
 
 Example:
   >>> from jaxembed import train
-  >>> train.learning_rate_schedule(1e-2, steps=100, warmup_steps=10)(10).item()
-  0.01
+  >>> from jaxembed.config import base_config
+  >>> schedule = train.learning_rate_schedule(base_config().optim, total_steps=100)
+  >>> float(schedule(0)), round(float(schedule(50)), 6)
+  (0.0, 0.01)
 """
 
 from jaxembed.train import checkpoint, loop, plan, run, tensorboard, trainer, workdir

@@ -36,10 +36,12 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from jaxembed.errors import JaxembedError
+
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(JaxembedError, RuntimeError):
     """No usable checkpoint could be restored."""
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -37,28 +36,17 @@ import numpy as np
 
 from jaxembed import config as config_lib
 from jaxembed.data import pipeline
-from jaxembed.fileio import atomic_open, write_text_atomic
+from jaxembed.errors import JaxembedError
 from jaxembed.nn.model import EmbeddingLM, embedding_tables
 from jaxembed.train.checkpoint import Checkpointer
 from jaxembed.train.tensorboard import SummaryLog, profile
 from jaxembed.train.trainer import Trainer, TrainState, learning_rate_schedule, make_mesh
-from jaxembed.train.workdir import (
-    MetricsLog,
-    WorkdirError,
-    WorkdirLock,
-    check_resume,
-    check_shared,
-    check_workdir,
-    create_workdir,
-    library_log,
-    record_changes,
-    remove_if_empty,
-)
+from jaxembed.train.workdir import MetricsLog, Workdir, WorkdirError
 
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(JaxembedError, RuntimeError):
     """Training cannot go on (the loss diverged)."""
 
 
@@ -139,91 +127,131 @@ def train_and_evaluate(
       Preempted: a SIGTERM/SIGINT stopped the run after saving a checkpoint.
     """
     config_lib.validate(config)
-    path = check_workdir(workdir) if workdir is not None else None
+    workdir = Workdir(workdir) if workdir is not None else None
     with contextlib.ExitStack() as stack:
-        resuming = path is not None and _has_checkpoints(path)
-        lock = _lock(path, stack) if path is not None and path.is_dir() else None  # a busy workdir: refuse at once
-        notices = check_resume(path, config.to_dict()) if resuming else {}
+        changes = workdir.open_for_run(stack, config.to_dict()) if workdir is not None else {}
         mesh = make_mesh(config.mesh.data, config.mesh.model)
         iterator, eval_batches, splits = pipeline.get_datasets(config, mesh, text=text)
         stack.callback(iterator.close)
-        fingerprint = splits.corpus_fingerprint
-        if resuming and fingerprint is not None:
-            check_corpus(path, fingerprint)
-        if path is not None:
-            new = create_workdir(path)
-            if lock is None:
-                _lock(path, stack)
-            if new:  # only once locked: a run refused by the lock must not remove the holder's new workdir
-                stack.callback(remove_if_empty, path)  # a run that fails before writing leaves no debris
-            check_shared(path)
-            stack.enter_context(library_log(path / "train.log"))
-        return _train(config, path, iterator, eval_batches, splits, mesh, notices, fingerprint, progress, stack)
+        if workdir is not None:
+            workdir.create(stack, splits.corpus_fingerprint)
+        trainer = Trainer.from_config(config, splits.model_vocab_size, mesh)
+        run = _Run(config, workdir, trainer, iterator, eval_batches, progress, stack)
+        return run.train(splits, changes)
 
 
-def _lock(path: pathlib.Path, stack: contextlib.ExitStack) -> WorkdirLock | None:
-    if jax.process_index() != 0:  # one lock per run: the other processes write under process 0's
-        return None
-    return stack.enter_context(WorkdirLock(path))
+@dataclasses.dataclass
+class _Run:
+    """What the loop needs, held once instead of passed as ten parameters."""
 
+    config: ml_collections.ConfigDict
+    workdir: Workdir | None
+    trainer: Trainer
+    iterator: Any
+    eval_batches: list
+    progress: bool
+    stack: contextlib.ExitStack
+    checkpointer: Checkpointer | None = None
 
-def _has_checkpoints(path: pathlib.Path) -> bool:
-    folder = path / "checkpoints"
-    return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
-
-
-def check_corpus(path: pathlib.Path, fingerprint: dict) -> None:
-    """Refuses to resume a run on another corpus than the one it was trained on.
-
-    Raises:
-      WorkdirError: ``W/corpus.json`` describes a different corpus (both are named).
-    """
-    stored_path = path / "corpus.json"
-    if not stored_path.is_file():
-        return
-    mismatch = pipeline.fingerprint_mismatch(json.loads(stored_path.read_text()), fingerprint)
-    if mismatch:
-        raise WorkdirError(f"workdir {path}: {mismatch} Nothing in it was changed.")
-
-
-def _train(config, path, iterator, eval_batches, splits, mesh, notices, fingerprint, progress, stack) -> TrainResult:
-    trainer = Trainer.from_config(config, splits.model_vocab_size, mesh)
-    state = trainer.init(jax.random.key(config.seed))
-    # The step donates its input state; keep the untrained tables for the report.
-    initial_params = jax.tree.map(jnp.copy, state.params)
-    start_step, ckpt = 0, None
-    if path is not None:
-        ckpt = Checkpointer(path / "checkpoints", keep=config.train.keep_checkpoints)
-        stack.callback(ckpt.close)
-        if ckpt.steps():
-            state, start_step = ckpt.restore(trainer.abstract_state, iterator)
-            if start_step >= config.train.steps:
-                log.info(
-                    "Already trained to step %d (train.steps=%d): nothing to train; raise --config.train.steps "
-                    "to continue.",
-                    start_step,
-                    config.train.steps,
+    def train(self, splits: pipeline.Splits, changes: dict) -> TrainResult:
+        config, workdir, trainer = self.config, self.workdir, self.trainer
+        state = trainer.init(jax.random.key(config.seed))
+        # The step donates its input state; keep the untrained tables for the report.
+        initial_params = jax.tree.map(jnp.copy, state.params)
+        start_step = 0
+        if workdir is not None:
+            self.checkpointer = Checkpointer(workdir.checkpoints_dir, keep=config.train.keep_checkpoints)
+            self.stack.callback(self.checkpointer.close)
+            if self.checkpointer.steps():
+                state, start_step = self.checkpointer.restore(trainer.abstract_state, self.iterator)
+                if start_step >= config.train.steps:
+                    log.info(
+                        "Already trained to step %d (train.steps=%d): nothing to train; raise --config.train.steps "
+                        "to continue.",
+                        start_step,
+                        config.train.steps,
+                    )
+                else:
+                    log.info("Resuming from step %d (%s).", start_step, self.checkpointer.directory)
+                _announce(changes, config, start_step)
+            if jax.process_index() == 0:
+                workdir.write_run_files(
+                    config.to_json_best_effort(indent=2),
+                    fingerprint=splits.corpus_fingerprint,
+                    token_counts=splits.train_counts(),
+                    active_ids=splits.active_ids,
+                    changes=changes,
+                    step=start_step,
                 )
-            else:
-                log.info("Resuming from step %d (%s).", start_step, ckpt.directory)
-            _announce(notices, config, start_step)
-        if jax.process_index() == 0:
-            _write_run_files(path, config, splits, fingerprint, notices, start_step)
-    metrics = MetricsLog(path / "metrics.jsonl" if path else None, resume_step=start_step)
-    if path is not None and config.train.tensorboard:
-        summaries = stack.enter_context(SummaryLog(path, resume_step=start_step))
-        summaries.write_config(config.to_json_best_effort(indent=2))
-        metrics.sinks.append(summaries.write_row)
-    profiler = profile(path, config.train.profile_steps, total_steps=config.train.steps)
-    stack.callback(profiler.close)
-    if start_step == 0:
-        schedule = learning_rate_schedule(config.optim, config.train.steps)
-        metrics.append(
-            {"step": 0, "learning_rate": float(schedule(0)), "val_loss": trainer.evaluate(state.params, eval_batches)}
+        metrics = MetricsLog(workdir.metrics_file if workdir else None, resume_step=start_step)
+        if workdir is not None and config.train.tensorboard:
+            summaries = self.stack.enter_context(SummaryLog(workdir.path, resume_step=start_step))
+            summaries.write_config(config.to_json_best_effort(indent=2))
+            metrics.sinks.append(summaries.write_row)
+        profiler = profile(
+            workdir.path if workdir else None, config.train.profile_steps, total_steps=config.train.steps
         )
-    state = _loop(config, trainer, state, iterator, eval_batches, metrics, ckpt, start_step, progress, profiler)
-    shuffled = positions_shuffled_loss(trainer, state.params, eval_batches, seed=config.seed)
-    return TrainResult(state, metrics.rows, trainer.model, splits, path, config, initial_params, shuffled, start_step)
+        self.stack.callback(profiler.close)
+        if start_step == 0:
+            schedule = learning_rate_schedule(config.optim, config.train.steps)
+            metrics.append(
+                {
+                    "step": 0,
+                    "learning_rate": float(schedule(0)),
+                    "val_loss": trainer.evaluate(state.params, self.eval_batches),
+                }
+            )
+        state = self.loop(state, metrics, start_step, profiler)
+        shuffled = positions_shuffled_loss(trainer, state.params, self.eval_batches, seed=config.seed)
+        path = workdir.path if workdir else None
+        return TrainResult(
+            state, metrics.rows, trainer.model, splits, path, config, initial_params, shuffled, start_step
+        )
+
+    def loop(self, state, metrics: MetricsLog, start_step: int, profiler) -> TrainState:
+        config, trainer, ckpt, iterator = self.config, self.trainer, self.checkpointer, self.iterator
+        schedule = learning_rate_schedule(config.optim, config.train.steps)
+        bar = _progress(start_step, config.train.steps, enabled=self.progress)
+        tokens_per_step = config.data.batch_size * config.data.max_length
+        window, window_start = [], time.perf_counter()
+        try:
+            with _StopSignals() as stop:
+                for step in range(start_step + 1, config.train.steps + 1):
+                    with profiler.step(step, wait_for=state):
+                        inputs_BxL, targets_BxL = next(iterator)
+                        state, step_metrics = trainer.step(state, inputs_BxL, targets_BxL)
+                    window.append(step_metrics)
+                    stop_signal = stop.requested(step)
+                    due, evaluate, save = _row_due(step, config.train)
+                    if stop_signal is not None:  # a preempted run saves where it stands, validated as usual
+                        due = evaluate = save = True
+                    if not due:
+                        continue
+                    losses = jax.device_get([m["loss"] for m in window])
+                    norms = jax.device_get([m["grad_norm"] for m in window])
+                    train_loss = float(np.mean(losses))
+                    row = {
+                        "step": step,
+                        "train_loss": train_loss,
+                        "grad_norm": float(np.mean(norms)),
+                        "learning_rate": float(schedule(step - 1)),
+                        "tokens_per_sec": len(window) * tokens_per_step / (time.perf_counter() - window_start),
+                    }
+                    if evaluate and math.isfinite(train_loss):
+                        row["val_loss"] = trainer.evaluate(state.params, self.eval_batches)
+                    _check_finite(row, step, config, ckpt)
+                    _write(metrics.append, row, ckpt=ckpt)
+                    bar(step, row)
+                    if save and ckpt is not None:
+                        ckpt.save(step, state, iterator, metrics={"val_loss": row["val_loss"]})
+                    if stop_signal is not None:
+                        if ckpt is not None:
+                            ckpt.wait()
+                        raise Preempted(stop_signal, step, saved=ckpt is not None)
+                    window, window_start = [], time.perf_counter()
+        finally:
+            bar(None, None)
+        return state
 
 
 def _announce(notices: dict, config: ml_collections.ConfigDict, step: int) -> None:
@@ -245,19 +273,6 @@ def _announce(notices: dict, config: ml_collections.ConfigDict, step: int) -> No
             f"step {step + 1} uses {after:.6g} (the old plan: {before:.6g})."
         )
     log.warning(message + " Recorded in config_changes.jsonl.")
-
-
-def _write_run_files(path, config, splits, fingerprint: dict, notices: dict, start_step: int) -> None:
-    if notices:
-        record_changes(path, start_step, notices)
-    write_text_atomic(path / "config.json", config.to_json_best_effort(indent=2))
-    if fingerprint is not None:
-        write_text_atomic(path / "corpus.json", json.dumps(fingerprint, indent=2))
-    with atomic_open(path / "token_counts.npy", "wb") as f:
-        np.save(f, splits.train_counts())
-    if splits.active_ids is not None:
-        with atomic_open(path / "active_ids.npy", "wb") as f:
-            np.save(f, splits.active_ids)
 
 
 def positions_shuffled_loss(trainer: Trainer, params: Any, eval_batches: list, *, seed: int = 0) -> float:
@@ -329,53 +344,6 @@ class _StopSignals:
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def _loop(
-    config, trainer: Trainer, state, iterator, eval_batches, metrics: MetricsLog, ckpt, start_step, progress, profiler
-):
-    schedule = learning_rate_schedule(config.optim, config.train.steps)
-    bar = _progress(start_step, config.train.steps, enabled=progress)
-    tokens_per_step = config.data.batch_size * config.data.max_length
-    window, window_start = [], time.perf_counter()
-    try:
-        with _StopSignals() as stop:
-            for step in range(start_step + 1, config.train.steps + 1):
-                with profiler.step(step, wait_for=state):
-                    inputs_BxL, targets_BxL = next(iterator)
-                    state, step_metrics = trainer.step(state, inputs_BxL, targets_BxL)
-                window.append(step_metrics)
-                stop_signal = stop.requested(step)
-                due, evaluate, save = _row_due(step, config.train)
-                if stop_signal is not None:  # a preempted run saves where it stands, validated as usual
-                    due = evaluate = save = True
-                if not due:
-                    continue
-                losses = jax.device_get([m["loss"] for m in window])
-                norms = jax.device_get([m["grad_norm"] for m in window])
-                train_loss = float(np.mean(losses))
-                row = {
-                    "step": step,
-                    "train_loss": train_loss,
-                    "grad_norm": float(np.mean(norms)),
-                    "learning_rate": float(schedule(step - 1)),
-                    "tokens_per_sec": len(window) * tokens_per_step / (time.perf_counter() - window_start),
-                }
-                if evaluate and math.isfinite(train_loss):
-                    row["val_loss"] = trainer.evaluate(state.params, eval_batches)
-                _check_finite(row, step, config, ckpt)
-                _write(metrics.append, row, ckpt=ckpt)
-                bar(step, row)
-                if save and ckpt is not None:
-                    ckpt.save(step, state, iterator, metrics={"val_loss": row["val_loss"]})
-                if stop_signal is not None:
-                    if ckpt is not None:
-                        ckpt.wait()
-                    raise Preempted(stop_signal, step, saved=ckpt is not None)
-                window, window_start = [], time.perf_counter()
-    finally:
-        bar(None, None)
-    return state
 
 
 def _write(write, *args, ckpt: Checkpointer | None) -> None:

@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 from jaxembed import config as config_lib
 from jaxembed import data
 from jaxembed.data import pipeline
+from jaxembed.errors import InvalidArgumentError
 from jaxembed.text import tokenizer
 from jaxembed.train.trainer import Trainer, make_mesh
 
@@ -169,7 +170,7 @@ def plan(
     if vocab_size is None:
         vocab_size = splits.model_vocab_size if splits else tokenizer.get_encoding(config.data.tokenizer).n_vocab
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer) or vocab_size < 1:
-        raise ValueError(f"vocab_size={vocab_size!r} is not allowed; it must be an integer >= 1 (or None).")
+        raise InvalidArgumentError(f"vocab_size={vocab_size!r} is not allowed; it must be an integer >= 1 (or None).")
     mesh = make_mesh(config.mesh.data, config.mesh.model) if mesh is None else mesh
     pipeline.local_batch_size(config.data.batch_size, mesh)  # the batch must split over `data`
 

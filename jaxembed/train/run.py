@@ -25,7 +25,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 from typing import Any
@@ -35,10 +34,12 @@ import ml_collections
 import numpy as np
 
 from jaxembed.data.pipeline import expand_active
+from jaxembed.errors import InvalidArgumentError
 from jaxembed.nn.model import embedding_tables, make_model
 from jaxembed.text import tokenizer
 from jaxembed.train.checkpoint import Checkpointer, CheckpointError
 from jaxembed.train.trainer import make_mesh, make_optimizer, state_shardings
+from jaxembed.train.workdir import Workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +83,7 @@ def parse_step(text: str | int) -> str | int:
         return value
     if value.isdigit():
         return int(value)
-    raise ValueError(f"step={text!r}: must be 'latest', 'best' or a step number (an integer >= 0).")
+    raise InvalidArgumentError(f"step={text!r}: must be 'latest', 'best' or a step number (an integer >= 0).")
 
 
 def load_run(workdir: str | os.PathLike, step: str | int = "latest") -> Run:
@@ -101,19 +102,18 @@ def load_run(workdir: str | os.PathLike, step: str | int = "latest") -> Run:
       ValueError: ``step`` is not one of the above.
     """
     step = parse_step(step)
-    path = pathlib.Path(workdir).absolute()
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise CheckpointError(f"{path} is not a jaxembed run: {config_path} is missing.")
-    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    run_dir = Workdir(workdir)
+    path = run_dir.path
+    if not run_dir.config_file.is_file():
+        raise CheckpointError(f"{path} is not a jaxembed run: {run_dir.config_file} is missing.")
+    config = ml_collections.ConfigDict(run_dir.read_config())
     enc = tokenizer.get_encoding(config.data.tokenizer)
-    active_path = path / "active_ids.npy"
-    active_ids = np.load(active_path) if active_path.exists() else None
+    active_ids = np.load(run_dir.active_ids_file) if run_dir.active_ids_file.exists() else None
     vocab_size = enc.n_vocab if active_ids is None else len(active_ids)
     model = make_model(config.model, vocab_size=vocab_size, max_length=config.data.max_length)
     tx = make_optimizer(config.optim, config.train.steps)
     abstract_state, _ = state_shardings(model, tx, make_mesh(devices=jax.devices()[:1]))
-    checkpointer = Checkpointer(path / "checkpoints")
+    checkpointer = Checkpointer(run_dir.checkpoints_dir)
     try:
         if step == "best":
             step = checkpointer.best_step()
@@ -128,4 +128,4 @@ def load_run(workdir: str | os.PathLike, step: str | int = "latest") -> Run:
         checkpointer.close()
     token_KxD, position_LxD = embedding_tables(state.params, model.vocab_size)
     token_VxD = expand_active(token_KxD, active_ids, enc.n_vocab)
-    return Run(path, config, step, enc, token_VxD, position_LxD, np.load(path / "token_counts.npy"), active_ids)
+    return Run(path, config, step, enc, token_VxD, position_LxD, np.load(run_dir.token_counts_file), active_ids)

@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from jaxembed.config import parse_profile_steps
+from jaxembed.errors import InvalidArgumentError
 from jaxembed.fileio import atomic_open, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ class SummaryLog:
 
     def __init__(self, logdir: str | os.PathLike, *, resume_step: int = 0, flush_secs: float = 5.0):
         if isinstance(resume_step, bool) or not isinstance(resume_step, numbers.Integral) or resume_step < 0:
-            raise ValueError(f"resume_step={resume_step!r} must be an integer >= 0 (0: a fresh run).")
+            raise InvalidArgumentError(f"resume_step={resume_step!r} must be an integer >= 0 (0: a fresh run).")
         self.logdir = pathlib.Path(logdir)
         # Rows up to resume_step survive a resume (as in metrics.jsonl); everything later is purged.
         self.first_step = int(resume_step) + 1 if resume_step else 0
@@ -157,7 +158,9 @@ class SummaryLog:
         for tag, path in images.items():
             data = pathlib.Path(path).read_bytes()
             if data[:8] != _PNG_SIGNATURE or data[12:16] != b"IHDR":
-                raise ValueError(f"images[{tag!r}]={str(path)!r} is not a PNG file; only PNG images are allowed.")
+                raise InvalidArgumentError(
+                    f"images[{tag!r}]={str(path)!r} is not a PNG file; only PNG images are allowed."
+                )
             width, height = struct.unpack(">II", data[16:24])
             image = Summary.Image(
                 height=height, width=width, colorspace=_PNG_CHANNELS.get(data[25], 4), encoded_image_string=data
@@ -179,7 +182,7 @@ class SummaryLog:
 
 def _step(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name}={value!r} must be an integer step >= 0.")
+        raise InvalidArgumentError(f"{name}={value!r} must be an integer step >= 0.")
     return int(value)
 
 
@@ -229,18 +232,22 @@ def write_projector(
       ['label\tid', 'two\t2', 'zero\t0']
     """
     if not isinstance(tag, str) or not _TAG.fullmatch(tag):
-        raise ValueError(f"tag={tag!r} is not allowed; use letters, digits, '_', '.' and '-' only.")
+        raise InvalidArgumentError(f"tag={tag!r} is not allowed; use letters, digits, '_', '.' and '-' only.")
     table_VxD = np.asarray(table_VxD)
     if table_VxD.ndim != 2 or not np.issubdtype(table_VxD.dtype, np.number):
-        raise ValueError(f"table_VxD must be a numeric [V, D] array, got shape {table_VxD.shape} ({table_VxD.dtype}).")
+        raise InvalidArgumentError(
+            f"table_VxD must be a numeric [V, D] array, got shape {table_VxD.shape} ({table_VxD.dtype})."
+        )
     ids_N = np.asarray(token_ids)
     if ids_N.ndim != 1 or len(ids_N) == 0 or not np.issubdtype(ids_N.dtype, np.integer):
-        raise ValueError(f"token_ids must be a non-empty 1-D sequence of integers, got shape {ids_N.shape}.")
+        raise InvalidArgumentError(f"token_ids must be a non-empty 1-D sequence of integers, got shape {ids_N.shape}.")
     bad = (ids_N < 0) | (ids_N >= len(table_VxD))
     if bad.any():
-        raise ValueError(f"token_ids contains {int(ids_N[bad][0])}; ids must lie in [0, {len(table_VxD)}).")
+        raise InvalidArgumentError(f"token_ids contains {int(ids_N[bad][0])}; ids must lie in [0, {len(table_VxD)}).")
     if len(labels) != len(ids_N):
-        raise ValueError(f"labels has {len(labels)} entries but token_ids has {len(ids_N)}; give one label per id.")
+        raise InvalidArgumentError(
+            f"labels has {len(labels)} entries but token_ids has {len(ids_N)}; give one label per id."
+        )
     logdir = pathlib.Path(logdir)
     rel = {name: f"projector/{tag}/{name}.tsv" for name in ("tensor", "metadata")}
     vectors_NxD = table_VxD[ids_N].astype(np.float32)
@@ -342,5 +349,7 @@ def profile(logdir: str | os.PathLike | None, steps: Any, *, total_steps: int | 
     """
     parsed = parse_profile_steps(steps, total_steps=total_steps)
     if parsed is not None and logdir is None:
-        raise ValueError(f"train.profile_steps={steps!r} needs a workdir to write the trace into; pass --workdir.")
+        raise InvalidArgumentError(
+            f"train.profile_steps={steps!r} needs a workdir to write the trace into; pass --workdir."
+        )
     return StepProfiler(logdir, parsed)

@@ -37,6 +37,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxembed.config import AXIS_RULES
+from jaxembed.errors import InvalidArgumentError
 from jaxembed.nn.model import EmbeddingLM, make_model
 
 AxisRules = Sequence[tuple[str, str | None]]
@@ -109,15 +110,15 @@ def make_mesh(data_axis: int = -1, model_axis: int = 1, devices: Sequence[Any] |
     sizes = [data_axis, model_axis]
     for name, size in zip(("data", "model"), sizes):
         if size == 0 or size < -1:
-            raise ValueError(f"mesh.{name}={size} is not allowed; use a positive size or -1.")
+            raise InvalidArgumentError(f"mesh.{name}={size} is not allowed; use a positive size or -1.")
     if sizes.count(-1) > 1:
-        raise ValueError("only one of mesh.data and mesh.model may be -1.")
+        raise InvalidArgumentError("only one of mesh.data and mesh.model may be -1.")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes and len(devices) % known:
-        raise ValueError(f"mesh {sizes}: {known} does not divide the {len(devices)} available devices.")
+        raise InvalidArgumentError(f"mesh {sizes}: {known} does not divide the {len(devices)} available devices.")
     sizes = [len(devices) // known if s == -1 else s for s in sizes]
     if math.prod(sizes) > len(devices):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"mesh data={sizes[0]} x model={sizes[1]} needs {math.prod(sizes)} devices, "
             f"but {len(devices)} are available."
         )

@@ -1,9 +1,10 @@
-"""A run's working directory: the files a training run keeps besides checkpoints.
+"""A run's working directory: ``Workdir`` owns every file name a run keeps and the order it opens them in.
 
-``W/config.json`` (the config the run was started with), ``W/metrics.jsonl``
-(one JSON row per logged step), ``W/token_counts.npy`` (training token
-counts, for the report) and, with ``model.active_vocab``, ``W/active_ids.npy``.
-Checkpoints live in ``W/checkpoints`` (``jaxembed.train.checkpoint``).
+``W/config.json`` (the config the run was started with), ``W/corpus.json`` (the corpus
+fingerprint), ``W/metrics.jsonl`` (one JSON row per logged step), ``W/token_counts.npy``
+(training token counts, for the report), with ``model.active_vocab`` ``W/active_ids.npy``,
+``W/config_changes.jsonl`` (settings changed on resume), ``W/train.log`` (orbax/absl logs),
+the lock ``W/.lock`` and the checkpoints in ``W/checkpoints`` (``jaxembed.train.checkpoint``).
 
 Example:
   >>> import tempfile
@@ -25,12 +26,140 @@ import pathlib
 import socket
 
 import jax
+import numpy as np
 
-from jaxembed.fileio import write_text_atomic
+from jaxembed.data.splits import fingerprint_mismatch
+from jaxembed.errors import JaxembedError
+from jaxembed.fileio import atomic_open, write_text_atomic
+
+CONFIG_FILE = "config.json"
+CORPUS_FILE = "corpus.json"
+METRICS_FILE = "metrics.jsonl"
+TOKEN_COUNTS_FILE = "token_counts.npy"
+ACTIVE_IDS_FILE = "active_ids.npy"
+CHANGES_FILE = "config_changes.jsonl"
+LOG_FILE = "train.log"
+LOCK_FILE = ".lock"
+CHECKPOINTS_DIR = "checkpoints"
 
 
-class WorkdirError(RuntimeError):
-    """The workdir cannot be used (not writable, or not a jaxembed run)."""
+class WorkdirError(JaxembedError, RuntimeError):
+    """The workdir cannot be used (not writable, in use, or holding another run)."""
+
+
+class Workdir:
+    """A run's folder: the one owner of its file names and of the order in which a run opens it.
+
+    ``open_for_run`` is the sequence every training run follows: check the folder can be
+    written (creating nothing) -> lock it if it exists (a busy workdir is refused at once) ->
+    compare the requested config with the run's (``RESUME_RULES``) -> (the caller loads the
+    data) -> ``create``: compare the corpus fingerprint, create the folder, lock it, arrange
+    that a run failing before it writes anything leaves no debris, check every process sees
+    the same folder, and route library logs to ``train.log``.
+
+    Example:
+      >>> import tempfile
+      >>> w = Workdir(tempfile.mkdtemp())
+      >>> w.config_file.name, w.checkpoints_dir.name, w.has_checkpoints()
+      ('config.json', 'checkpoints', False)
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = pathlib.Path(path).absolute()
+
+    def __repr__(self) -> str:
+        return f"Workdir({str(self.path)!r})"
+
+    config_file = property(lambda self: self.path / CONFIG_FILE)
+    corpus_file = property(lambda self: self.path / CORPUS_FILE)
+    metrics_file = property(lambda self: self.path / METRICS_FILE)
+    token_counts_file = property(lambda self: self.path / TOKEN_COUNTS_FILE)
+    active_ids_file = property(lambda self: self.path / ACTIVE_IDS_FILE)
+    changes_file = property(lambda self: self.path / CHANGES_FILE)
+    log_file = property(lambda self: self.path / LOG_FILE)
+    checkpoints_dir = property(lambda self: self.path / CHECKPOINTS_DIR)
+
+    def has_checkpoints(self) -> bool:
+        """True if ``checkpoints/`` holds at least one step folder."""
+        folder = self.checkpoints_dir
+        return folder.is_dir() and any(p.name.isdigit() for p in folder.iterdir())
+
+    def open_for_run(self, stack: contextlib.ExitStack, requested_config: dict) -> dict[str, tuple[object, object]]:
+        """Checks, locks (if the folder exists) and compares settings; returns the changes to announce.
+
+        Raises:
+          WorkdirError: the folder cannot be written, is in use, or holds a run with other settings.
+        """
+        check_workdir(self.path)
+        self.resuming = self.has_checkpoints()
+        self._locked = self.path.is_dir() and self._lock(stack)
+        return check_resume(self.path, requested_config) if self.resuming else {}
+
+    def create(self, stack: contextlib.ExitStack, fingerprint: dict | None) -> None:
+        """After the data is loaded: checks the corpus, creates, locks, and routes library logs here.
+
+        Raises:
+          WorkdirError: another corpus, the folder cannot be created, or it is not shared by every process.
+        """
+        if getattr(self, "resuming", False) and fingerprint is not None:
+            self.check_corpus(fingerprint)
+        new = create_workdir(self.path)
+        if not getattr(self, "_locked", False):
+            self._lock(stack)
+        if new:  # only once locked: a run refused by the lock must not remove the holder's new workdir
+            stack.callback(remove_if_empty, self.path)  # a run that fails before writing leaves no debris
+        check_shared(self.path)
+        stack.enter_context(library_log(self.log_file))
+
+    def _lock(self, stack: contextlib.ExitStack) -> bool:
+        if jax.process_index() != 0:  # one lock per run: the other processes write under process 0's
+            return True
+        stack.enter_context(WorkdirLock(self.path))
+        return True
+
+    def check_corpus(self, fingerprint: dict) -> None:
+        """Refuses to resume a run on another corpus than the one it was trained on.
+
+        Raises:
+          WorkdirError: ``corpus.json`` describes a different corpus (both are named).
+        """
+        if not self.corpus_file.is_file():
+            return
+        mismatch = fingerprint_mismatch(json.loads(self.corpus_file.read_text()), fingerprint)
+        if mismatch:
+            raise WorkdirError(f"workdir {self.path}: {mismatch} Nothing in it was changed.")
+
+    def write_run_files(
+        self,
+        config_json: str,
+        *,
+        fingerprint: dict | None,
+        token_counts: np.ndarray,
+        active_ids: np.ndarray | None,
+        changes: dict[str, tuple[object, object]],
+        step: int,
+    ) -> None:
+        """Writes (atomically) what a run keeps besides metrics and checkpoints; process 0 only."""
+        if changes:
+            record_changes(self.path, step, changes)
+        write_text_atomic(self.config_file, config_json)
+        if fingerprint is not None:
+            write_text_atomic(self.corpus_file, json.dumps(fingerprint, indent=2))
+        with atomic_open(self.token_counts_file, "wb") as f:
+            np.save(f, token_counts)
+        if active_ids is not None:
+            with atomic_open(self.active_ids_file, "wb") as f:
+                np.save(f, active_ids)
+
+    def read_config(self) -> dict:
+        """The run's ``config.json`` as a dict.
+
+        Raises:
+          WorkdirError: the folder holds no jaxembed run.
+        """
+        if not self.config_file.is_file():
+            raise WorkdirError(f"{self.path} is not a jaxembed run: {self.config_file} is missing.")
+        return json.loads(self.config_file.read_text())
 
 
 def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
@@ -83,10 +212,13 @@ def create_workdir(path: pathlib.Path) -> bool:
 
 
 def remove_if_empty(path: pathlib.Path) -> None:
-    """Removes a workdir this run created if it holds nothing but its lock file (no debris)."""
+    """Removes a workdir this run created if it holds nothing but its lock and log files (no debris)."""
     try:
-        if {p.name for p in path.iterdir()} <= {".lock"}:
-            (path / ".lock").unlink(missing_ok=True)
+        log_file = path / LOG_FILE
+        names = {p.name for p in path.iterdir()}
+        if names <= {LOCK_FILE, LOG_FILE} and (not log_file.exists() or log_file.stat().st_size == 0):
+            (path / LOCK_FILE).unlink(missing_ok=True)
+            (path / LOG_FILE).unlink(missing_ok=True)
             path.rmdir()
     except OSError:
         pass
@@ -203,7 +335,7 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
       [{'step': 0, 'val_loss': 10.8}]
     """
     rows = []
-    path = pathlib.Path(workdir) / "metrics.jsonl"
+    path = pathlib.Path(workdir) / METRICS_FILE
     if path.exists():
         for line in path.read_text().splitlines():
             try:
@@ -240,7 +372,7 @@ class WorkdirLock:
         self._fd: int | None = None
 
     def acquire(self) -> WorkdirLock:
-        path = self.workdir / ".lock"
+        path = self.workdir / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -333,7 +465,7 @@ def check_resume(workdir: pathlib.Path, requested: dict) -> dict[str, tuple[obje
       WorkdirError: a field that must match differs; the message lists every
         such field with both values, and says what to do. Nothing is touched.
     """
-    path = workdir / "config.json"
+    path = workdir / CONFIG_FILE
     if not path.is_file():
         return {}
     changes = config_changes(json.loads(path.read_text()), requested)
@@ -351,7 +483,7 @@ def check_resume(workdir: pathlib.Path, requested: dict) -> dict[str, tuple[obje
 def record_changes(workdir: pathlib.Path, step: int, changes: dict[str, tuple[object, object]]) -> None:
     """Appends one row ``{"step", "changes"}`` to ``W/config_changes.jsonl`` (the run's history)."""
     row = {"step": step, "changes": {k: {"from": old, "to": new} for k, (old, new) in changes.items()}}
-    with (workdir / "config_changes.jsonl").open("a") as f:
+    with (workdir / CHANGES_FILE).open("a") as f:
         f.write(json.dumps(row) + "\n")
         f.flush()
         os.fsync(f.fileno())

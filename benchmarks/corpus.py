@@ -15,7 +15,7 @@ the measured call, above the resident set at that moment:
   same text (the documents joined by ``<|endoftext|>``, read into memory
   before the reset): tokens per second and peak memory of each.
 * ``train`` child: ``jaxembed.train.loop.train_and_evaluate(config, None, ...)``
-  for a few steps of ``tiny_config()``, either with ``config.data.tokens``
+  for a few steps of ``named_config("tiny")``, either with ``config.data.tokens``
   (the memory-mapped ``tokens.npy``) or with ``text=`` (tokenized into an
   in-memory int32 array). Its peak includes reading the text for ``text=``.
   ``--quick`` trains at its larger size only.
@@ -195,15 +195,15 @@ def tokenize_child(spec: dict) -> dict:
 
 
 def train_child(spec: dict) -> dict:
-    """A few steps of ``tiny_config()`` through ``train_and_evaluate``, from a token file or from ``text=``."""
+    """A few steps of ``named_config("tiny")`` through ``train_and_evaluate``, from a token file or from ``text=``."""
     import jax
     import numpy as np
 
-    from jaxembed.config import tiny_config
+    from jaxembed.config import named_config
     from jaxembed.train.loop import train_and_evaluate
 
     jax.devices()
-    config = tiny_config()
+    config = named_config("tiny")
     config.train.steps = spec["steps"]
     config.train.log_every = spec["log_every"]
     config.train.eval_every = spec["steps"]

@@ -18,7 +18,7 @@ seed's batches fit one tile, so they run the dense program), and two tiles that
 do split the seed's batches (256 splits 16 x 64; 8 splits 8 x 4). A variant
 that runs the dense program at a size (its tile holds the whole batch) gets no
 child of its own: its peak is the dense step's. ``plan_figures`` adds
-``jaxembed.train.plan.plan`` of ``gpt2_small_config()`` (what ``jaxembed plan
+``jaxembed.train.plan.plan`` of ``named_config("gpt2_small")`` (what ``jaxembed plan
 --config gpt2_small`` prints).
 """
 
@@ -55,7 +55,7 @@ def variants() -> dict[str, dict]:
 
 def size_configs(quick: bool) -> list[tuple[str, object, int]]:
     """``(name, config, vocab)`` of each size: the seed's two, then ``gpt2_small`` (compile only)."""
-    from jaxembed.config import gpt2_small_config
+    from jaxembed.config import named_config
 
     if quick:
         return [("B=8 L=4 D=256 V=4,096", harness.make_config(8, 4, 256), 4096)]
@@ -63,7 +63,7 @@ def size_configs(quick: bool) -> list[tuple[str, object, int]]:
         (f"B={b} L={length} D={d} V=50,257", harness.make_config(b, length, d), harness.GPT2_VOCAB)
         for b, length, d in RUN_SIZES
     ]
-    config = gpt2_small_config()
+    config = named_config("gpt2_small")
     name = (
         f"gpt2_small: B={config.data.batch_size} L={config.data.max_length} D={config.model.features} "
         f"V=50,257, {config.model.dtype}"
@@ -210,14 +210,14 @@ def xla_section(quick: bool) -> list[dict]:
 
 
 def plan_figures(quick: bool) -> dict:
-    """``jaxembed.train.plan.plan`` of ``gpt2_small_config()`` (quick: of the quick size's config), plus its name."""
-    from jaxembed.config import gpt2_small_config
+    """``jaxembed.train.plan.plan`` of ``named_config("gpt2_small")`` (quick: of the quick size's config), plus its name."""
+    from jaxembed.config import named_config
     from jaxembed.train.plan import plan
 
     if quick:
         name, config, vocab = "B=8 L=4 D=256 V=4,096", harness.make_config(8, 4, 256), 4096
     else:
-        name, config, vocab = "gpt2_small", gpt2_small_config(), None
+        name, config, vocab = "gpt2_small", named_config("gpt2_small"), None
     start = time.perf_counter()
     out = {"case": name, **plan(config, vocab_size=vocab), "plan_s": time.perf_counter() - start}
     print(

@@ -260,7 +260,7 @@ def _corpus(c: dict) -> list[str]:
             )
     lines += [
         "",
-        f"Training: `train_and_evaluate(tiny_config(), None)`, {c['train_steps']} steps, from `data.tokens` "
+        f"Training: `train_and_evaluate(named_config('tiny'), None)`, {c['train_steps']} steps, from `data.tokens` "
         "(the memory-mapped `tokens.npy`) or from `text=` (read and tokenized into an in-memory int32 array; "
         "reading the text is inside the measurement). Steady tok/s: median of the metrics rows after the first. "
         "*After*: the resident set when `train_and_evaluate` returns (its splits still alive), anonymous / "

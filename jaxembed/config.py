@@ -1,10 +1,9 @@
-"""Training configuration: the ml_collections schema every config file builds on.
+"""Training configuration: loading a config by name or path, and the rules every field must follow.
 
-Config files in ``configs/`` define ``get_config()`` (the Flax/nanodo
-convention) and start from ``base_config()``, overriding what they change.
-The same configs ship inside the package by name (``CONFIGS``: ``tiny``,
-``default``, ``gpt2_small``), so ``jaxembed train --config tiny`` works from
-any install, and ``validate`` checks a config before anything runs.
+The named configs live in the top-level ``configs/`` folder (shipped in the wheel as
+``jaxembed.configs``): ``default.py`` lists every field with its meaning; ``tiny.py`` and
+``gpt2_small.py`` start from it and change a few. ``load`` finds them by name
+(``--config tiny``) or runs a copy by path; ``validate`` checks a config before anything runs.
 
 Example:
   >>> from jaxembed.config import base_config
@@ -20,180 +19,48 @@ import importlib.util
 import math
 import numbers
 import pathlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import ml_collections
-from ml_collections import config_dict
 
+from jaxembed.configs import default
 from jaxembed.errors import InvalidArgumentError
-
-#: Logical axis names -> mesh axes: the batch over `data`; token-table rows (vocab) and
-#: attention heads over `model` (so mesh.model must divide model.num_heads); the rest replicated.
-AXIS_RULES = (
-    ("batch", "data"),
-    ("vocab", "model"),
-    ("heads", "model"),
-    ("embed", None),
-    ("kv", None),
-    ("position", None),
-)
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The default training config (the seed's dimensions); every field commented.
+    """The default config (``configs/default.py``): every field, with its meaning in a comment there.
 
     Example:
       >>> base_config().model.features
       256
     """
-    c = ml_collections.ConfigDict()
-    c.seed = 0  # PRNG seed for initialisation and data order.
-
-    c.data = ml_collections.ConfigDict()
-    c.data.corpus = "romeo-juliet"  # Named corpus: romeo-juliet (downloaded once) or python-docs.
-    # A UTF-8 file to train on instead (--text), or a directory/glob of them (at most 64 MiB,
-    # tokenized in memory; larger corpora: `jaxembed tokenize` and data.tokens).
-    c.data.text = config_dict.placeholder(str)
-    # A token directory from `jaxembed tokenize` (--tokens): trains on its memory-mapped
-    # tokens.npy, never copied; overrides data.corpus, excludes data.text.
-    c.data.tokens = config_dict.placeholder(str)
-    # A second token directory held out for validation (--val-tokens); else the last
-    # data.val_fraction of data.tokens.
-    c.data.val_tokens = config_dict.placeholder(str)
-    c.data.tokenizer = "gpt2"  # tiktoken encoding; its n_vocab sizes the token table.
-    c.data.max_length = 64  # Context length L: tokens per window (rows of the positional table).
-    c.data.stride = 64  # Tokens between window starts (= max_length: no overlap).
-    c.data.batch_size = 16  # Global batch size (split over processes and the `data` mesh axis).
-    c.data.val_fraction = 0.1  # Fraction of the corpus's tokens held out, taken from its end.
-    c.data.num_workers = 0  # Grain worker processes (0: batches are gathered in-process).
-
-    c.model = ml_collections.ConfigDict()
-    c.model.features = 256  # Embedding width D (GPT-2 small: 768).
-    c.model.init_stddev = 0.02  # Both tables start as N(0, init_stddev^2) (GPT-2's choice).
-    c.model.dtype = "float32"  # Computation dtype: float32 or bfloat16 (params stay param_dtype).
-    c.model.param_dtype = "float32"  # Storage dtype of parameters and optimiser state.
-    c.model.vocab_multiple = 128  # Token-table rows are padded to a multiple of this (even sharding).
-    # Opt-in speed-up: train only the rows of tokens that occur in the corpus, with the
-    # softmax over those K ids (a different model: its loss starts at ln K, not ln 50257).
-    # Table, softmax and AdamW shrink from 50,257 to K rows (5,196 for Romeo and Juliet).
-    c.model.active_vocab = False
-    # Causal self-attention blocks after the input embeddings (0: embeddings only, today's
-    # smallest model; then the positional table cannot learn anything position-specific).
-    c.model.num_layers = 1
-    c.model.num_heads = 4  # Attention heads per block; must divide model.features.
-    # Tokens per tile of the tied head's loss (0: the full [B, L, V] logits at once). Batches
-    # of at most this many tokens run the dense program; gpt2_small's train step needs 1.5 GiB
-    # of temporaries in 16 tiles instead of 15.7 GiB (jaxembed plan --config gpt2_small).
-    c.model.loss_tile_tokens = 2048
-
-    c.optim = ml_collections.ConfigDict()
-    c.optim.learning_rate = 1e-2  # Peak learning rate after warmup.
-    c.optim.warmup_steps = 50  # Linear warmup from 0 to the peak.
-    c.optim.final_lr_fraction = 0.1  # Cosine decay ends at this fraction of the peak.
-    c.optim.b1 = 0.9  # Adam beta1.
-    c.optim.b2 = 0.99  # Adam beta2.
-    c.optim.weight_decay = 0.0  # AdamW decoupled weight decay.
-    c.optim.grad_clip = 1.0  # Global-norm gradient clipping threshold.
-
-    c.train = ml_collections.ConfigDict()
-    c.train.steps = 1000  # Total optimiser steps.
-    c.train.log_every = 20  # Steps between metrics rows (train loss, lr, tokens/s).
-    c.train.eval_every = 100  # Steps between validation losses (and at the end).
-    c.train.eval_batches = 16  # Validation batches per evaluation (fixed, in order).
-    c.train.checkpoint_every = 200  # Steps between orbax checkpoints (and at the end).
-    c.train.keep_checkpoints = 3  # Checkpoints kept; older ones are deleted.
-    c.train.tensorboard = True  # TensorBoard event files, report images and projector in the workdir.
-    c.train.profile_steps = ""  # "START,STOP": jax.profiler trace of steps [START, STOP) for TensorBoard; "" = off.
-
-    c.mesh = ml_collections.ConfigDict()
-    c.mesh.data = -1  # Devices on the data-parallel axis (-1: all remaining).
-    c.mesh.model = 1  # Devices the token table's vocabulary axis is split over.
-    # Logical axis name of every parameter dimension -> mesh axis (None: replicated); see AXIS_RULES.
-    c.mesh.logical_axis_rules = AXIS_RULES
-
-    c.report = ml_collections.ConfigDict()
-    c.report.probe_tokens = (
-        " Romeo",
-        " Juliet",
-        " thou",
-        " love",
-        " night",
-        " death",
-    )  # Tokens whose neighbours the report shows.
-    c.report.num_neighbors = 5  # Neighbours listed per probe token.
-    c.report.pca_tokens = 150  # Most frequent tokens drawn on the PCA map.
-    c.report.projector_tokens = 2000  # Most frequent tokens exported for the TensorBoard projector.
-    return c
+    return default.get_config()
 
 
-def tiny_config() -> ml_collections.ConfigDict:
-    """The tiny run: learns in well under a minute on 2 CPU cores.
+def named_config(name: str) -> ml_collections.ConfigDict:
+    """The named config ``name`` (one of ``CONFIGS``), from ``jaxembed.configs``.
 
-    32-wide tables, context 16, batch 16, 300 steps, on the offline
-    ``python-docs`` corpus (``configs/tiny.py`` returns this).
+    Raises:
+      ConfigError: no config has that name.
 
     Example:
-      >>> c = tiny_config()
-      >>> c.model.features, c.data.max_length, c.train.steps
-      (32, 16, 300)
+      >>> named_config("tiny").train.steps
+      300
     """
-    c = base_config()
-    c.data.corpus = "python-docs"  # Needs no network; --text PATH for Romeo and Juliet.
-    c.data.max_length = 16  # Short context: small positional table, fast steps.
-    c.data.stride = 16  # No overlap between windows.
-    c.data.batch_size = 16  # 256 tokens per step.
-    c.model.features = 32  # Narrow tables: the dense AdamW update stays cheap on CPU.
-    c.optim.learning_rate = 2e-2  # Large enough to move a 32-wide table in 300 steps.
-    c.optim.warmup_steps = 20  # Short warmup for a short run.
-    c.train.steps = 300  # Under a minute on 2 CPU cores.
-    c.train.log_every = 10  # A metrics row every 10 steps.
-    c.train.eval_every = 50  # Validation loss every 50 steps.
-    c.train.eval_batches = 8  # 8 x 16 x 16 = 2,048 held-out tokens per evaluation.
-    c.train.checkpoint_every = 100  # Checkpoints at 100, 200, 300.
-    c.report.probe_tokens = (" Romeo", " thou", " love", " the", " return", " function")  # Probes for either corpus.
-    c.report.pca_tokens = 100  # Fewer labels on the PCA map.
-    c.report.projector_tokens = 1000  # Projector export of the 1,000 most frequent tokens.
-    return c
+    import importlib
 
-
-def gpt2_small_config() -> ml_collections.ConfigDict:
-    """GPT-2 small's embedding sizes (768 wide, 1024 context), for accelerators.
-
-    Example:
-      >>> c = gpt2_small_config()
-      >>> c.model.features, c.data.max_length, c.model.dtype
-      (768, 1024, 'bfloat16')
-    """
-    c = base_config()
-    c.data.max_length = 1024  # GPT-2's context length.
-    c.data.stride = 512  # Half-overlapping windows: twice the windows of a small corpus.
-    c.data.batch_size = 32  # 32,768 tokens per step.
-    c.model.features = 768  # GPT-2 small's width.
-    c.model.dtype = "bfloat16"  # bf16 compute on accelerators; params and Adam state stay float32.
-    # Embeddings only, as the seed: with the tiled loss the step needs 1.5 GiB of temporaries
-    # (jaxembed plan --config gpt2_small). One attention layer (num_layers=1) adds the
-    # [32, 12, 1024, 1024] attention scores: 6.9 GiB in all, for a 16 GiB+ GPU.
-    c.model.num_layers = 0
-    c.model.num_heads = 12  # GPT-2 small's heads (64 features each), when num_layers > 0.
-    c.optim.learning_rate = 3e-3  # Wider tables want a smaller step.
-    c.optim.warmup_steps = 100  # Longer warmup for the larger batch.
-    c.train.steps = 2000  # Total optimiser steps.
-    c.train.eval_every = 200  # Validation loss every 200 steps.
-    c.train.checkpoint_every = 500  # Checkpoints at 500, 1000, 1500, 2000.
-    return c
+    if name not in CONFIGS:
+        raise ConfigError(f"no named config {name!r}; choose one of {', '.join(CONFIGS)}.")
+    return importlib.import_module(f"jaxembed.configs.{name}").get_config()
 
 
 class ConfigError(InvalidArgumentError):
     """A config cannot be loaded: no such name or file, an unknown field, or a bad value."""
 
 
-#: Configs shipped inside the package, by the name ``--config NAME`` takes.
-CONFIGS: dict[str, Callable[[], ml_collections.ConfigDict]] = {
-    "tiny": tiny_config,
-    "default": base_config,
-    "gpt2_small": gpt2_small_config,
-}
+#: Configs shipped inside the package (``jaxembed.configs``), by the name ``--config NAME`` takes.
+CONFIGS: tuple[str, ...] = ("tiny", "default", "gpt2_small")
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -205,7 +72,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ValueError: e.g. ``train.steps=0 is not allowed; it must be an integer >= 1.``
 
     Example:
-      >>> c = tiny_config()
+      >>> c = named_config("tiny")
       >>> c.train.steps = 0
       >>> validate(c)
       Traceback (most recent call last):
@@ -267,7 +134,7 @@ def load(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.Con
         raise ConfigError(
             f"--config {name_or_path}: no such config file, and not one of the named configs ({', '.join(CONFIGS)})."
         )
-    base = CONFIGS[name_or_path]() if named else _load_config_module(name_or_path).get_config()
+    base = named_config(name_or_path) if named else _load_config_module(name_or_path).get_config()
     valid = _flat_keys(base)
     for arg in overrides:
         key = arg.split("=", 1)[0].removeprefix("--config.")

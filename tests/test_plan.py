@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import pytest
 
 from jaxembed import cli
-from jaxembed.config import gpt2_small_config, tiny_config
+from jaxembed.config import named_config
 from jaxembed.text.tokenizer import get_encoding
 from jaxembed.train.plan import GiB, format_plan, loop_corrected_flops, plan
 from jaxembed.train.trainer import Trainer
@@ -49,7 +49,7 @@ def padded(n: int, multiple: int) -> int:
 
 
 def small_config(layers: int = 2, param_dtype: str = "float32"):
-    c = tiny_config()
+    c = named_config("tiny")
     c.model.num_layers, c.model.num_heads, c.model.param_dtype = layers, 4, param_dtype
     return c
 
@@ -109,7 +109,7 @@ def test_tokens_per_epoch_counts_full_batches_of_the_training_split(corpus_path)
 
 def test_bad_vocab_size_names_the_argument():
     with pytest.raises(ValueError, match=r"vocab_size=0 is not allowed"):
-        plan(tiny_config(), vocab_size=0)
+        plan(named_config("tiny"), vocab_size=0)
 
 
 # --- FLOPs --------------------------------------------------------------------
@@ -148,14 +148,14 @@ def gpt2_small_plans():
     plans = {}
     for layers in (0, 1):
         for tile in (0, 2048):
-            c = gpt2_small_config()
+            c = named_config("gpt2_small")
             c.model.num_layers, c.model.loss_tile_tokens = layers, tile
             plans[layers, tile] = plan(c)
     return plans
 
 
 def test_gpt2_small_tiled_loss_drops_the_logits_temporaries(gpt2_small_plans):
-    c = gpt2_small_config()
+    c = named_config("gpt2_small")
     n, d, v = c.data.batch_size * c.data.max_length, c.model.features, 50304
     logits_f32 = 4 * n * v  # one float32 [B * L, V] array: 6.1 GiB
     for layers in (0, 1):
@@ -210,7 +210,7 @@ def test_cli_devices_splits_the_token_table_over_the_model_axis():
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert (result["devices"], result["mesh"]) == (8, {"data": 4, "model": 2})
-    c = tiny_config()
+    c = named_config("tiny")
     d, length, heads = c.model.features, c.data.max_length, c.model.num_heads
     # Vocab rows and heads split in two; positions, LayerNorm and the out bias are replicated.
     per_device_params = 50304 * d // 2 + length * d + (4 * d * d + 3 * d) // 2 + d + 2 * d

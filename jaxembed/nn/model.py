@@ -376,8 +376,8 @@ def make_model(model_config: ml_collections.ConfigDict, *, vocab_size: int, max_
       max_length: the context length (``config.data.max_length``).
 
     Example:
-      >>> from jaxembed.config import tiny_config
-      >>> make_model(tiny_config().model, vocab_size=50257, max_length=16).padded_vocab_size
+      >>> from jaxembed.config import named_config
+      >>> make_model(named_config("tiny").model, vocab_size=50257, max_length=16).padded_vocab_size
       50304
     """
     return EmbeddingLM(

@@ -15,8 +15,8 @@ head's FLOPs. ``plan`` adds ``(trip count - 1)`` times each loop body's cost
 raw figure.
 
 Example:
-  >>> from jaxembed.config import tiny_config
-  >>> p = plan(tiny_config())
+  >>> from jaxembed.config import named_config
+  >>> p = plan(named_config("tiny"))
   >>> p["params"], p["param_bytes"], p["tokens_per_step"], p["devices"]
   (1614528, 6458112, 256, 1)
   >>> p["temp_bytes"] > 0 and p["flops_per_step"] > 6 * p["params"]
@@ -154,8 +154,8 @@ def plan(
         >= 1 (messages name the field and the value).
 
     Example:
-      >>> from jaxembed.config import tiny_config
-      >>> p = plan(tiny_config(), vocab_size=1000)
+      >>> from jaxembed.config import named_config
+      >>> p = plan(named_config("tiny"), vocab_size=1000)
       >>> p["params"] == 1024 * 32 + 16 * 32 + (4 * 32 * 32 + 6 * 32)
       True
       >>> p["opt_state_bytes"] == 2 * p["param_bytes"] + 8  # AdamW mu, nu and two step counters

@@ -9,8 +9,8 @@ measure is what ``jaxembed train`` runs. The pure pieces (``train_step``,
 for other loops.
 
 Example:
-  >>> from jaxembed.config import tiny_config
-  >>> config = tiny_config()
+  >>> from jaxembed.config import named_config
+  >>> config = named_config("tiny")
   >>> trainer = Trainer.from_config(config, vocab_size=1000)
   >>> state = trainer.init(jax.random.key(0))
   >>> ids_BxL = jnp.zeros((16, 16), jnp.int32)
@@ -36,7 +36,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxembed.config import AXIS_RULES
+from jaxembed.configs.default import AXIS_RULES
 from jaxembed.errors import InvalidArgumentError
 from jaxembed.nn.model import EmbeddingLM, make_model
 

@@ -37,7 +37,7 @@ TRAIN_CASES = [(8, 4), (16, 64)]
 
 
 class FastLoader:
-    """Iterates ``jaxembed.data.loader.WindowBatches`` in-process: no Grain, one gather per chunk.
+    """Iterates ``jaxembed.data.windows.WindowBatches`` in-process: no Grain, one gather per chunk.
 
     Yields exactly the batches ``create_dataloader(num_workers=0)`` yields
     (same order, same values), from the same chunks (``data.loader.CHUNK_TOKENS``
@@ -296,7 +296,7 @@ def step_components(batch: int, length: int, features: int = 256, vocab: int = h
     import jax.numpy as jnp
     import optax
 
-    from jaxembed.nn.model import cross_entropy
+    from jaxembed.nn.losses import cross_entropy
 
     config = harness.make_config(batch, length, features)
     trainer = harness.make_trainer(config, vocab)

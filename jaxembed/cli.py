@@ -34,7 +34,6 @@ from jaxembed.errors import InvalidArgumentError, JaxembedError
 from jaxembed.text import corpus
 
 #: configs/ of a source checkout (the files users read and copy).
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 class UsageError(InvalidArgumentError):

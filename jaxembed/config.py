@@ -59,10 +59,47 @@ class ConfigError(InvalidArgumentError):
     """A config cannot be loaded: no such name or file, an unknown field, or a bad value."""
 
 
+#: Where the named config files are: the repo's top-level configs/, or jaxembed/configs in a wheel.
+CONFIG_DIR = pathlib.Path(default.__file__).resolve().parent
+
 #: Configs shipped inside the package (``jaxembed.configs``), by the name ``--config NAME`` takes.
 CONFIGS: tuple[str, ...] = ("tiny", "default", "gpt2_small")
 
 _DTYPES = ("float32", "bfloat16", "float16")
+
+
+#: Fields added after the first runs were written, with the value that reproduces what such a run
+#: did before the field existed (an old run had no attention layer, no loss tiles, no event files).
+_ADDED_FIELDS: dict[str, Any] = {
+    "model.num_layers": 0,
+    "model.num_heads": 1,
+    "model.loss_tile_tokens": 0,
+    "model.active_vocab": False,
+    "data.tokens": None,
+    "data.val_tokens": None,
+    "data.text": None,
+    "mesh.logical_axis_rules": default.AXIS_RULES,
+    "train.tensorboard": False,
+    "train.profile_steps": "",
+}
+
+
+def upgrade_run_config(stored: dict) -> dict:
+    """A run's stored ``config.json`` with fields added since it was written filled in (a new dict).
+
+    Each added field gets the value that reproduces what the run did before the field existed,
+    so an old run reads back (and resumes) as it was trained.
+
+    Example:
+      >>> upgrade_run_config({"model": {"features": 8}})["model"]["num_layers"]
+      0
+    """
+    upgraded = {k: (dict(v) if isinstance(v, dict) else v) for k, v in stored.items()}
+    for path, value in _ADDED_FIELDS.items():
+        section, name = path.split(".")
+        upgraded.setdefault(section, {})
+        upgraded[section].setdefault(name, [list(r) for r in value] if path.endswith("axis_rules") else value)
+    return upgraded
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -96,7 +133,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise InvalidArgumentError(
             f"data.num_workers={config.data.num_workers!r} is not allowed; it must be an integer >= 0."
         )
-    tile = config.model.get("loss_tile_tokens", 0)
+    tile = config.model.loss_tile_tokens
     if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
         raise InvalidArgumentError(
             f"model.loss_tile_tokens={tile!r} is not allowed; it must be an integer >= 0 (0: dense)."
@@ -109,7 +146,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if config.model[name] not in _DTYPES:
             allowed = ", ".join(repr(d) for d in _DTYPES)
             raise InvalidArgumentError(f"model.{name}={config.model[name]!r} is not allowed; use one of {allowed}.")
-    parse_profile_steps(t.get("profile_steps", ""), total_steps=t.steps)
+    parse_profile_steps(t.profile_steps, total_steps=t.steps)
     lr = config.optim.learning_rate
     if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise InvalidArgumentError(f"optim.learning_rate={lr} is not allowed; it must be a finite number > 0.")

@@ -54,3 +54,9 @@ def text_path(tmp_path_factory, corpus_path) -> pathlib.Path:
     path = tmp_path_factory.mktemp("text") / "rj_head.txt"
     path.write_text(corpus_path.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """Environment for ``jaxembed`` subprocesses: CPU only, a corpus cache of the module's own (also the cwd)."""
+    return {**os.environ, "JAXEMBED_CACHE": str(tmp_path_factory.mktemp("cache")), "JAX_PLATFORMS": "cpu"}

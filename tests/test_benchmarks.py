@@ -282,7 +282,7 @@ def test_config_override_of_a_missing_field_names_it():
 @pytest.mark.parametrize("max_length, stride", [(4, 4), (5, 2), (3, 7), (1, 1)])
 def test_reference_windows_equal_jaxembed_windows(max_length, stride):
     from benchmarks.torch_reference import reference_windows
-    from jaxembed.data.loader import StridedWindows
+    from jaxembed.data.windows import StridedWindows
 
     ids = np.random.default_rng(0).integers(0, 50257, 101).astype(np.int32)
     want = reference_windows(ids.tolist(), max_length, stride)

@@ -21,17 +21,16 @@ import time
 
 import numpy as np
 import pytest
-from run_files import corrupt, logged_steps, snapshot
+from run_files import HANG_GUARD, corrupt, jaxembed, logged_steps, metrics_rows, snapshot
 
-from jaxembed import cli
-from jaxembed.data import pipeline
+from jaxembed import cli, data
+from jaxembed.config import CONFIG_DIR
 from jaxembed.report import analysis
 from jaxembed.text.tokenizer import get_encoding
 from jaxembed.train import run as run_lib
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STEPS = 40
-HANG_GUARD = 300  # seconds; a hang guard, not a speed requirement
 
 # ml_collections' config_flags loads config files with the deprecated load_module().
 
@@ -39,17 +38,11 @@ HANG_GUARD = 300  # seconds; a hang guard, not a speed requirement
 # --- Helpers ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Subprocess environment with an isolated corpus cache."""
-    return {**os.environ, "JAXEMBED_CACHE": str(tmp_path_factory.mktemp("cache"))}
-
-
 def train_args(workdir, text_path, *extra):
     return [
         "train",
         "--config",
-        str(cli.CONFIG_DIR / "tiny.py"),
+        str(CONFIG_DIR / "tiny.py"),
         "--workdir",
         str(workdir),
         "--text",
@@ -68,34 +61,11 @@ def train_args(workdir, text_path, *extra):
     ]
 
 
-def jaxembed(args, env, **kwargs):
-    """Runs ``python -m jaxembed.cli ARGS`` in a subprocess."""
-    return subprocess.run(
-        [sys.executable, "-m", "jaxembed.cli", *args],
-        env=env,
-        cwd=neutral_cwd(env),
-        capture_output=True,
-        text=True,
-        timeout=HANG_GUARD,
-        **kwargs,
-    )
-
-
-def neutral_cwd(env):
-    # `python -m` puts the working directory first on sys.path: run from a
-    # directory without a jaxembed/ so the installed (or PYTHONPATH) package is used.
-    return env["JAXEMBED_CACHE"]
-
-
 def main_in_process(args, capsys):
     """Runs the CLI in this process (no interpreter start-up): ``(exit code, stdout, stderr)``."""
     code = cli.main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def read_metrics(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def checkpoint_names(workdir):
@@ -129,7 +99,7 @@ def finished_copy(finished, tmp_path):
 
 def test_train_writes_metrics_rows(finished):
     workdir, _ = finished
-    rows = read_metrics(workdir)
+    rows = metrics_rows(workdir)
     assert [r["step"] for r in rows] == list(range(0, STEPS + 1, 5))
     assert set(rows[0]) == {"step", "learning_rate", "val_loss"}
     for row in rows[1:]:
@@ -149,7 +119,7 @@ def test_train_writes_report_plots_and_projector(finished):
     workdir, proc = finished
     assert f"Report: {workdir / 'report.md'}" in proc.stdout
     first, last = re.search(r"Validation loss (\d+\.\d+) -> (\d+\.\d+)", proc.stdout).groups()
-    rows = read_metrics(workdir)
+    rows = metrics_rows(workdir)
     assert (float(first), float(last)) == (round(rows[0]["val_loss"], 3), round(rows[-1]["val_loss"], 3))
 
     text = (workdir / "report.md").read_text()
@@ -180,7 +150,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(finished, tex
     workdir = tmp_path / "killed"
     args = [sys.executable, "-m", "jaxembed.cli", *train_args(workdir, text_path)]
     with open(tmp_path / "out.txt", "w") as out:
-        proc = subprocess.Popen(args, env=env, cwd=neutral_cwd(env), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(args, env=env, cwd=env["JAXEMBED_CACHE"], stdout=out, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + HANG_GUARD
             # Kill between checkpoints: once step 10 is committed (orbax renames the
@@ -213,7 +183,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run_bitwise(finished, tex
     def without_speed(rows):
         return [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in rows]
 
-    assert without_speed(read_metrics(workdir)) == without_speed(read_metrics(finished[0]))
+    assert without_speed(metrics_rows(workdir)) == without_speed(metrics_rows(finished[0]))
     assert checkpoint_names(workdir) == ["30", "40"]
 
 
@@ -247,7 +217,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(finished_copy,
     )  # never deleted
     assert [n for n in names if n.isdigit()] == ["40", "50"]
     assert run_lib.load_run(finished_copy).step == 50
-    assert [r["step"] for r in read_metrics(finished_copy)] == list(range(0, 51, 5))
+    assert [r["step"] for r in metrics_rows(finished_copy)] == list(range(0, 51, 5))
 
 
 def test_all_checkpoints_unreadable_is_a_clear_error(finished_copy, text_path, env):
@@ -380,7 +350,7 @@ def test_export_writes_projector_files(finished, tmp_path, capsys):
     ids = [int(line.rsplit("\t", 1)[1]) for line in metadata[1:]]
     # The 50 most frequent training tokens, counted independently.
     config = run_lib.load_run(workdir).config
-    splits = pipeline.split_corpus(pathlib.Path(config.data.text).read_text(encoding="utf-8"), config)
+    splits = data.splits.split_corpus(pathlib.Path(config.data.text).read_text(encoding="utf-8"), config)
     counts = np.bincount(splits.train_ids, minlength=50257)
     assert ids == sorted(range(50257), key=lambda i: (-counts[i], i))[:50]
     np.testing.assert_allclose(np.loadtxt(out_dir / "vectors.tsv", delimiter="\t"), run.token_VxD[ids], rtol=1e-6)

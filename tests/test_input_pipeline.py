@@ -7,7 +7,6 @@ tiktoken, then ``<|endoftext|>``; splits, windows and counts recomputed with pla
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import shutil
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tiktoken
+from run_files import metrics_rows
 
 from jaxembed import cli, data
 from jaxembed.config import base_config
@@ -250,7 +250,7 @@ def test_cli_tokenize_then_train_on_the_tokens(text_dir, tmp_path, capsys, ref):
     args += ["--config.data.max_length=8", "--config.data.stride=8", "--config.model.num_layers=0"]
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(workdir)
     assert rows[-1]["step"] == 5 and math.isfinite(rows[-1]["train_loss"]) and math.isfinite(rows[-1]["val_loss"])
     counts = np.load(workdir / "token_counts.npy")
     np.testing.assert_array_equal(counts, np.bincount(ref[: len(ref) - round(0.2 * len(ref))], minlength=50257))

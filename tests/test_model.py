@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from jax.experimental import checkify
 
-from jaxembed.nn.model import CausalSelfAttentionBlock, EmbeddingLM, cross_entropy, embedding_tables
+from jaxembed.nn.losses import cross_entropy
+from jaxembed.nn.model import CausalSelfAttentionBlock, EmbeddingLM, embedding_tables
 
 V, L, D, B = 13, 6, 4, 3
 

@@ -11,6 +11,7 @@ import matplotlib
 import matplotlib.image
 import numpy as np
 import pytest
+from run_files import metrics_rows
 
 from jaxembed import report
 from jaxembed.report import analysis
@@ -57,7 +58,7 @@ def assert_no_temp_files(directory):
 
 
 def test_train_counts_match_counter():
-    from jaxembed.data.pipeline import Splits
+    from jaxembed.data.splits import Splits
 
     ids = np.random.default_rng(0).integers(0, 30, size=500).astype(np.int32)
     counts = Splits(ids, ids[:1], vocab_size=40).train_counts()
@@ -417,7 +418,7 @@ def test_report_json_matches_numpy_on_exported_tables(short_run):
     position_LxD = np.load(workdir / "projector" / "position_embeddings.npy").astype(np.float64)
     assert token_VxD.shape == (50257, 32) and position_LxD.shape == (8, 32)
     counts_V = np.load(workdir / "token_counts.npy")
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(workdir)
 
     val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
     best_step, best = min(val, key=lambda sv: sv[1])

@@ -16,35 +16,26 @@ from __future__ import annotations
 
 import json
 import os
-import pathlib
 import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 import portpicker
 import pytest
-from run_files import corrupt, logged_steps, snapshot
+from run_files import HANG_GUARD, corrupt, finish, jaxembed, logged_steps, metrics_rows, snapshot, start
 
-from jaxembed import cli
+from jaxembed.config import CONFIG_DIR
 from jaxembed.train import run as run_lib
 
 STEPS = 20
-HANG_GUARD = 300  # seconds; a hang guard, not a speed requirement
 NOISE = ("Traceback", "Event loop is closed", "absl", "orbax", "tensorstore", "RESOURCE_EXHAUSTED", "E0000", "W0000")
 
 
 # --- Helpers ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    """Subprocess environment: CPU only, an isolated corpus cache (also the neutral cwd)."""
-    return {**os.environ, "JAXEMBED_CACHE": str(tmp_path_factory.mktemp("cache")), "JAX_PLATFORMS": "cpu"}
 
 
 def train_args(workdir, text_path, *extra):
@@ -52,7 +43,7 @@ def train_args(workdir, text_path, *extra):
     return [
         "train",
         "--config",
-        str(cli.CONFIG_DIR / "tiny.py"),
+        str(CONFIG_DIR / "tiny.py"),
         "--workdir",
         str(workdir),
         "--text",
@@ -70,37 +61,6 @@ def train_args(workdir, text_path, *extra):
         "--config.data.stride=8",
         *extra,
     ]
-
-
-def command(args):
-    return [sys.executable, "-m", "jaxembed.cli", *map(str, args)]
-
-
-def jaxembed(args, env, timeout=HANG_GUARD):
-    """Runs ``python -m jaxembed.cli ARGS`` to completion."""
-    return subprocess.run(
-        command(args), env=env, cwd=env["JAXEMBED_CACHE"], capture_output=True, text=True, timeout=timeout
-    )
-
-
-def start(args, env, out_dir: pathlib.Path, name: str) -> subprocess.Popen:
-    """Starts ``python -m jaxembed.cli ARGS``; stdout/stderr go to ``out_dir/name.{out,err}``."""
-    # Files, not pipes: a child blocked on a full pipe would look like a hang.
-    out, err = open(out_dir / f"{name}.out", "w"), open(out_dir / f"{name}.err", "w")
-    # `python -m` puts the cwd first on sys.path: the cache folder has no jaxembed/ in it.
-    proc = subprocess.Popen(command(args), env=env, cwd=env["JAXEMBED_CACHE"], stdout=out, stderr=err)
-    out.close()
-    err.close()
-    proc.out_path, proc.err_path = out_dir / f"{name}.out", out_dir / f"{name}.err"
-    return proc
-
-
-def finish(proc: subprocess.Popen, timeout=HANG_GUARD) -> tuple[int, str, str]:
-    try:
-        code = proc.wait(timeout=timeout)
-    finally:
-        proc.kill()
-    return code, proc.out_path.read_text(), proc.err_path.read_text()
 
 
 def assert_one_line(stderr: str, prefix: str = "jaxembed train: error: ") -> str:
@@ -323,7 +283,7 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(finished, text_path, env,
     step = int(match.group(1))
     assert 5 <= step < STEPS
     assert step_dirs(workdir)[-1] == step
-    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(workdir)
     assert rows[-1]["step"] == step and "val_loss" in rows[-1]  # the saved state's held-out loss is known
     assert not (workdir / "report.md").exists()
 

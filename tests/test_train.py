@@ -17,11 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxembed import train
-from jaxembed.cli import CONFIG_DIR
-from jaxembed.config import base_config
-from jaxembed.data import pipeline
-from jaxembed.nn.model import EmbeddingLM, cross_entropy
+from jaxembed import data, train
+from jaxembed.config import CONFIG_DIR, base_config
+from jaxembed.nn.losses import cross_entropy
+from jaxembed.nn.model import EmbeddingLM
 from jaxembed.text import corpus
 from jaxembed.text.tokenizer import get_encoding
 from jaxembed.train import run as run_lib
@@ -213,7 +212,7 @@ def test_split_holds_out_the_end_of_the_gutenberg_body(corpus_path):
     raw = corpus_path.read_text(encoding="utf-8")
     enc = get_encoding("gpt2")
     config = tiny_config()
-    splits = pipeline.split_corpus(raw, config)
+    splits = data.splits.split_corpus(raw, config)
     body = corpus.strip_gutenberg(raw)
     assert len(body) < len(raw) - 10_000  # the markers were found: a licence was cut
 
@@ -233,7 +232,7 @@ def test_split_holds_out_the_end_of_the_gutenberg_body(corpus_path):
 
 def test_split_of_text_without_markers_keeps_everything():
     text = "alpha beta gamma. " * 200
-    splits = pipeline.split_corpus(text, base_config())
+    splits = data.splits.split_corpus(text, base_config())
     enc = get_encoding("gpt2")
     assert enc.decode(np.concatenate([splits.train_ids, splits.val_ids]).tolist()) == text
 
@@ -243,7 +242,7 @@ def test_split_rejects_bad_val_fraction(fraction):
     config = base_config()
     config.data.val_fraction = fraction
     with pytest.raises(ValueError, match="val_fraction"):
-        pipeline.split_corpus("to be or not to be " * 50, config)
+        data.splits.split_corpus("to be or not to be " * 50, config)
 
 
 # --- Errors before any compute ---------------------------------------------

@@ -1,8 +1,7 @@
 """Strided sliding windows over a token stream, served by Grain.
 
 The windows themselves (``tokenize``, ``as_token_ids``, ``StridedWindows``,
-``WindowBatches``) live in ``jaxembed.data.windows`` and are importable from here
-too. Grain costs tens of microseconds per element, more than a small batch
+``WindowBatches``) live in ``jaxembed.data.windows``. Grain costs tens of microseconds per element, more than a small batch
 takes to gather, so each Grain element of ``create_dataloader`` is a *chunk*
 of many batches (about ``CHUNK_TOKENS`` tokens) gathered at once, which
 ``Unbatch`` cuts back into batches.
@@ -35,32 +34,21 @@ import numpy as np
 import tiktoken
 
 from jaxembed.data.windows import (
-    STORAGE_DTYPES,
     Batch,
     StridedWindows,
     WindowBatches,
     _check_positive_int,
     as_token_ids,
-    num_windows,
     split_spans,
-    tokenize,
 )
 from jaxembed.errors import InvalidArgumentError, InvalidTypeError
 
 __all__ = [
     "CHUNK_TOKENS",
-    "STORAGE_DTYPES",
-    "Batch",
-    "StridedWindows",
     "Unbatch",
     "WindowBatchChunks",
-    "WindowBatches",
-    "as_token_ids",
     "create_dataloader",
     "make_dataset",
-    "num_windows",
-    "split_spans",
-    "tokenize",
     "window_batches",
 ]
 

@@ -40,30 +40,19 @@ from jaxembed.data.loader import create_dataloader
 from jaxembed.data.splits import (
     Splits,
     check_active_vocabulary_size,
-    expand_active,
-    fingerprint_mismatch,
-    load_corpus_text,
     load_splits,
-    split_corpus,
     with_active_vocabulary,
 )
 from jaxembed.data.windows import num_windows
 from jaxembed.errors import InvalidArgumentError
 
 __all__ = [
-    "Splits",
     "batch_sharding",
-    "expand_active",
-    "fingerprint_mismatch",
     "get_datasets",
     "global_batch",
-    "load_corpus_text",
-    "load_splits",
     "local_batch_size",
     "make_eval_batches",
     "make_train_iterator",
-    "split_corpus",
-    "with_active_vocabulary",
 ]
 
 

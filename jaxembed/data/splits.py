@@ -299,7 +299,7 @@ def split_token_files(config: ml_collections.ConfigDict) -> Splits:
       >>> len(s.train_ids), len(s.val_ids), s.train_ids.dtype, s.corpus_fingerprint["kind"]
       (110, 12, dtype('uint16'), 'tokens')
     """
-    path, val_path = config.data.tokens, config.data.get("val_tokens")
+    path, val_path = config.data.tokens, config.data.val_tokens
     tokens_N, meta = _open_token_dir("tokens", path, config.data.tokenizer)
     vocab_size = int(meta["n_vocab"])
     if not val_path:

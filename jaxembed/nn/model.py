@@ -388,9 +388,14 @@ def make_model(model_config: ml_collections.ConfigDict, *, vocab_size: int, max_
         dtype=jnp.dtype(model_config.dtype),
         param_dtype=jnp.dtype(model_config.param_dtype),
         vocab_multiple=model_config.vocab_multiple,
-        num_layers=model_config.get("num_layers", 0),
-        num_heads=model_config.get("num_heads", 1),
+        num_layers=model_config.num_layers,
+        num_heads=model_config.num_heads,
     )
 
 
-__all__ = ["CausalSelfAttentionBlock", "EmbeddingLM", "cross_entropy", "embedding_tables", "make_model"]
+__all__ = [
+    "CausalSelfAttentionBlock",
+    "EmbeddingLM",
+    "embedding_tables",
+    "make_model",
+]

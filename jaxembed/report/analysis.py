@@ -1,4 +1,4 @@
-"""What the embeddings learned, as numbers: counts, cosine, neighbours, PCA.
+"""What the embeddings learned, as numbers: counts, the tokens to probe, cosine, neighbours, PCA.
 
 Plain numpy in, plain numpy out (pull arrays off the device with
 ``np.asarray`` first), so the analysis runs on a checkpoint without JAX and is
@@ -48,6 +48,35 @@ def most_frequent(counts_V: np.ndarray, n: int) -> np.ndarray:
     # A stable sort on -count keeps equal counts in id order: deterministic.
     order_V = np.argsort(-counts_V, kind="stable")
     return order_V[: min(n, int(np.count_nonzero(counts_V)))]
+
+
+def fill_probes(enc: tiktoken.Encoding, counts_V: np.ndarray, probe_ids: Sequence[int], want: int = 6) -> list[int]:
+    """``probe_ids`` plus the corpus's most frequent word tokens, until ``want`` of them occur in it.
+
+    A config's probe words suit one corpus (``' thou'`` for Romeo and
+    Juliet); on another they may never occur, which would leave the report's
+    neighbour table empty. Probes that never occur are kept (the report flags
+    them); the added ones are whole words with a leading space, most frequent
+    first, at least 3 letters long.
+
+    Example:
+      >>> from jaxembed.text.tokenizer import get_encoding
+      >>> enc = get_encoding("gpt2")
+      >>> counts_V = np.zeros(enc.n_vocab, int)
+      >>> counts_V[enc.encode(" return")] = 9; counts_V[enc.encode(" the")] = 5
+      >>> [enc.decode([i]) for i in fill_probes(enc, counts_V, enc.encode(" thou"), want=2)]
+      [' thou', ' return', ' the']
+    """
+    probes = list(probe_ids)
+    seen = sum(1 for i in probes if counts_V[i] > 0)
+    for token_id in np.argsort(-np.asarray(counts_V), kind="stable"):
+        if seen >= want or counts_V[token_id] == 0:
+            break
+        text = enc.decode_single_token_bytes(int(token_id)).decode("utf-8", errors="replace")
+        if int(token_id) not in probes and text.startswith(" ") and text[1:].isalpha() and len(text) > 3:
+            probes.append(int(token_id))
+            seen += 1
+    return probes
 
 
 def cosine_similarity(table_VxD: np.ndarray, query_ids: Sequence[int]) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 from jaxembed.errors import InvalidArgumentError
 from jaxembed.fileio import atomic_open
 from jaxembed.report import analysis, captions
-from jaxembed.report.analysis import format_neighbors, most_frequent, resolve_tokens, token_label
+from jaxembed.report.analysis import fill_probes, format_neighbors, most_frequent, resolve_tokens, token_label
 from jaxembed.report.plots import (
     plot_loss_curves,
     plot_neighbors,
@@ -39,7 +39,6 @@ from jaxembed.report.plots import (
     plot_position_similarity,
     uniform_guess_loss,
 )
-from jaxembed.report.probes import fill_probes
 
 if TYPE_CHECKING:
     import ml_collections
@@ -50,14 +49,8 @@ if TYPE_CHECKING:
 __all__ = [
     "export_projector",
     "export_tables",
-    "plot_loss_curves",
-    "plot_neighbors",
-    "plot_pca",
-    "plot_position_pca",
-    "plot_position_similarity",
     "report_numbers",
     "training_report",
-    "uniform_guess_loss",
     "write_report",
     "write_run_report",
 ]
@@ -434,10 +427,10 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
         pca_tokens=report_config.pca_tokens,
         projector_tokens=report_config.projector_tokens,
         num_classes=None if active_ids is None else len(active_ids),
-        num_layers=result.config.model.get("num_layers"),
+        num_layers=result.config.model.num_layers,
         val_loss_positions_shuffled=result.val_loss_positions_shuffled,
         # A rerun of a finished run trains nothing: its pictures are in TensorBoard already.
         tensorboard_step=result.metrics[-1]["step"]
-        if result.config.train.get("tensorboard", False) and result.start_step < result.metrics[-1]["step"]
+        if result.config.train.tensorboard and result.start_step < result.metrics[-1]["step"]
         else None,
     )

@@ -54,9 +54,13 @@ import tiktoken
 from jaxembed.errors import InvalidArgumentError, InvalidTypeError
 from jaxembed.text import corpus, streaming
 from jaxembed.text import tokenizer as tokenizer_lib
-from jaxembed.text.streaming import PIECE_CHARS, READ_BYTES
 
-__all__ = ["FORMAT_VERSION", "PIECE_CHARS", "READ_BYTES", "SEPARATOR", "open_tokens", "tokenize_files"]
+__all__ = [
+    "FORMAT_VERSION",
+    "SEPARATOR",
+    "open_tokens",
+    "tokenize_files",
+]
 
 FORMAT_VERSION = 1
 SEPARATOR = tokenizer_lib.ENDOFTEXT

@@ -36,6 +36,7 @@ import numpy as np
 
 from jaxembed import config as config_lib
 from jaxembed.data import pipeline
+from jaxembed.data.splits import Splits, expand_active
 from jaxembed.errors import JaxembedError
 from jaxembed.nn.model import EmbeddingLM, embedding_tables
 from jaxembed.train.checkpoint import Checkpointer
@@ -57,7 +58,7 @@ class TrainResult:
     state: TrainState
     metrics: list[dict]
     model: EmbeddingLM
-    splits: pipeline.Splits
+    splits: Splits
     workdir: pathlib.Path | None
     config: ml_collections.ConfigDict
     initial_params: Any = None
@@ -78,7 +79,7 @@ class TrainResult:
         params = self.initial_params if initial else self.state.params
         token_KxD, position_LxD = embedding_tables(params, self.model.vocab_size)
         splits = self.splits
-        return pipeline.expand_active(token_KxD, splits.active_ids, splits.vocab_size), position_LxD
+        return expand_active(token_KxD, splits.active_ids, splits.vocab_size), position_LxD
 
     def token_counts(self) -> np.ndarray:
         """``counts_V``: how often each token occurs in the training split."""
@@ -153,7 +154,7 @@ class _Run:
     stack: contextlib.ExitStack
     checkpointer: Checkpointer | None = None
 
-    def train(self, splits: pipeline.Splits, changes: dict) -> TrainResult:
+    def train(self, splits: Splits, changes: dict) -> TrainResult:
         config, workdir, trainer = self.config, self.workdir, self.trainer
         state = trainer.init(jax.random.key(config.seed))
         # The step donates its input state; keep the untrained tables for the report.

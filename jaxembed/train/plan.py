@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 from jaxembed import config as config_lib
 from jaxembed import data
 from jaxembed.data import pipeline
+from jaxembed.data import splits as splits_lib
 from jaxembed.errors import InvalidArgumentError
 from jaxembed.text import tokenizer
 from jaxembed.train.trainer import Trainer, make_mesh
@@ -164,9 +165,9 @@ def plan(
     config_lib.validate(config)
     splits = None
     if text is not None:
-        splits = pipeline.split_corpus(text, config)
-        if config.model.get("active_vocab", False):
-            splits = pipeline.with_active_vocabulary(splits)
+        splits = splits_lib.split_corpus(text, config)
+        if config.model.active_vocab:
+            splits = splits_lib.with_active_vocabulary(splits)
     if vocab_size is None:
         vocab_size = splits.model_vocab_size if splits else tokenizer.get_encoding(config.data.tokenizer).n_vocab
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer) or vocab_size < 1:

@@ -33,7 +33,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from jaxembed.data.pipeline import expand_active
+from jaxembed.data.splits import expand_active
 from jaxembed.errors import InvalidArgumentError
 from jaxembed.nn.model import embedding_tables, make_model
 from jaxembed.text import tokenizer

@@ -279,8 +279,8 @@ class Trainer:
         mesh = make_mesh(config.mesh.data, config.mesh.model) if mesh is None else mesh
         model = make_model(config.model, vocab_size=vocab_size, max_length=config.data.max_length)
         tx = make_optimizer(config.optim, config.train.steps)
-        rules = config.mesh.get("logical_axis_rules", DEFAULT_AXIS_RULES)
-        tile = config.model.get("loss_tile_tokens", 0)
+        rules = config.mesh.logical_axis_rules
+        tile = config.model.loss_tile_tokens
         return cls(model, tx, mesh, batch_size=config.data.batch_size, rules=rules, loss_tile_tokens=tile)
 
     def init(self, key: jax.Array) -> TrainState:

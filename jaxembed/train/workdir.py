@@ -28,6 +28,7 @@ import socket
 import jax
 import numpy as np
 
+from jaxembed.config import upgrade_run_config
 from jaxembed.data.splits import fingerprint_mismatch
 from jaxembed.errors import JaxembedError
 from jaxembed.fileio import atomic_open, write_text_atomic
@@ -159,7 +160,7 @@ class Workdir:
         """
         if not self.config_file.is_file():
             raise WorkdirError(f"{self.path} is not a jaxembed run: {self.config_file} is missing.")
-        return json.loads(self.config_file.read_text())
+        return upgrade_run_config(json.loads(self.config_file.read_text()))
 
 
 def check_workdir(workdir: str | os.PathLike) -> pathlib.Path:
@@ -468,7 +469,7 @@ def check_resume(workdir: pathlib.Path, requested: dict) -> dict[str, tuple[obje
     path = workdir / CONFIG_FILE
     if not path.is_file():
         return {}
-    changes = config_changes(json.loads(path.read_text()), requested)
+    changes = config_changes(upgrade_run_config(json.loads(path.read_text())), requested)
     refused = {k: v for k, v in changes.items() if resume_rule(k) == "refuse"}
     if refused:
         listed = "; ".join(f"{k}: {old!r} in the run, {new!r} now" for k, (old, new) in refused.items())

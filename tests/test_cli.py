@@ -350,7 +350,9 @@ def test_export_writes_projector_files(finished, tmp_path, capsys):
     ids = [int(line.rsplit("\t", 1)[1]) for line in metadata[1:]]
     # The 50 most frequent training tokens, counted independently.
     config = run_lib.load_run(workdir).config
-    splits = data.splits.split_corpus(pathlib.Path(config.data.text).read_text(encoding="utf-8"), config)
+    splits = data.splits.split_corpus(
+        pathlib.Path(config.data.text).read_text(encoding="utf-8"), val_fraction=config.data.val_fraction
+    )
     counts = np.bincount(splits.train_ids, minlength=50257)
     assert ids == sorted(range(50257), key=lambda i: (-counts[i], i))[:50]
     np.testing.assert_allclose(np.loadtxt(out_dir / "vectors.tsv", delimiter="\t"), run.token_VxD[ids], rtol=1e-6)

@@ -96,7 +96,13 @@ def test_token_dir_splits_are_views_of_the_map_and_batches_equal_int32(tok_dir, 
         windows = data.window_batches(s.train_ids, 4, 8, 8, shard_index=0, shard_count=1).windows
         assert np.shares_memory(windows.ids, mapped)
 
-        in_memory = pipeline.make_train_iterator(np.array(s.train_ids, dtype=np.int32), config, mesh)
+        in_memory = pipeline.make_train_iterator(
+            np.array(s.train_ids, dtype=np.int32),
+            mesh,
+            batch_size=config.data.batch_size,
+            max_length=config.data.max_length,
+            stride=config.data.stride,
+        )
         try:
             for _ in range(5):
                 (x, y), (wx, wy) = next(train_it), next(in_memory)
@@ -149,10 +155,10 @@ def test_counts_and_active_vocabulary_on_a_map_equal_plain_numpy(tok_dir, ref, m
 
     config = small_config(tokens=str(tok_dir))
     config.model.active_vocab = True
-    splits.check_active_vocabulary_size(s, config)  # small: allowed
+    splits.check_active_vocabulary_size(s, config.data.tokens)  # small: allowed
     monkeypatch.setattr(splits, "ACTIVE_VOCAB_MAX_TOKENS", len(ref) - 1)
     with pytest.raises(ValueError, match=rf"model.active_vocab=True with data.tokens=.*{len(ref):,} tokens"):
-        splits.check_active_vocabulary_size(s, config)
+        splits.check_active_vocabulary_size(s, config.data.tokens)
     with pytest.raises(ValueError, match="active_vocab=False"):
         pipeline.get_datasets(config, make_mesh())
 

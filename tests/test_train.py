@@ -212,7 +212,7 @@ def test_split_holds_out_the_end_of_the_gutenberg_body(corpus_path):
     raw = corpus_path.read_text(encoding="utf-8")
     enc = get_encoding("gpt2")
     config = tiny_config()
-    splits = data.splits.split_corpus(raw, config)
+    splits = data.splits.split_corpus(raw, val_fraction=config.data.val_fraction)
     body = corpus.strip_gutenberg(raw)
     assert len(body) < len(raw) - 10_000  # the markers were found: a licence was cut
 
@@ -232,7 +232,7 @@ def test_split_holds_out_the_end_of_the_gutenberg_body(corpus_path):
 
 def test_split_of_text_without_markers_keeps_everything():
     text = "alpha beta gamma. " * 200
-    splits = data.splits.split_corpus(text, base_config())
+    splits = data.splits.split_corpus(text)
     enc = get_encoding("gpt2")
     assert enc.decode(np.concatenate([splits.train_ids, splits.val_ids]).tolist()) == text
 
@@ -242,7 +242,7 @@ def test_split_rejects_bad_val_fraction(fraction):
     config = base_config()
     config.data.val_fraction = fraction
     with pytest.raises(ValueError, match="val_fraction"):
-        data.splits.split_corpus("to be or not to be " * 50, config)
+        data.splits.split_corpus("to be or not to be " * 50, val_fraction=config.data.val_fraction)
 
 
 # --- Errors before any compute ---------------------------------------------

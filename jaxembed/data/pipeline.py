@@ -39,9 +39,7 @@ from jax.sharding import PartitionSpec as P
 from jaxembed.data.loader import create_dataloader
 from jaxembed.data.splits import (
     Splits,
-    check_active_vocabulary_size,
     load_splits,
-    with_active_vocabulary,
 )
 from jaxembed.data.windows import num_windows
 from jaxembed.errors import InvalidArgumentError
@@ -94,21 +92,17 @@ def global_batch(batch: tuple[np.ndarray, ...], sharding: NamedSharding) -> tupl
     return tuple(jax.make_array_from_process_local_data(sharding, x) for x in batch)
 
 
-def _loader(ids: np.ndarray, config: ml_collections.ConfigDict, batch: int, stride: int, **kwargs) -> grain.IterDataset:
-    return create_dataloader(
-        ids,
-        batch_size=batch,
-        max_length=config.data.max_length,
-        stride=stride,
-        tokenizer=config.data.tokenizer,
-        shard_index=jax.process_index(),
-        shard_count=jax.process_count(),
-        **kwargs,
-    )
-
-
 def make_train_iterator(
-    ids: np.ndarray, config: ml_collections.ConfigDict, mesh: Mesh, *, prefetch: int = 2
+    ids: np.ndarray,
+    mesh: Mesh,
+    *,
+    batch_size: int,
+    max_length: int,
+    stride: int,
+    tokenizer: str = "gpt2",
+    seed: int = 0,
+    num_workers: int = 0,
+    prefetch: int = 2,
 ) -> grain.DatasetIterator:
     """An endless, shuffled, checkpointable iterator of global training batches on ``mesh``.
 
@@ -116,44 +110,64 @@ def make_train_iterator(
     thread while the step runs; ``get_state()`` is the state after the last
     batch handed out. Call ``close()`` when done.
 
+    Args:
+      ids: the training token ids.
+      mesh: batches are sharded over its ``data`` axis; each process reads its own rows.
+      batch_size: the global batch ``B`` (``data.batch_size``).
+      max_length, stride, tokenizer: the windows (``data.max_length``, ``data.stride``, ``data.tokenizer``).
+      seed: the shuffle seed; num_workers: Grain worker processes.
+
     Returns:
       A Grain iterator of ``(inputs_BxL, targets_BxL)`` int32 ``jax.Array``
-      sharded as ``batch_sharding(mesh)``, with ``B = data.batch_size``.
+      sharded as ``batch_sharding(mesh)``.
     """
-    local_batch = local_batch_size(config.data.batch_size, mesh)
-    loader = _loader(
+    loader = create_dataloader(
         ids,
-        config,
-        local_batch,
-        config.data.stride,
+        batch_size=local_batch_size(batch_size, mesh),
+        max_length=max_length,
+        stride=stride,
+        tokenizer=tokenizer,
         shuffle=True,
-        seed=config.seed,
+        seed=seed,
         num_epochs=None,
-        num_workers=config.data.num_workers,
+        num_workers=num_workers,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
     )
     sharding = batch_sharding(mesh)
     on_device = loader.map(lambda batch: global_batch(batch, sharding))
     return iter(grain.experimental.ThreadPrefetchIterDataset(on_device, prefetch_buffer_size=prefetch))
 
 
-def make_eval_batches(ids: np.ndarray, config: ml_collections.ConfigDict, mesh: Mesh) -> list[tuple[jax.Array, ...]]:
-    """The fixed validation batches: non-overlapping windows in order, at most ``train.eval_batches``.
+def make_eval_batches(
+    ids: np.ndarray, mesh: Mesh, *, batch_size: int, max_length: int, num_batches: int, tokenizer: str = "gpt2"
+) -> list[tuple[jax.Array, ...]]:
+    """The fixed validation batches: non-overlapping windows in order, at most ``num_batches``.
 
     Raises:
-      ValueError: the held-out slice is too short for one batch.
+      InvalidArgumentError: the held-out slice is too short for one batch.
     """
-    local_batch = local_batch_size(config.data.batch_size, mesh)
-    windows = num_windows(len(ids), config.data.max_length, config.data.max_length)
+    local_batch = local_batch_size(batch_size, mesh)
+    windows = num_windows(len(ids), max_length, max_length)
     available = (windows // jax.process_count()) // local_batch
     if available < 1:
         raise InvalidArgumentError(
             f"the held-out slice has {len(ids)} tokens, too few for one validation batch of "
-            f"{local_batch} x {config.data.max_length}; raise data.val_fraction "
-            f"(now {config.data.val_fraction}) or use a longer text."
+            f"{local_batch} x {max_length}; raise data.val_fraction or use a longer text."
         )
-    loader = _loader(ids, config, local_batch, config.data.max_length, shuffle=False, num_epochs=1)
+    loader = create_dataloader(
+        ids,
+        batch_size=local_batch,
+        max_length=max_length,
+        stride=max_length,
+        tokenizer=tokenizer,
+        shuffle=False,
+        num_epochs=1,
+        shard_index=jax.process_index(),
+        shard_count=jax.process_count(),
+    )
     sharding = batch_sharding(mesh)
-    count = min(available, config.train.eval_batches)
+    count = min(available, num_batches)
     return [global_batch(batch, sharding) for batch, _ in zip(loader, range(count))]
 
 
@@ -181,10 +195,24 @@ def get_datasets(
         token directory is incomplete or of another tokenizer.
       FileNotFoundError, corpus.CorpusUnavailableError: the text cannot be read.
     """
+    d = config.data
     splits = load_splits(config, text=text)
-    if config.model.active_vocab:
-        check_active_vocabulary_size(splits, config)
-        # The model sees compact ids 0..K-1: its table, softmax and AdamW cover K rows.
-        splits = with_active_vocabulary(splits)
-    eval_batches = make_eval_batches(splits.val_ids, config, mesh)
-    return make_train_iterator(splits.train_ids, config, mesh), eval_batches, splits
+    eval_batches = make_eval_batches(
+        splits.val_ids,
+        mesh,
+        batch_size=d.batch_size,
+        max_length=d.max_length,
+        num_batches=config.train.eval_batches,
+        tokenizer=d.tokenizer,
+    )
+    train_iterator = make_train_iterator(
+        splits.train_ids,
+        mesh,
+        batch_size=d.batch_size,
+        max_length=d.max_length,
+        stride=d.stride,
+        tokenizer=d.tokenizer,
+        seed=config.seed,
+        num_workers=d.num_workers,
+    )
+    return train_iterator, eval_batches, splits

@@ -19,8 +19,7 @@ token directory's SHA-256 is read from its ``meta.json``), so a resumed run
 can refuse a different corpus (``fingerprint_mismatch``).
 
 Example:
-  >>> from jaxembed.config import base_config
-  >>> s = split_corpus(" Romeo" * 1000, base_config())
+  >>> s = split_corpus(" Romeo" * 1000, val_fraction=0.1)
   >>> len(s.train_ids), len(s.val_ids), s.corpus_fingerprint["num_tokens"]
   (900, 100, 1000)
 """
@@ -46,7 +45,6 @@ __all__ = [
     "describe_corpus",
     "expand_active",
     "fingerprint_mismatch",
-    "load_corpus_text",
     "load_splits",
     "read_text_files",
     "split_corpus",
@@ -186,52 +184,51 @@ def describe_corpus(fp: dict) -> str:
     return out
 
 
-def _check_fraction(config: ml_collections.ConfigDict) -> float:
-    fraction = config.data.val_fraction
-    if not 0 < fraction < 1:
-        raise InvalidArgumentError(f"data.val_fraction={fraction} is not allowed; it must lie in (0, 1).")
-    return fraction
+def _check_fraction(val_fraction: float) -> float:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise InvalidArgumentError(f"data.val_fraction={val_fraction} is not allowed; it must lie in (0, 1).")
+    return float(val_fraction)
 
 
-def split_ids(ids: np.ndarray, config: ml_collections.ConfigDict, *, vocab_size: int, fingerprint: dict) -> Splits:
-    """Holds out the last ``data.val_fraction`` of ``ids`` by slicing (a memory map stays a map).
+def split_ids(ids: np.ndarray, val_fraction: float, *, vocab_size: int, fingerprint: dict) -> Splits:
+    """Holds out the last ``val_fraction`` of ``ids`` by slicing (a memory map stays a map).
 
     Raises:
-      ValueError: ``data.val_fraction`` is not in (0, 1).
+      InvalidArgumentError: ``val_fraction`` (``data.val_fraction``) is not in (0, 1).
 
     Example:
-      >>> from jaxembed.config import base_config
       >>> ids = np.arange(10, dtype=np.uint16)
-      >>> s = split_ids(ids, base_config(), vocab_size=50257, fingerprint={})
+      >>> s = split_ids(ids, 0.1, vocab_size=50257, fingerprint={})
       >>> s.val_ids.tolist(), np.shares_memory(s.train_ids, ids)
       ([9], True)
     """
-    num_val = int(round(len(ids) * _check_fraction(config)))
+    num_val = int(round(len(ids) * _check_fraction(val_fraction)))
     return Splits(ids[: len(ids) - num_val], ids[len(ids) - num_val :], vocab_size, corpus_fingerprint=fingerprint)
 
 
-def split_corpus(text: str, config: ml_collections.ConfigDict, *, source: str | None = None) -> Splits:
-    """Tokenizes ``text`` and holds out its last ``data.val_fraction`` of tokens.
+def split_corpus(
+    text: str, *, tokenizer_name: str = "gpt2", val_fraction: float = 0.1, source: str | None = None
+) -> Splits:
+    """Tokenizes ``text`` and holds out its last ``val_fraction`` of tokens.
 
     Project Gutenberg texts are cut to their body first, so the held-out
     slice is the play, never the licence. ``source`` names the text in the
     fingerprint.
 
     Raises:
-      ValueError: ``data.val_fraction`` is not in (0, 1).
+      InvalidArgumentError: ``val_fraction`` is not in (0, 1).
 
     Example:
-      >>> from jaxembed.config import base_config
-      >>> s = split_corpus(" Romeo" * 1000, base_config())
+      >>> s = split_corpus(" Romeo" * 1000, val_fraction=0.1)
       >>> len(s.train_ids), len(s.val_ids)
       (900, 100)
     """
-    _check_fraction(config)
+    _check_fraction(val_fraction)
     if corpus.has_gutenberg_markers(text):
         text = corpus.strip_gutenberg(text)
-    ids = tokenize(text, config.data.tokenizer)
-    vocab_size = tokenizer.get_encoding(config.data.tokenizer).n_vocab
-    return split_ids(ids, config, vocab_size=vocab_size, fingerprint=text_fingerprint(ids, source))
+    ids = tokenize(text, tokenizer_name)
+    vocab_size = tokenizer.get_encoding(tokenizer_name).n_vocab
+    return split_ids(ids, val_fraction, vocab_size=vocab_size, fingerprint=text_fingerprint(ids, source))
 
 
 def read_text_files(source: str | os.PathLike[str], tokenizer_name: str = "gpt2") -> np.ndarray:
@@ -280,72 +277,80 @@ def _open_token_dir(field: str, path: str, tokenizer_name: str) -> tuple[np.memm
     return tokens, meta
 
 
-def split_token_files(config: ml_collections.ConfigDict) -> Splits:
-    """``Splits`` of ``data.tokens`` (and ``data.val_tokens``): views of the memory maps, no copy.
+def split_token_files(
+    tokens: str, val_tokens: str | None = None, *, tokenizer_name: str = "gpt2", val_fraction: float = 0.1
+) -> Splits:
+    """``Splits`` of the token directory ``tokens`` (and ``val_tokens``): views of the memory maps, no copy.
 
     Raises:
-      ValueError: a directory is missing or incomplete, was made with another
-        tokenizer than ``data.tokenizer``, or ``data.val_fraction`` is not in (0, 1).
+      InvalidArgumentError: a directory is missing or incomplete, was made with another
+        tokenizer than ``tokenizer_name``, or ``val_fraction`` is not in (0, 1).
 
     Example:
       >>> import pathlib, tempfile
-      >>> from jaxembed.config import base_config
       >>> d = pathlib.Path(tempfile.mkdtemp())
       >>> _ = (d / "a.txt").write_text("to be or not to be " * 20)
       >>> _ = token_files.tokenize_files([d], d / "tok")
-      >>> config = base_config()
-      >>> config.data.tokens = str(d / "tok")
-      >>> s = split_token_files(config)
+      >>> s = split_token_files(str(d / "tok"))
       >>> len(s.train_ids), len(s.val_ids), s.train_ids.dtype, s.corpus_fingerprint["kind"]
       (110, 12, dtype('uint16'), 'tokens')
     """
-    path, val_path = config.data.tokens, config.data.val_tokens
-    tokens_N, meta = _open_token_dir("tokens", path, config.data.tokenizer)
+    tokens_N, meta = _open_token_dir("tokens", tokens, tokenizer_name)
     vocab_size = int(meta["n_vocab"])
-    if not val_path:
-        fingerprint = tokens_fingerprint(path, meta)
-        return split_ids(tokens_N, config, vocab_size=vocab_size, fingerprint=fingerprint)
-    val_N, val_meta = _open_token_dir("val_tokens", val_path, config.data.tokenizer)
-    fingerprint = tokens_fingerprint(path, meta, val_path, val_meta)
+    if not val_tokens:
+        fingerprint = tokens_fingerprint(tokens, meta)
+        return split_ids(tokens_N, val_fraction, vocab_size=vocab_size, fingerprint=fingerprint)
+    val_N, val_meta = _open_token_dir("val_tokens", val_tokens, tokenizer_name)
+    fingerprint = tokens_fingerprint(tokens, meta, val_tokens, val_meta)
     return Splits(tokens_N, val_N, vocab_size, corpus_fingerprint=fingerprint)
 
 
-def load_corpus_text(config: ml_collections.ConfigDict) -> str:
-    """The text the config names: ``data.text`` (a file), else the named ``data.corpus``.
-
-    Raises:
-      FileNotFoundError, ValueError, corpus.CorpusUnavailableError: see ``corpus.load_text``.
-    """
-    return corpus.load_text(config.data.text or config.data.corpus)
-
-
 def load_splits(config: ml_collections.ConfigDict, *, text: str | None = None) -> Splits:
-    """The ``Splits`` of the corpus ``config.data`` names (see the module docstring), or of ``text``.
+    """The ``Splits`` a training config describes: the one place that reads ``config.data`` for them.
+
+    The corpus is ``text`` if given, else ``data.tokens`` (with ``data.val_tokens``), else
+    ``data.text`` (a file, a directory or a glob), else the named ``data.corpus``. With
+    ``model.active_vocab`` the splits are re-indexed onto the ids that occur (the one place
+    that decision is made).
 
     Raises:
-      ValueError: both ``data.tokens`` and ``data.text`` are set,
+      InvalidArgumentError: both ``data.tokens`` and ``data.text`` are set,
         ``data.val_tokens`` without ``data.tokens``, or a source is invalid.
-      FileNotFoundError, corpus.CorpusUnavailableError: a text cannot be read.
+      MissingFileError, corpus.CorpusUnavailableError: a text cannot be read.
+
+    Example:
+      >>> from jaxembed.config import base_config
+      >>> len(load_splits(base_config(), text=" Romeo" * 1000).val_ids)
+      100
     """
     d = config.data
-    tokens, val_tokens = d.get("tokens"), d.get("val_tokens")
-    if tokens and d.text:
+    if d.tokens and d.text:
         raise InvalidArgumentError(
-            f"data.tokens={tokens!r} and data.text={d.text!r} are both set; train on one of them."
+            f"data.tokens={d.tokens!r} and data.text={d.text!r} are both set; train on one of them."
         )
-    if val_tokens and not tokens:
+    if d.val_tokens and not d.tokens:
         raise InvalidArgumentError(
-            f"data.val_tokens={val_tokens!r} needs data.tokens (--tokens DIR) for the training tokens."
+            f"data.val_tokens={d.val_tokens!r} needs data.tokens (--tokens DIR) for the training tokens."
         )
     if text is not None:
-        return split_corpus(text, config, source="text argument")
-    if tokens:
-        return split_token_files(config)
-    if d.text and corpus.names_many_files(d.text):
+        splits = split_corpus(text, tokenizer_name=d.tokenizer, val_fraction=d.val_fraction, source="text argument")
+    elif d.tokens:
+        splits = split_token_files(d.tokens, d.val_tokens, tokenizer_name=d.tokenizer, val_fraction=d.val_fraction)
+    elif d.text and corpus.names_many_files(d.text):
         ids = read_text_files(d.text, d.tokenizer)
         vocab_size = tokenizer.get_encoding(d.tokenizer).n_vocab
-        return split_ids(ids, config, vocab_size=vocab_size, fingerprint=text_fingerprint(ids, str(d.text)))
-    return split_corpus(load_corpus_text(config), config, source=d.text or d.corpus)
+        fingerprint = text_fingerprint(ids, str(d.text))
+        splits = split_ids(ids, d.val_fraction, vocab_size=vocab_size, fingerprint=fingerprint)
+    else:
+        source = d.text or d.corpus
+        splits = split_corpus(
+            corpus.load_text(source), tokenizer_name=d.tokenizer, val_fraction=d.val_fraction, source=source
+        )
+    if config.model.active_vocab:
+        check_active_vocabulary_size(splits, d.tokens)
+        # The model sees compact ids 0..K-1: its table, softmax and AdamW cover K rows.
+        splits = with_active_vocabulary(splits)
+    return splits
 
 
 def with_active_vocabulary(splits: Splits) -> Splits:
@@ -381,20 +386,20 @@ def with_active_vocabulary(splits: Splits) -> Splits:
     )
 
 
-def check_active_vocabulary_size(splits: Splits, config: ml_collections.ConfigDict) -> None:
-    """Refuses ``model.active_vocab`` on token files over ``ACTIVE_VOCAB_MAX_TOKENS`` tokens.
+def check_active_vocabulary_size(splits: Splits, tokens: str | None) -> None:
+    """Refuses ``model.active_vocab`` on token files (``tokens``) over ``ACTIVE_VOCAB_MAX_TOKENS`` tokens.
 
     The compact ids are a copy in RAM, which the memory-mapped corpus exists
     to avoid; and on a corpus that large nearly every id occurs anyway, so
     the table would barely shrink.
 
     Raises:
-      ValueError: names the token count, the limit and the way out.
+      InvalidArgumentError: names the token count, the limit and the way out.
     """
     n = len(splits.train_ids) + len(splits.val_ids)
-    if config.model.active_vocab and config.data.get("tokens") and n > ACTIVE_VOCAB_MAX_TOKENS:
+    if tokens and n > ACTIVE_VOCAB_MAX_TOKENS:
         raise InvalidArgumentError(
-            f"model.active_vocab=True with data.tokens={config.data.tokens!r}: {n:,} tokens is more than the "
+            f"model.active_vocab=True with data.tokens={tokens!r}: {n:,} tokens is more than the "
             f"{ACTIVE_VOCAB_MAX_TOKENS:,} re-indexed in memory; set --config.model.active_vocab=False "
             "(a corpus this large uses nearly the whole vocabulary anyway)."
         )

@@ -165,9 +165,7 @@ def plan(
     config_lib.validate(config)
     splits = None
     if text is not None:
-        splits = splits_lib.split_corpus(text, config)
-        if config.model.active_vocab:
-            splits = splits_lib.with_active_vocabulary(splits)
+        splits = splits_lib.load_splits(config, text=text)
     if vocab_size is None:
         vocab_size = splits.model_vocab_size if splits else tokenizer.get_encoding(config.data.tokenizer).n_vocab
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer) or vocab_size < 1:

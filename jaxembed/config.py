@@ -25,7 +25,7 @@ from typing import Any
 import ml_collections
 
 from jaxembed.configs import default
-from jaxembed.errors import InvalidArgumentError
+from jaxembed.errors import InvalidArgumentError, check_int, check_positive_int
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -106,7 +106,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     """Rejects settings that cannot run, naming the field path and the rule.
 
     Raises:
-      ValueError: e.g. ``train.steps=0 is not allowed; it must be an integer >= 1.``
+      InvalidArgumentError: e.g. ``train.steps=0 is not allowed: it must be an integer >= 1.``
 
     Example:
       >>> c = named_config("tiny")
@@ -114,34 +114,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
       >>> validate(c)
       Traceback (most recent call last):
       ...
-      jaxembed.errors.InvalidArgumentError: train.steps=0 is not allowed; it must be an integer >= 1.
+      jaxembed.errors.InvalidArgumentError: train.steps=0 is not allowed: it must be an integer >= 1.
     """
     t = config.train
     for name in ("steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"):
-        value = t[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidArgumentError(f"train.{name}={value!r} is not allowed; it must be an integer >= 1.")
+        check_positive_int(t[name], f"train.{name}")
     for name in ("max_length", "stride", "batch_size"):
-        value = config.data[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidArgumentError(f"data.{name}={value!r} is not allowed; it must be an integer >= 1.")
-    if (
-        isinstance(config.data.num_workers, bool)
-        or not isinstance(config.data.num_workers, int)
-        or config.data.num_workers < 0
-    ):
-        raise InvalidArgumentError(
-            f"data.num_workers={config.data.num_workers!r} is not allowed; it must be an integer >= 0."
-        )
-    tile = config.model.loss_tile_tokens
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 0:
-        raise InvalidArgumentError(
-            f"model.loss_tile_tokens={tile!r} is not allowed; it must be an integer >= 0 (0: dense)."
-        )
+        check_positive_int(config.data[name], f"data.{name}")
+    check_int(config.data.num_workers, "data.num_workers", minimum=0)
+    check_int(config.model.loss_tile_tokens, "model.loss_tile_tokens", minimum=0)  # 0: dense
     for name in ("features", "vocab_multiple"):
-        value = config.model[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InvalidArgumentError(f"model.{name}={value!r} is not allowed; it must be an integer >= 1.")
+        check_positive_int(config.model[name], f"model.{name}")
     for name in ("dtype", "param_dtype"):
         if config.model[name] not in _DTYPES:
             allowed = ", ".join(repr(d) for d in _DTYPES)

@@ -37,11 +37,10 @@ from jaxembed.data.windows import (
     Batch,
     StridedWindows,
     WindowBatches,
-    _check_positive_int,
     as_token_ids,
     split_spans,
 )
-from jaxembed.errors import InvalidArgumentError, InvalidTypeError
+from jaxembed.errors import InvalidArgumentError, InvalidTypeError, check_int, check_positive_int
 
 __all__ = [
     "CHUNK_TOKENS",
@@ -63,7 +62,7 @@ class WindowBatchChunks:
 
     def __init__(self, batches: WindowBatches, batches_per_chunk: int):
         self.batches = batches
-        self.batches_per_chunk = _check_positive_int("batches_per_chunk", batches_per_chunk)
+        self.batches_per_chunk = check_positive_int(batches_per_chunk, "batches_per_chunk")
         self.chunks_per_epoch = -(-batches.batches_per_epoch // self.batches_per_chunk)
 
     def __len__(self) -> int:
@@ -267,8 +266,7 @@ def create_dataloader(
       >>> [inputs.shape for inputs, _ in loader]
       [(2, 4)]
     """
-    if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)) or num_workers < 0:
-        raise InvalidArgumentError(f"num_workers={num_workers!r} is not allowed; it must be an integer >= 0.")
+    check_int(num_workers, "num_workers", minimum=0)
     batches = window_batches(
         text_or_ids,
         batch_size,

@@ -29,16 +29,10 @@ from collections.abc import Sequence
 import numpy as np
 import tiktoken
 
-from jaxembed.errors import InvalidArgumentError, InvalidTypeError
+from jaxembed.errors import InvalidArgumentError, InvalidTypeError, check_positive_int
 from jaxembed.text import tokenizer as tokenizer_lib
 
 Batch = tuple[np.ndarray, np.ndarray]
-
-
-def _check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InvalidArgumentError(f"{name}={value!r} is not allowed; {name} must be an integer >= 1.")
-    return int(value)
 
 
 def tokenize(text: str, tokenizer: str | tiktoken.Encoding = "gpt2") -> np.ndarray:
@@ -145,8 +139,8 @@ class StridedWindows:
     """
 
     def __init__(self, ids: np.ndarray, max_length: int, stride: int):
-        self.max_length = _check_positive_int("max_length", max_length)
-        self.stride = _check_positive_int("stride", stride)
+        self.max_length = check_positive_int(max_length, "max_length")
+        self.stride = check_positive_int(stride, "stride")
         ids = np.asarray(ids)
         if ids.ndim != 1:
             raise InvalidArgumentError(f"ids must be 1-D, got shape {ids.shape}.")
@@ -267,10 +261,10 @@ class WindowBatches:
         shard_count: int = 1,
     ):
         self.windows = windows
-        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.batch_size = check_positive_int(batch_size, "batch_size")
         if num_epochs is not None:
-            _check_positive_int("num_epochs", num_epochs)
-        shard_count = _check_positive_int("shard_count", shard_count)
+            check_positive_int(num_epochs, "num_epochs")
+        shard_count = check_positive_int(shard_count, "shard_count")
         if (
             isinstance(shard_index, bool)
             or not isinstance(shard_index, (int, np.integer))

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxembed.errors import InvalidArgumentError
+from jaxembed.errors import InvalidArgumentError, check_positive_int
 
 if TYPE_CHECKING:
     import tiktoken
@@ -126,8 +126,7 @@ def neighbor_candidates(counts_V: np.ndarray, min_count: int = DEFAULT_MIN_COUNT
       >>> neighbor_candidates(np.array([5, 0, 3, 2, 9]), min_count=3).tolist()
       [0, 2, 4]
     """
-    if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or min_count < 1:
-        raise InvalidArgumentError(f"min_count={min_count!r}: must be an integer >= 1.")
+    check_positive_int(min_count, "min_count")
     return np.flatnonzero(np.asarray(counts_V) >= min_count).astype(np.int64)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from jaxembed.errors import InvalidArgumentError
+from jaxembed.errors import check_positive_int
 from jaxembed.fileio import atomic_open
 from jaxembed.report import analysis
 from jaxembed.report.analysis import Neighbors, pca, position_similarity, token_label
@@ -118,9 +118,7 @@ def uniform_guess_loss(num_classes: int) -> float:
       >>> round(uniform_guess_loss(50257), 3)
       10.825
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
-        raise InvalidArgumentError(f"num_classes={num_classes!r}: must be an integer >= 1.")
-    return math.log(num_classes)
+    return math.log(check_positive_int(num_classes, "num_classes"))
 
 
 def plot_neighbors(

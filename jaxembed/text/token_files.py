@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import tiktoken
 
-from jaxembed.errors import InvalidArgumentError, InvalidTypeError
+from jaxembed.errors import InvalidArgumentError, InvalidTypeError, check_positive_int
 from jaxembed.text import corpus, streaming
 from jaxembed.text import tokenizer as tokenizer_lib
 
@@ -221,10 +221,7 @@ def tokenize_files(
     """
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
-        raise InvalidArgumentError(
-            f"workers={workers!r} is not allowed; it must be an integer >= 1 (or None: one per CPU)."
-        )
+    check_positive_int(workers, "workers")  # None means one per CPU
     workers = int(workers)
     enc = _get_encoding(tokenizer)
     if SEPARATOR not in enc.special_tokens_set:

@@ -40,7 +40,7 @@ from jaxembed import config as config_lib
 from jaxembed import data
 from jaxembed.data import pipeline
 from jaxembed.data import splits as splits_lib
-from jaxembed.errors import InvalidArgumentError
+from jaxembed.errors import check_positive_int
 from jaxembed.text import tokenizer
 from jaxembed.train.trainer import Trainer, make_mesh
 
@@ -168,8 +168,7 @@ def plan(
         splits = splits_lib.load_splits(config, text=text)
     if vocab_size is None:
         vocab_size = splits.model_vocab_size if splits else tokenizer.get_encoding(config.data.tokenizer).n_vocab
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int | np.integer) or vocab_size < 1:
-        raise InvalidArgumentError(f"vocab_size={vocab_size!r} is not allowed; it must be an integer >= 1 (or None).")
+    vocab_size = check_positive_int(vocab_size, "vocab_size")
     mesh = make_mesh(config.mesh.data, config.mesh.model) if mesh is None else mesh
     pipeline.local_batch_size(config.data.batch_size, mesh)  # the batch must split over `data`
 

@@ -360,6 +360,15 @@ def make_config(batch: int, length: int, features: int, overrides: dict[str, Any
     return apply_overrides(config, overrides)
 
 
+def resolved_tile_tokens(config) -> int:
+    """The loss tile a CPU run of ``config`` uses (``model.loss_tile_tokens``, None chosen by bytes)."""
+    from jaxembed.nn.embeddings import padded_size
+    from jaxembed.nn.losses import auto_tile_tokens
+
+    tile = config.model.loss_tile_tokens
+    return auto_tile_tokens(padded_size(50257, config.model.vocab_multiple), "cpu") if tile is None else tile
+
+
 def apply_overrides(config, overrides: dict[str, Any] | None):
     """Sets ``{"section.field": value}`` on ``config`` (a copy is not made); returns it."""
     for key, value in (overrides or {}).items():

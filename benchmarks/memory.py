@@ -73,7 +73,7 @@ def size_configs(quick: bool) -> list[tuple[str, object, int]]:
 
 def loss_tiles(config) -> int:
     """Tiles the tied head's loss runs in for ``config`` (1: the dense program), from ``tied_cross_entropy``'s rule."""
-    tokens, tile = config.data.batch_size * config.data.max_length, config.model.get("loss_tile_tokens", 0)
+    tokens, tile = config.data.batch_size * config.data.max_length, harness.resolved_tile_tokens(config)
     return -(-tokens // tile) if 0 < tile < tokens else 1
 
 

@@ -27,13 +27,13 @@ def child_main(spec: dict) -> dict:
     """Median step time of each ``(config, devices)`` in ``spec``; runs under the parent's XLA_FLAGS."""
     import jax
 
-    from jaxembed.config import CONFIGS
+    from jaxembed.config import named_config
     from jaxembed.train.trainer import make_mesh
 
     settings = harness.Settings(reps=spec["reps"], warmup=1, min_rep_s=spec["min_rep_s"])
     rows = []
     for name in spec["configs"]:
-        config = harness.apply_overrides(CONFIGS[name](), spec.get("overrides"))
+        config = harness.apply_overrides(named_config(name), spec.get("overrides"))
         b, length = config.data.batch_size, config.data.max_length
         batch = harness.train_batch(b, length, spec["vocab"])
         impls = {}

@@ -74,7 +74,7 @@ def _ready_step(ready: dict, key: tuple[int, int, int, int]):
 
 
 def loss_variants(batch: int, length: int) -> dict[str, dict]:
-    """The train section's loss variants beside jaxembed's default (``model.loss_tile_tokens`` = 2048).
+    """The train section's loss variants beside jaxembed's default (``model.loss_tile_tokens`` None: by bytes).
 
     ``jaxembed_dense``: the full ``[B, L, V]`` logits (tile 0).
     ``jaxembed_tiled``: a tile of a quarter of the batch's tokens, so the
@@ -97,7 +97,7 @@ def train_section(settings: Settings, hw: dict, which: tuple[str, ...], ready: d
         row = harness.run_case(case, settings, hw)
         if variants:
             row["loss_tile_tokens"] = {
-                "jaxembed": harness.make_config(b, length, d).model.loss_tile_tokens,
+                "jaxembed": harness.resolved_tile_tokens(harness.make_config(b, length, d)),
                 **{name: o["model.loss_tile_tokens"] for name, o in variants.items()},
             }
             add_tile_ratios(row)

@@ -59,9 +59,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.num_layers = 1
     c.model.num_heads = 4  # Attention heads per block; must divide model.features.
     # Tokens per tile of the tied head's loss (0: the full [B, L, V] logits at once). Batches
-    # of at most this many tokens run the dense program; gpt2_small's train step needs 1.5 GiB
-    # of temporaries in 16 tiles instead of 15.7 GiB (jaxembed plan --config gpt2_small).
-    c.model.loss_tile_tokens = 2048
+    # of at most this many tokens run the dense program. None (the default) chooses by bytes:
+    # on CPU tiles of at most 16 MiB of logits (64 tokens for GPT-2's vocabulary: no per-step
+    # mmap/munmap churn), on GPU/TPU 2048 (gpt2_small's step then needs 1.5 GiB of temporaries
+    # instead of 15.7 GiB: jaxembed plan --config gpt2_small).
+    c.model.loss_tile_tokens = config_dict.placeholder(int)
 
     c.optim = ml_collections.ConfigDict()
     c.optim.learning_rate = 1e-2  # Peak learning rate after warmup.

@@ -122,7 +122,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for name in ("max_length", "stride", "batch_size"):
         check_positive_int(config.data[name], f"data.{name}")
     check_int(config.data.num_workers, "data.num_workers", minimum=0)
-    check_int(config.model.loss_tile_tokens, "model.loss_tile_tokens", minimum=0)  # 0: dense
+    if config.model.loss_tile_tokens is not None:  # None: chosen by bytes (nn.losses.auto_tile_tokens)
+        check_int(config.model.loss_tile_tokens, "model.loss_tile_tokens", minimum=0)  # 0: dense
     for name in ("features", "vocab_multiple"):
         check_positive_int(config.model[name], f"model.{name}")
     for name in ("dtype", "param_dtype"):

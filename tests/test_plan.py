@@ -127,6 +127,7 @@ def test_loop_bodies_count_once_per_iteration():
 def test_tiled_loss_adds_one_logits_product_of_flops():
     # The tiled backward recomputes each tile's logits: one extra N x D x V product (2 N D V FLOPs).
     c = small_config(layers=0)
+    c.model.loss_tile_tokens = 2048
     dense = plan(c, vocab_size=1000)
     c.model.loss_tile_tokens = 64
     tiled = plan(c, vocab_size=1000)

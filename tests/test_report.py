@@ -395,10 +395,10 @@ PROBES = (" Romeo", " thou", " the", " function")  # ' function' never occurs in
 def short_run(tmp_path_factory, corpus_path):
     """30 steps of the tiny config with model.active_vocab, its report, and `jaxembed export`."""
     from jaxembed import cli
-    from jaxembed.config import CONFIGS
+    from jaxembed.config import named_config
     from jaxembed.train.loop import train_and_evaluate
 
-    config = CONFIGS["tiny"]()
+    config = named_config("tiny")
     config.data.max_length, config.data.stride, config.data.batch_size = 8, 8, 4
     config.model.active_vocab = True
     config.train.steps, config.train.log_every, config.train.eval_every = 30, 5, 10

@@ -34,7 +34,37 @@ import numpy as np
 
 from jaxembed.errors import InvalidArgumentError, InvalidTypeError
 
-__all__ = ["cross_entropy", "tied_cross_entropy"]
+__all__ = ["CPU_TILE_BYTES", "ACCELERATOR_TILE_TOKENS", "auto_tile_tokens", "cross_entropy", "tied_cross_entropy"]
+
+#: On CPU a tile's float32 logits stay within this many bytes. glibc serves every allocation above
+#: 32 MiB (the ceiling of its mmap threshold) with a fresh ``mmap`` and returns it with ``munmap``,
+#: so a larger per-step buffer is page-faulted in again on every step (the dense loss of the tiny
+#: config spent 78 ms of a 167 ms step in the kernel); 16 MiB stays well under that and near the
+#: size of a server CPU's L2+L3 share (benchmarks/README.md, "main job").
+CPU_TILE_BYTES = 16 << 20
+#: On GPUs and TPUs: batches of at most this many tokens run the dense program (fastest there).
+ACCELERATOR_TILE_TOKENS = 2048
+
+
+def auto_tile_tokens(padded_vocab_size: int, backend: str) -> int:
+    """Tokens per loss tile when ``model.loss_tile_tokens`` is None (the default): by bytes on CPU.
+
+    Args:
+      padded_vocab_size: rows of the tied table, ``V`` (padded).
+      backend: ``jax.default_backend()`` (``"cpu"``, ``"gpu"``, ``"tpu"``).
+
+    Returns:
+      On CPU the largest power of two ``T >= 8`` with ``T * V * 4 <= CPU_TILE_BYTES``;
+      elsewhere ``ACCELERATOR_TILE_TOKENS``.
+
+    Example:
+      >>> auto_tile_tokens(50304, "cpu"), auto_tile_tokens(4480, "cpu"), auto_tile_tokens(50304, "gpu")
+      (64, 512, 2048)
+    """
+    if backend != "cpu":
+        return ACCELERATOR_TILE_TOKENS
+    fit = max(1, CPU_TILE_BYTES // (4 * int(padded_vocab_size)))
+    return max(8, 1 << (fit.bit_length() - 1))
 
 
 def _check_targets(targets: jax.Array, shape: tuple[int, ...], name: str = "targets") -> None:

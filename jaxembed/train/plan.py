@@ -41,6 +41,7 @@ from jaxembed import data
 from jaxembed.data import pipeline
 from jaxembed.data import splits as splits_lib
 from jaxembed.errors import check_positive_int
+from jaxembed.nn.losses import ACCELERATOR_TILE_TOKENS
 from jaxembed.text import tokenizer
 from jaxembed.train.trainer import Trainer, make_mesh
 
@@ -163,6 +164,9 @@ def plan(
       True
     """
     config_lib.validate(config)
+    if config.model.loss_tile_tokens is None:  # plan is for accelerators: their choice, not this CPU's
+        config = ml_collections.ConfigDict(config.to_dict())
+        config.model.loss_tile_tokens = ACCELERATOR_TILE_TOKENS
     splits = None
     if text is not None:
         splits = splits_lib.load_splits(config, text=text)

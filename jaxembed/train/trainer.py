@@ -38,6 +38,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxembed.configs.default import AXIS_RULES
 from jaxembed.errors import InvalidArgumentError
+from jaxembed.nn.losses import auto_tile_tokens
 from jaxembed.nn.model import EmbeddingLM, make_model
 
 AxisRules = Sequence[tuple[str, str | None]]
@@ -281,6 +282,8 @@ class Trainer:
         tx = make_optimizer(config.optim, config.train.steps)
         rules = config.mesh.logical_axis_rules
         tile = config.model.loss_tile_tokens
+        if tile is None:
+            tile = auto_tile_tokens(model.padded_vocab_size, jax.default_backend())
         return cls(model, tx, mesh, batch_size=config.data.batch_size, rules=rules, loss_tile_tokens=tile)
 
     def init(self, key: jax.Array) -> TrainState:

@@ -406,6 +406,7 @@ class WorkdirLock:
 #: ``notice``: allowed, said out loud and recorded in ``W/config_changes.jsonl``.
 #: Everything else is free (where files go, how often to log, devices, the report).
 RESUME_RULES: tuple[tuple[str, str], ...] = (
+    ("model.loss_tile_tokens", "free"),  # the same loss (to ~1e-6), computed in other pieces
     ("seed", "refuse"),
     ("model.*", "refuse"),
     ("data.tokenizer", "refuse"),

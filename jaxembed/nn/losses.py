@@ -40,7 +40,7 @@ __all__ = ["CPU_TILE_BYTES", "ACCELERATOR_TILE_TOKENS", "auto_tile_tokens", "cro
 #: 32 MiB (the ceiling of its mmap threshold) with a fresh ``mmap`` and returns it with ``munmap``,
 #: so a larger per-step buffer is page-faulted in again on every step (the dense loss of the tiny
 #: config spent 78 ms of a 167 ms step in the kernel); 16 MiB stays well under that and near the
-#: size of a server CPU's L2+L3 share (benchmarks/README.md, "main job").
+#: size of a server CPU's L2+L3 share (benchmarks/README.md, "Main job").
 CPU_TILE_BYTES = 16 << 20
 #: On GPUs and TPUs: batches of at most this many tokens run the dense program (fastest there).
 ACCELERATOR_TILE_TOKENS = 2048

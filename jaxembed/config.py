@@ -19,13 +19,13 @@ import importlib.util
 import math
 import numbers
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
 
 from jaxembed.configs import default
-from jaxembed.errors import InvalidArgumentError, check_int, check_positive_int
+from jaxembed.errors import InvalidArgumentError, check_int
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -102,8 +102,142 @@ def upgrade_run_config(stored: dict) -> dict:
     return upgraded
 
 
+def _number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def _int_rule(minimum: int | None = None, maximum: int | None = None, *, none_ok: bool = False):
+    def check(value: Any, path: str) -> None:
+        if value is None and none_ok:
+            return
+        check_int(value, path, minimum=minimum, maximum=maximum)
+
+    return check
+
+
+def _real_rule(text: str, accept: Callable[[float], bool]):
+    def check(value: Any, path: str) -> None:
+        if not _number(value) or not accept(float(value)):
+            raise InvalidArgumentError(f"{path}={value!r} is not allowed; it must be {text}.")
+
+    return check
+
+
+def _choice_rule(choices: Callable[[], Sequence[str]]):
+    def check(value: Any, path: str) -> None:
+        allowed = tuple(choices())
+        if value not in allowed:
+            raise InvalidArgumentError(f"{path}={value!r} is not allowed; use one of {', '.join(map(repr, allowed))}.")
+
+    return check
+
+
+def _bool_rule(value: Any, path: str) -> None:
+    if not isinstance(value, bool):
+        raise InvalidArgumentError(f"{path}={value!r} is not allowed; it must be True or False.")
+
+
+def _path_rule(value: Any, path: str) -> None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise InvalidArgumentError(f"{path}={value!r} is not allowed; it must be a path (or None: unset).")
+
+
+def _probes_rule(value: Any, path: str) -> None:
+    if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(t, str) and t for t in value):
+        raise InvalidArgumentError(f"{path}={value!r} is not allowed; it must be a sequence of non-empty strings.")
+
+
+def _axis_rules_rule(value: Any, path: str) -> None:
+    ok = isinstance(value, Sequence) and all(
+        isinstance(r, Sequence) and len(r) == 2 and isinstance(r[0], str) and (r[1] is None or isinstance(r[1], str))
+        for r in value
+    )
+    if not ok:
+        raise InvalidArgumentError(
+            f"{path}={value!r} is not allowed; it must be (logical name, mesh axis or None) pairs."
+        )
+
+
+def _mesh_data_rule(value: Any, path: str) -> None:
+    if value != -1:
+        try:
+            check_int(value, path, minimum=1)
+        except InvalidArgumentError:
+            raise InvalidArgumentError(
+                f"{path}={value!r} is not allowed; it must be -1 (all remaining devices) or an integer >= 1."
+            ) from None
+
+
+def _corpora() -> Sequence[str]:
+    from jaxembed.text.corpus import CORPORA
+
+    return CORPORA
+
+
+def _encodings() -> Sequence[str]:
+    from jaxembed.text.tokenizer import ENCODINGS
+
+    return list(ENCODINGS)
+
+
+def _profile_rule(value: Any, path: str) -> None:
+    parse_profile_steps(value)
+
+
+#: The rule of every field of the schema (configs/default.py), checked by ``validate``: the one
+#: place a setting is judged. tests/test_config.py walks the schema and tries a bad value for each.
+FIELD_RULES: dict[str, Callable[[Any, str], None]] = {
+    "seed": _int_rule(0),
+    "data.corpus": _choice_rule(_corpora),
+    "data.text": _path_rule,
+    "data.tokens": _path_rule,
+    "data.val_tokens": _path_rule,
+    "data.tokenizer": _choice_rule(_encodings),
+    "data.max_length": _int_rule(1),
+    "data.stride": _int_rule(1),
+    "data.batch_size": _int_rule(1),
+    "data.val_fraction": _real_rule("a number in (0, 1)", lambda x: 0 < x < 1),
+    "data.num_workers": _int_rule(0),
+    "model.features": _int_rule(1),
+    "model.init_stddev": _real_rule("a finite number >= 0", lambda x: x >= 0),
+    "model.dtype": _choice_rule(lambda: _DTYPES),
+    "model.param_dtype": _choice_rule(lambda: _DTYPES),
+    "model.vocab_multiple": _int_rule(1),
+    "model.active_vocab": _bool_rule,
+    "model.num_layers": _int_rule(0),
+    "model.num_heads": _int_rule(1),
+    "model.loss_tile_tokens": _int_rule(0, none_ok=True),  # None: chosen by bytes; 0: dense
+    "optim.learning_rate": _real_rule("a finite number > 0", lambda x: x > 0),
+    "optim.warmup_steps": _int_rule(0),
+    "optim.final_lr_fraction": _real_rule("a number in [0, 1]", lambda x: 0 <= x <= 1),
+    "optim.b1": _real_rule("a number in [0, 1)", lambda x: 0 <= x < 1),
+    "optim.b2": _real_rule("a number in [0, 1)", lambda x: 0 <= x < 1),
+    "optim.weight_decay": _real_rule("a finite number >= 0", lambda x: x >= 0),
+    # optax.clip_by_global_norm: a negative threshold flips the gradient (ascent), 0 zeroes it.
+    "optim.grad_clip": _real_rule("a finite number > 0", lambda x: x > 0),
+    "train.steps": _int_rule(1),
+    "train.log_every": _int_rule(1),
+    "train.eval_every": _int_rule(1),
+    "train.eval_batches": _int_rule(1),
+    "train.checkpoint_every": _int_rule(1),
+    "train.keep_checkpoints": _int_rule(1),
+    "train.tensorboard": _bool_rule,
+    "train.profile_steps": _profile_rule,
+    "mesh.data": _mesh_data_rule,
+    "mesh.model": _int_rule(1),
+    "mesh.logical_axis_rules": _axis_rules_rule,
+    "report.probe_tokens": _probes_rule,
+    "report.num_neighbors": _int_rule(1),
+    "report.pca_tokens": _int_rule(1),
+    "report.projector_tokens": _int_rule(1),
+}
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
-    """Rejects settings that cannot run, naming the field path and the rule.
+    """Rejects settings that cannot run or would do harm, naming the field path and the rule.
+
+    Every field is checked against ``FIELD_RULES``, then the rules between fields. ``train``,
+    ``plan`` and every command that reads a config call this.
 
     Raises:
       InvalidArgumentError: e.g. ``train.steps=0 is not allowed: it must be an integer >= 1.``
@@ -116,24 +250,21 @@ def validate(config: ml_collections.ConfigDict) -> None:
       ...
       jaxembed.errors.InvalidArgumentError: train.steps=0 is not allowed: it must be an integer >= 1.
     """
-    t = config.train
-    for name in ("steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints"):
-        check_positive_int(t[name], f"train.{name}")
-    for name in ("max_length", "stride", "batch_size"):
-        check_positive_int(config.data[name], f"data.{name}")
-    check_int(config.data.num_workers, "data.num_workers", minimum=0)
-    if config.model.loss_tile_tokens is not None:  # None: chosen by bytes (nn.losses.auto_tile_tokens)
-        check_int(config.model.loss_tile_tokens, "model.loss_tile_tokens", minimum=0)  # 0: dense
-    for name in ("features", "vocab_multiple"):
-        check_positive_int(config.model[name], f"model.{name}")
-    for name in ("dtype", "param_dtype"):
-        if config.model[name] not in _DTYPES:
-            allowed = ", ".join(repr(d) for d in _DTYPES)
-            raise InvalidArgumentError(f"model.{name}={config.model[name]!r} is not allowed; use one of {allowed}.")
-    parse_profile_steps(t.profile_steps, total_steps=t.steps)
-    lr = config.optim.learning_rate
-    if not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise InvalidArgumentError(f"optim.learning_rate={lr} is not allowed; it must be a finite number > 0.")
+    for path, rule in FIELD_RULES.items():
+        section, _, name = path.rpartition(".")
+        holder = config[section] if section else config
+        if name not in holder:
+            raise InvalidArgumentError(
+                f"{path} is missing from the config; every config starts from configs/default.py."
+            )
+        rule(holder[name], path)
+    m = config.model
+    parse_profile_steps(config.train.profile_steps, total_steps=config.train.steps)
+    if m.num_layers > 0 and m.features % m.num_heads:
+        raise InvalidArgumentError(
+            f"model.num_heads={m.num_heads} does not divide model.features={m.features}: change "
+            "--config.model.num_heads or --config.model.features (or --config.model.num_layers=0)."
+        )
 
 
 def load(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:

@@ -417,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     user_errors = (JaxembedError, OSError)
     with _console_logging(), _sigterm_interrupts():
         try:
+            from jaxembed.train.trainer import check_platforms
+
+            check_platforms()
             return args.run(args, extra)
         except Preempted as e:  # not an error: the run stopped cleanly and can resume
             print(f"jaxembed {args.command}: {e}", file=sys.stderr)

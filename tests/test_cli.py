@@ -388,3 +388,12 @@ def test_walkthrough_on_the_shared_corpus_matches_the_seed(corpus_path, capsys):
     assert rows[0] == [464, 4935, 20336, 46566]  # 'The Project Gutenberg eBook'
     assert rows[1] == [286, 43989, 290, 38201]
     assert len(rows) == 8 and shapes["input"] == "(8, 4, 256)"
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_jax_platforms_naming_a_missing_backend_is_one_line(env, platform):
+    proc = jaxembed(["plan"], {**env, "JAX_PLATFORMS": platform})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"jaxembed plan: error: JAX_PLATFORMS='{platform}' names a backend") and "cpu" in line
+    assert "Traceback" not in proc.stderr

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,6 +95,36 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
             weight_decay=optim.weight_decay,
         ),
     )
+
+
+def check_platforms() -> None:
+    """Fails in one line when ``$JAX_PLATFORMS`` names a backend this machine cannot start.
+
+    JAX raises a ``RuntimeError`` (or, for ``cuda``/``gpu`` without a plugin, a bare
+    ``AssertionError``) from deep inside its backend set-up; this names the variable, its value
+    and the backends whose plugins are installed.
+
+    Raises:
+      InvalidArgumentError: the backend cannot be initialised.
+
+    Example:
+      >>> check_platforms()  # the default (unset) always works
+    """
+    value = os.environ.get("JAX_PLATFORMS", "")
+    if not value:
+        return
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError, ValueError) as e:
+        import importlib.util
+
+        plugins = {"cuda": ("jax_cuda12_plugin", "jax_cuda13_plugin"), "tpu": ("libtpu",)}
+        have = ["cpu"] + [name for name, mods in plugins.items() if any(importlib.util.find_spec(m) for m in mods)]
+        reason = str(e).splitlines()[0] if str(e) else "JAX found no plugin for it"
+        raise InvalidArgumentError(
+            f"JAX_PLATFORMS={value!r} names a backend this machine cannot start ({reason}); installed here: "
+            f"{', '.join(have)}. Unset JAX_PLATFORMS (JAX then picks the best one) or set it to one of those."
+        ) from None
 
 
 def make_mesh(data_axis: int = -1, model_axis: int = 1, devices: Sequence[Any] | None = None) -> Mesh:

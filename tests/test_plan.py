@@ -261,3 +261,31 @@ def test_accelerator_check_rejects_bad_steps_in_one_line(steps, hint):
     assert proc.returncode == 2 and proc.stdout == ""
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("accelerator_check.py: error: argument --steps:") and hint in line
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["--config.model.num_heads=3", "--config.model.features=30"], ("mesh.model=2", "model.num_heads=3")),
+        (["--config.model.vocab_multiple=1"], ("mesh.model=2", "model.vocab_multiple=1", "50,257 rows")),
+    ],
+)
+def test_a_model_the_mesh_cannot_split_is_refused_naming_the_fields(tmp_path, overrides, named):
+    proc = run_plan("--devices", "2", "--config.mesh.model=2", *overrides)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert all(n in line for n in named) and "partitioned" not in line, line
+    # train refuses the same before it compiles or writes anything.
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    workdir = tmp_path / "run"
+    train = subprocess.run(
+        [sys.executable, "-m", "jaxembed.cli", "train", "--workdir", str(workdir), "--config.mesh.model=2", *overrides],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=HANG_GUARD,
+    )
+    assert train.returncode == 2, train.stderr[-2000:]
+    assert all(n in train.stderr for n in named) and len(train.stderr.strip().splitlines()) == 1, train.stderr
+    assert not workdir.exists()

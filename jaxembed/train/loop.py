@@ -134,9 +134,10 @@ def train_and_evaluate(
         mesh = make_mesh(config.mesh.data, config.mesh.model)
         iterator, eval_batches, splits = pipeline.get_datasets(config, mesh, text=text)
         stack.callback(iterator.close)
+        # Before the workdir is created: a model the mesh cannot split is refused leaving nothing.
+        trainer = Trainer.from_config(config, splits.model_vocab_size, mesh)
         if workdir is not None:
             workdir.create(stack, splits.corpus_fingerprint)
-        trainer = Trainer.from_config(config, splits.model_vocab_size, mesh)
         run = _Run(config, workdir, trainer, iterator, eval_batches, progress, stack)
         return run.train(splits, changes)
 

@@ -127,6 +127,37 @@ def check_platforms() -> None:
         ) from None
 
 
+def check_mesh_fits(model: EmbeddingLM, model_axis: int) -> None:
+    """Refuses, before anything is compiled, a model whose split dimensions ``model_axis`` devices cannot share.
+
+    The token table's rows and the attention heads are split over the mesh's ``model`` axis
+    (``configs/default.py``'s ``AXIS_RULES``); JAX would otherwise fail deep in sharding with
+    "array axis 0 is partitioned 2 times, but the dimension size is 3", naming no setting.
+
+    Raises:
+      InvalidArgumentError: naming ``mesh.model``, ``model.num_heads`` or ``model.vocab_multiple``
+        and values that would fit.
+
+    Example:
+      >>> from jaxembed.nn.model import EmbeddingLM
+      >>> check_mesh_fits(EmbeddingLM(vocab_size=100, max_length=4, features=8, num_layers=1, num_heads=2), 2)
+    """
+    if model_axis <= 1:
+        return
+    if model.num_layers > 0 and model.num_heads % model_axis:
+        fits = [d for d in range(1, model.num_heads + 1) if model.num_heads % d == 0]
+        raise InvalidArgumentError(
+            f"mesh.model={model_axis} cannot split model.num_heads={model.num_heads} attention heads: set "
+            f"--config.mesh.model to one of {fits} or --config.model.num_heads to a multiple of {model_axis}."
+        )
+    rows = model.padded_vocab_size
+    if rows % model_axis:
+        raise InvalidArgumentError(
+            f"mesh.model={model_axis} cannot split the token table's {rows:,} rows (model.vocab_multiple="
+            f"{model.vocab_multiple}): set --config.model.vocab_multiple to a multiple of {model_axis} (e.g. 128)."
+        )
+
+
 def make_mesh(data_axis: int = -1, model_axis: int = 1, devices: Sequence[Any] | None = None) -> Mesh:
     """A ``("data", "model")`` device mesh; ``-1`` takes all remaining devices.
 
@@ -310,6 +341,7 @@ class Trainer:
         """
         mesh = make_mesh(config.mesh.data, config.mesh.model) if mesh is None else mesh
         model = make_model(config.model, vocab_size=vocab_size, max_length=config.data.max_length)
+        check_mesh_fits(model, int(mesh.shape["model"]))
         tx = make_optimizer(config.optim, config.train.steps)
         rules = config.mesh.logical_axis_rules
         tile = config.model.loss_tile_tokens

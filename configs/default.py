@@ -71,7 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.final_lr_fraction = 0.1  # Cosine decay ends at this fraction of the peak.
     c.optim.b1 = 0.9  # Adam beta1.
     c.optim.b2 = 0.99  # Adam beta2.
-    c.optim.weight_decay = 0.0  # AdamW decoupled weight decay.
+    c.optim.weight_decay = 0.0  # AdamW decoupled weight decay: of matrices only, never biases or norms.
+    c.optim.decay_embeddings = True  # Whether the decay also shrinks both embedding tables (nanoGPT: yes).
     c.optim.grad_clip = 1.0  # Global-norm gradient clipping threshold.
 
     c.train = ml_collections.ConfigDict()

@@ -81,6 +81,7 @@ _ADDED_FIELDS: dict[str, Any] = {
     "mesh.logical_axis_rules": default.AXIS_RULES,
     "train.tensorboard": False,
     "train.profile_steps": "",
+    "optim.decay_embeddings": True,
 }
 
 
@@ -213,6 +214,7 @@ FIELD_RULES: dict[str, Callable[[Any, str], None]] = {
     "optim.b1": _real_rule("a number in [0, 1)", lambda x: 0 <= x < 1),
     "optim.b2": _real_rule("a number in [0, 1)", lambda x: 0 <= x < 1),
     "optim.weight_decay": _real_rule("a finite number >= 0", lambda x: x >= 0),
+    "optim.decay_embeddings": _bool_rule,
     # optax.clip_by_global_norm: a negative threshold flips the gradient (ascent), 0 zeroes it.
     "optim.grad_clip": _real_rule("a finite number > 0", lambda x: x > 0),
     "train.steps": _int_rule(1),

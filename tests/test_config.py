@@ -20,6 +20,7 @@ BAD = {
     "optim.b2": [1.5],
     "optim.warmup_steps": [-5],
     "optim.weight_decay": [-1.0, math.inf],
+    "optim.decay_embeddings": ["no"],
     "optim.final_lr_fraction": [-2.0, 1.5],
     "optim.learning_rate": [0.0, math.nan],
     "report.num_neighbors": [0],

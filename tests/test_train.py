@@ -358,3 +358,29 @@ def test_active_vocabulary_trains_only_the_corpus_rows(tmp_path, corpus_path):
     assert np.all(np.abs(token_VxD[active] - before_VxD[active]).sum(axis=1) > 0)  # every corpus row moved
     run = run_lib.load_run(tmp_path / "run")  # the workdir remembers the mapping
     np.testing.assert_array_equal(run.token_VxD, token_VxD)
+
+
+@pytest.mark.parametrize("decay_embeddings", [True, False])
+def test_weight_decay_shrinks_matrices_not_biases_or_norms(decay_embeddings):
+    # Zero gradients: Adam's part of the update is 0, so what moves is the decay alone.
+    config = base_config()
+    config.optim.weight_decay, config.optim.warmup_steps = 0.1, 0
+    config.optim.decay_embeddings = decay_embeddings
+    model = EmbeddingLM(vocab_size=50, max_length=4, features=8, num_layers=1, num_heads=2)
+    params = model.init(jax.random.key(0), np.zeros((1, 4), np.int32))
+    tx = trainer.make_optimizer(config.optim, total_steps=10)
+    grads = jax.tree.map(np.zeros_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    factor = -config.optim.learning_rate * config.optim.weight_decay
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    moved = {}
+    for (path, p), u in zip(flat, jax.tree.leaves(updates)):
+        name = jax.tree_util.keystr(path)
+        moved[name] = not np.allclose(u, 0)
+        if moved[name]:
+            np.testing.assert_allclose(u, factor * np.asarray(p), rtol=1e-5)
+    kernels = [n for n in moved if "kernel" in n]
+    assert kernels and all(moved[n] for n in kernels)
+    assert not any(moved[n] for n in moved if "bias" in n or "scale" in n)
+    tables = [n for n in moved if "embedding" in n]
+    assert len(tables) == 2 and all(moved[n] == decay_embeddings for n in tables)

@@ -86,6 +86,9 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
       >>> tx.init({"w": jnp.zeros(2)})[1][0].count.tolist()
       0
     """
+    mask = None
+    if optim.weight_decay > 0:  # no mask without decay: the optimiser state keeps its old layout
+        mask = functools.partial(decay_mask, decay_embeddings=optim.decay_embeddings)
     return optax.chain(
         optax.clip_by_global_norm(optim.grad_clip),
         optax.adamw(
@@ -93,8 +96,33 @@ def make_optimizer(optim: ml_collections.ConfigDict, total_steps: int) -> optax.
             b1=optim.b1,
             b2=optim.b2,
             weight_decay=optim.weight_decay,
+            mask=mask,
         ),
     )
+
+
+def decay_mask(params: Any, *, decay_embeddings: bool = True) -> Any:
+    """Which parameters AdamW's weight decay applies to: matrices, not biases or norms.
+
+    The field's convention (nanoGPT's ``configure_optimizers``, MaxText): attention kernels are
+    decayed; every ``bias`` and LayerNorm ``scale`` is not. The two embedding tables are a choice
+    (``optim.decay_embeddings``): nanoGPT decays them (they are matrices); turning it off keeps
+    rarely seen tokens' rows from shrinking towards zero between their updates.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> tree = {"embed": {"token": {"embedding": jnp.ones((4, 2))}}, "ln": {"scale": jnp.ones(2)},
+      ...         "attn": {"query": {"kernel": jnp.ones((2, 1, 2)), "bias": jnp.ones((1, 2))}}}
+      >>> decay_mask(tree, decay_embeddings=False)
+      {'attn': {'query': {'bias': False, 'kernel': True}}, 'embed': {'token': {'embedding': False}}, 'ln': {'scale': False}}
+    """
+
+    def decayed(path, _leaf) -> bool:
+        names = [str(getattr(k, "key", getattr(k, "name", ""))) for k in path]
+        name = next((n for n in reversed(names) if n not in ("value", "")), "")
+        return name == "kernel" or (name == "embedding" and decay_embeddings)
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def check_platforms() -> None:

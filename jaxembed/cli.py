@@ -189,6 +189,8 @@ def _export(args: argparse.Namespace, extra: list[str]) -> int:
     from jaxembed.train.run import load_run
 
     _no_extra(extra)
+    if args.tokens < 1:
+        raise UsageError(f"--tokens {args.tokens} is not allowed; it must be an integer >= 1.")
     run = load_run(args.workdir, step=args.step)
     out = pathlib.Path(args.out) if args.out else run.workdir / "projector"
     frequent = analysis.most_frequent(run.token_counts_V, args.tokens)

@@ -397,3 +397,13 @@ def test_jax_platforms_naming_a_missing_backend_is_one_line(env, platform):
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"jaxembed plan: error: JAX_PLATFORMS='{platform}' names a backend") and "cpu" in line
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("count", ["-5", "0"])
+def test_export_refuses_a_token_count_below_one(finished, tmp_path, capsys, count):
+    out_dir = tmp_path / "proj"
+    code, _, err = main_in_process(["export", "--workdir", finished[0], "--out", out_dir, "--tokens", count], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        f"jaxembed export: error: --tokens {count} is not allowed; it must be an integer >= 1."
+    ]
+    assert not out_dir.exists()

@@ -560,3 +560,13 @@ def test_a_run_without_saved_validation_losses_has_no_best(short_run, tmp_path, 
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert f"there is no best one; available steps: {', '.join(map(str, steps))}." in err
     assert cli.main(["neighbors", "--workdir", str(workdir), " the"]) == 0  # latest still reads
+
+
+def test_neighbors_picture_is_bounded_and_says_so(tmp_path):
+    enc = get_encoding("gpt2")
+    rows = [[(i + 1, 0.5), (i + 2, 0.4)] for i in range(600)]
+    few = plots_lib.plot_neighbors(enc, rows[:12], rows[:12], list(range(12)), tmp_path / "few.png", subtitle="s")
+    many = plots_lib.plot_neighbors(enc, rows, rows, list(range(600)), tmp_path / "many.png", subtitle="s")
+    h_few, h_many = (matplotlib.image.imread(p).shape[0] for p in (few, many))
+    assert plots_lib.MAX_NEIGHBOR_ROWS == 12 and h_many <= 1.1 * h_few  # not 50 times taller
+    assert len(many.read_bytes()) < 2_000_000

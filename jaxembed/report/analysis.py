@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxembed.errors import InvalidArgumentError, check_positive_int
+from jaxembed.errors import InvalidArgumentError, check_int, check_positive_int
 
 if TYPE_CHECKING:
     import tiktoken
@@ -44,6 +44,7 @@ def most_frequent(counts_V: np.ndarray, n: int) -> np.ndarray:
       >>> most_frequent(np.array([0, 2, 0, 1, 0, 2]), n=5).tolist()
       [1, 5, 3]
     """
+    check_int(n, "n", minimum=0)
     counts_V = np.asarray(counts_V)
     # A stable sort on -count keeps equal counts in id order: deterministic.
     order_V = np.argsort(-counts_V, kind="stable")

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+from jaxembed.report.plots import MAX_NEIGHBOR_ROWS
+
 LOSS = "Loss curves"
 NEIGHBORS = "Nearest neighbours before and after training"
 PCA = "Token embeddings, first two principal components"
@@ -106,7 +108,8 @@ def captions(numbers: dict, num_layers: int | None, length: int, pca_count: int)
         "vector, before training (random vectors: the neighbours are arbitrary) and after. The subtitle gives the "
         "baseline: the cosine of a random pair of candidates. A neighbour well above it shares contexts with the "
         "probe in the training text (e.g. pronouns next to pronouns). Probes never seen in training have no "
-        "meaningful neighbours and say so."
+        "meaningful neighbours and say so. The picture shows at most the first "
+        f"{MAX_NEIGHBOR_ROWS} probes; report.md and report.json list them all."
     )
     pca_caption = (
         f"The {pca_count} most frequent training tokens projected onto their first two principal components "

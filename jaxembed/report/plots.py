@@ -121,6 +121,10 @@ def uniform_guess_loss(num_classes: int) -> float:
     return math.log(check_positive_int(num_classes, "num_classes"))
 
 
+#: Probe rows drawn in ``neighbors.png`` at most (600 probes made a 1,080 x 97,332 px picture).
+MAX_NEIGHBOR_ROWS = 12
+
+
 def plot_neighbors(
     enc: tiktoken.Encoding,
     before: Neighbors,
@@ -134,7 +138,7 @@ def plot_neighbors(
     """Renders a probe | before training | after training table of neighbours.
 
     With ``counts_V``, a probe never seen in training shows a note instead of
-    neighbours.
+    neighbours. At most ``MAX_NEIGHBOR_ROWS`` probes are drawn; the subtitle says so.
 
     Example:
       >>> from jaxembed.text.tokenizer import get_encoding
@@ -144,6 +148,10 @@ def plot_neighbors(
       ...     plot_neighbors(enc, [[(1242, 0.1)]], [[(19338, 0.7)]], [14210], f"{d}/nn.png").name
       'nn.png'
     """
+    if len(query_ids) > MAX_NEIGHBOR_ROWS:  # a bounded picture; report.md and report.json keep every probe
+        note = f"the first {MAX_NEIGHBOR_ROWS} of {len(query_ids)} probes (all of them in report.md)"
+        subtitle = f"{subtitle}\n{note}" if subtitle else note
+        query_ids, before, after = query_ids[:MAX_NEIGHBOR_ROWS], before[:MAX_NEIGHBOR_ROWS], after[:MAX_NEIGHBOR_ROWS]
     k = max((len(row) for row in [*before, *after]), default=1) or 1
     fig = Figure(figsize=(9, 1.1 + len(query_ids) * (0.22 * k + 0.25)))
     ax = fig.add_subplot()

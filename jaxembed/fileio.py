@@ -55,7 +55,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, fsync: bool = False
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     # Not mkstemp: its 0600 mode would survive os.replace; 0666 lets umask decide.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    except OSError as e:
+        raise _naming(e, path) from None
     try:
         with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
             yield f
@@ -63,6 +66,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, fsync: bool = False
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _naming(e, path) from None
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -80,3 +87,8 @@ def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = False
     with atomic_open(path, "w", fsync=fsync) as f:
         f.write(text)
     return pathlib.Path(path)
+
+
+def _naming(error: OSError, path: pathlib.Path) -> OSError:
+    """The same error, naming the file the user asked for rather than the hidden temporary one."""
+    return type(error)(error.errno, error.strerror or str(error), str(path))

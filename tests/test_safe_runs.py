@@ -332,6 +332,43 @@ def test_disk_full_is_one_line_and_the_last_good_checkpoint_resumes(finished, sm
     assert logged_steps(moved) == [0, 5, 10, 15, 20]
 
 
+RUN_FILES = ("checkpoints", "config.json", "corpus.json", "metrics.jsonl", "token_counts.npy", "train.log")
+
+
+def test_disk_full_while_writing_the_report_names_the_file_and_keeps_the_run(finished, tmp_path, text_path, env):
+    # The finished run without its report, on a real tmpfs with room for the run's own files and
+    # a rewrite of them, but not for the report's token table (50,257 x 32 float32, 6.4 MB).
+    run_bytes = sum(
+        p.stat().st_size for name in RUN_FILES for p in [finished / name, *(finished / name).rglob("*")] if p.is_file()
+    )
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    size_kib = (run_bytes + 3 * 2**20) // 1024
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kib}k", "tmpfs", str(mount)], check=True)
+    try:
+        workdir = mount / "run"
+        workdir.mkdir()
+        for name in RUN_FILES:
+            src = finished / name
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, workdir / name)
+        checkpoints = snapshot(workdir / "checkpoints")
+        proc = jaxembed(train_args(workdir, text_path), env)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        line = assert_one_line(proc.stderr)
+        assert line.startswith(f"jaxembed train: error: could not write {workdir}/"), line
+        assert "MiB free there). The run's checkpoints are complete (step 20)" in line, line
+        assert "rerun the same command" in line and ".tmp" not in line
+        assert snapshot(workdir / "checkpoints") == checkpoints
+        moved = tmp_path / "moved"
+        shutil.copytree(workdir, moved)
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+    # With room, the same command trains nothing and finishes the report.
+    rerun = jaxembed(train_args(moved, text_path), env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (moved / "report.md").is_file()
+
+
 # --- 7: a refused run leaves no workdir -------------------------------------------
 
 

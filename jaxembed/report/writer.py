@@ -22,12 +22,13 @@ import math
 import os
 import pathlib
 import re
+import shutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from jaxembed.errors import InvalidArgumentError
+from jaxembed.errors import InvalidArgumentError, JaxembedError
 from jaxembed.fileio import atomic_open
 from jaxembed.report import analysis, captions
 from jaxembed.report.analysis import fill_probes, format_neighbors, most_frequent, resolve_tokens, token_label
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from jaxembed.train.loop import TrainResult
 
 __all__ = [
+    "ReportWriteError",
     "export_projector",
     "export_tables",
     "report_numbers",
@@ -54,6 +56,10 @@ __all__ = [
     "write_report",
     "write_run_report",
 ]
+
+
+class ReportWriteError(JaxembedError, OSError):
+    """A report file cannot be written; the run itself (checkpoints, metrics) is complete."""
 
 
 def export_projector(
@@ -400,11 +406,11 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
       The path of ``report.md`` on process 0, else ``None``.
 
     Raises:
-      ValueError: the run kept no workdir.
+      InvalidArgumentError: the run kept no workdir.
+      ReportWriteError: a report file cannot be written (the message names it and says the
+        checkpoints are safe and how to finish the report).
     """
     import jax
-
-    from jaxembed.text.tokenizer import get_encoding
 
     if result.workdir is None:
         raise InvalidArgumentError("the run has no workdir to write the report into; train with a workdir.")
@@ -413,6 +419,22 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
     if jax.process_index() != 0:
         return None
     active_ids = result.splits.active_ids
+    try:
+        return _training_report_of(result, report_config, before_VxD, after_VxD, pos_before_LxD, pos_LxD, active_ids)
+    except OSError as e:
+        last = int(result.state.step)
+        free = shutil.disk_usage(result.workdir).free / 2**20
+        raise ReportWriteError(
+            f"could not write {e.filename or 'a report file'} ({e.strerror or e}; {free:,.1f} MiB free there). "
+            f"The run's checkpoints are "
+            f"complete (step {last}); fix the problem (e.g. free disk space) and rerun the same command: it "
+            "trains nothing more and writes the report."
+        ) from None
+
+
+def _training_report_of(result, report_config, before_VxD, after_VxD, pos_before_LxD, pos_LxD, active_ids):
+    from jaxembed.text.tokenizer import get_encoding
+
     return training_report(
         result.workdir,
         enc=get_encoding(result.config.data.tokenizer),

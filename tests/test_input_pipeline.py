@@ -208,6 +208,16 @@ def test_text_directory_over_the_limit_points_to_jaxembed_tokenize(text_dir, mon
         splits.load_splits(small_config(text=str(text_dir)))
 
 
+def test_a_single_file_over_the_limit_follows_the_same_rule(tmp_path, monkeypatch):
+    big = tmp_path / "big.txt"
+    big.write_text("to be or not to be " * 100, encoding="utf-8")  # 1,900 bytes
+    monkeypatch.setattr(splits, "TEXT_FILES_MAX_BYTES", 1000)
+    with pytest.raises(
+        ValueError, match=r"names a file of .* more than the 0 MiB tokenized in memory.*jaxembed tokenize"
+    ):
+        splits.load_splits(small_config(text=str(big)))
+
+
 def test_single_file_keeps_the_old_path(text_dir):
     text = (text_dir / "sub" / "c.txt").read_text(encoding="utf-8")
     s = splits.load_splits(small_config(text=str(text_dir / "sub" / "c.txt")))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import pathlib
 
 import ml_collections
 import numpy as np
@@ -231,6 +232,22 @@ def split_corpus(
     return split_ids(ids, val_fraction, vocab_size=vocab_size, fingerprint=text_fingerprint(ids, source))
 
 
+def check_text_size(source: str | os.PathLike[str], paths: list[pathlib.Path]) -> None:
+    """One rule for files, folders and globs: at most ``TEXT_FILES_MAX_BYTES`` are tokenized in memory.
+
+    Raises:
+      InvalidArgumentError: the files are larger; the message says how to use ``jaxembed tokenize``.
+    """
+    total = sum(p.stat().st_size for p in paths)
+    if total > TEXT_FILES_MAX_BYTES:
+        what = f"{len(paths)} files" if len(paths) != 1 else "a file"
+        raise InvalidArgumentError(
+            f"data.text={os.fspath(source)!r} names {what} of {total / 2**20:,.1f} MiB, more than the "
+            f"{TEXT_FILES_MAX_BYTES >> 20} MiB tokenized in memory; tokenize it once with "
+            f"`jaxembed tokenize {os.fspath(source)} --out DIR`, then train with --tokens DIR."
+        )
+
+
 def read_text_files(source: str | os.PathLike[str], tokenizer_name: str = "gpt2") -> np.ndarray:
     """``ids_N`` int32 of the files a directory or glob names, laid out as ``tokenize_files`` writes them.
 
@@ -251,13 +268,7 @@ def read_text_files(source: str | os.PathLike[str], tokenizer_name: str = "gpt2"
       [15496, 995, 50256]
     """
     paths = corpus.find_text_files(source)
-    total = sum(p.stat().st_size for p in paths)
-    if total > TEXT_FILES_MAX_BYTES:
-        raise InvalidArgumentError(
-            f"data.text={os.fspath(source)!r} names {len(paths)} files of {total / 2**20:,.1f} MiB, more than the "
-            f"{TEXT_FILES_MAX_BYTES >> 20} MiB tokenized in memory; tokenize them once with "
-            f"`jaxembed tokenize {os.fspath(source)} --out DIR`, then train with --tokens DIR."
-        )
+    check_text_size(source, paths)
     enc = tokenizer.get_encoding(tokenizer_name)
     eot = [enc.encode_single_token(tokenizer.ENDOFTEXT)]
     parts = []
@@ -343,6 +354,8 @@ def load_splits(config: ml_collections.ConfigDict, *, text: str | None = None) -
         splits = split_ids(ids, d.val_fraction, vocab_size=vocab_size, fingerprint=fingerprint)
     else:
         source = d.text or d.corpus
+        if d.text and pathlib.Path(d.text).is_file():
+            check_text_size(d.text, [pathlib.Path(d.text)])
         splits = split_corpus(
             corpus.load_text(source), tokenizer_name=d.tokenizer, val_fraction=d.val_fraction, source=source
         )

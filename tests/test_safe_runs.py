@@ -15,6 +15,7 @@ must reproduce bitwise; tests that change a workdir copy it first.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import shutil
@@ -284,13 +285,37 @@ def test_signal_saves_a_checkpoint_and_resume_is_exact(finished, text_path, env,
     assert 5 <= step < STEPS
     assert step_dirs(workdir)[-1] == step
     rows = metrics_rows(workdir)
-    assert rows[-1]["step"] == step and "val_loss" in rows[-1]  # the saved state's held-out loss is known
+    # Saved at once, without an evaluation (one step plus one save): its training loss is checked finite,
+    # and a checkpoint without a validation loss is never the best one.
+    assert rows[-1]["step"] == step and math.isfinite(rows[-1]["train_loss"]) and "val_loss" not in rows[-1]
     assert not (workdir / "report.md").exists()
 
     resumed = jaxembed(train_args(workdir, text_path), env)
     assert resumed.returncode == 0, resumed.stderr
     assert f"Resuming from step {step}" in resumed.stdout
     assert_same_tables(workdir, finished)
+
+
+def test_a_signal_between_metrics_rows_is_serviced_within_a_step_and_a_save(text_path, env, tmp_path):
+    # Rows (the loop's host syncs) are 10,000 steps apart: the stop must not wait for the next one,
+    # nor for a queue of steps dispatched ahead of the device. Cloud preemption gives about 30 s.
+    workdir = tmp_path / "run"
+    args = train_args(workdir, text_path, "--config.train.steps=100000", "--config.train.log_every=10000")
+    args += ["--config.train.eval_every=100000", "--config.train.checkpoint_every=100000"]
+    proc = start(args, env, tmp_path, "run")
+    try:
+        wait_for(lambda: logged_steps(workdir) == [0], proc, "the step-0 row")
+        time.sleep(2)  # well inside the loop
+        os.kill(proc.pid, signal.SIGTERM)
+        sent = time.monotonic()
+        code, _, err = finish(proc, timeout=120)
+        elapsed = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert code == 128 + signal.SIGTERM, err
+    (step,) = step_dirs(workdir)
+    assert 1 <= step < 10000 and logged_steps(workdir) == [0, step]
+    assert elapsed < 30, f"{elapsed:.1f} s from SIGTERM to exit"
 
 
 # --- 6: a full disk ------------------------------------------------------------

@@ -222,11 +222,19 @@ class _Run:
                     with profiler.step(step, wait_for=state):
                         inputs_BxL, targets_BxL = next(iterator)
                         state, step_metrics = trainer.step(state, inputs_BxL, targets_BxL)
+                    if window:
+                        # At most one step in flight: JAX dispatches steps ahead of the device, and
+                        # a stop requested now must not wait for a queue of them (a preemption gives
+                        # ~30 s). Step n-1 has finished or nearly, so this costs no throughput.
+                        jax.block_until_ready(window[-1]["loss"])
                     window.append(step_metrics)
                     stop_signal = stop.requested(step)
                     due, evaluate, save = _row_due(step, config.train)
-                    if stop_signal is not None:  # a preempted run saves where it stands, validated as usual
-                        due = evaluate = save = True
+                    if stop_signal is not None:
+                        # A preempted run saves where it stands at once: one step plus one save, no
+                        # evaluation (its loss is checked finite; the checkpoint then has no val_loss
+                        # and is never chosen as the best one).
+                        due = save = True
                     if not due:
                         continue
                     losses = jax.device_get([m["loss"] for m in window])
@@ -245,7 +253,8 @@ class _Run:
                     _write(metrics.append, row, ckpt=ckpt)
                     bar(step, row)
                     if save and ckpt is not None:
-                        ckpt.save(step, state, iterator, metrics={"val_loss": row["val_loss"]})
+                        scored = {"val_loss": row["val_loss"]} if "val_loss" in row else None
+                        ckpt.save(step, state, iterator, metrics=scored)
                     if stop_signal is not None:
                         if ckpt is not None:
                             ckpt.wait()

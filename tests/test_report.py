@@ -570,3 +570,24 @@ def test_neighbors_picture_is_bounded_and_says_so(tmp_path):
     h_few, h_many = (matplotlib.image.imread(p).shape[0] for p in (few, many))
     assert plots_lib.MAX_NEIGHBOR_ROWS == 12 and h_many <= 1.1 * h_few  # not 50 times taller
     assert len(many.read_bytes()) < 2_000_000
+
+
+def test_cjk_and_emoji_tokens_are_drawn_legibly_without_warnings(tmp_path):
+    import warnings
+
+    enc = get_encoding("gpt2")
+    text = "的是不了人我在有他这为之大来以个中上们 東京へ行きます 한국어 😀🎉"
+    ids = sorted(set(enc.encode(text)))
+    whole = [i for i in ids if "⟨" not in analysis.token_label(enc, i)]  # tokens that are whole characters
+    assert any(ord(ch) > 0x2E80 for i in whole for ch in analysis.token_label(enc, i))
+    rows = [[(ids[(n + 1) % len(ids)], 0.5)] for n in range(len(ids))]
+    table_VxD = np.random.default_rng(0).normal(size=(enc.n_vocab, 4)).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "Glyph ... missing from font(s)" would fail here
+        plots_lib.plot_neighbors(enc, rows, rows, ids, tmp_path / "nn.png")
+        plots_lib.plot_pca(enc, table_VxD, np.array(ids), tmp_path / "pca.png", before_VxD=table_VxD)
+    fonts = plots_lib._fonts(plots_lib.font_families(monospace=True))
+    for i in whole:
+        label = plots_lib._plot_label(enc, i, monospace=True)
+        for ch in label.replace("\\\\", ""):
+            assert any(f.get_char_index(ord(ch)) for f in fonts) or ch in "uU0123456789abcdef", (label, ch)

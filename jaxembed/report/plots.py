@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pathlib
@@ -47,9 +48,70 @@ def _save(fig: Figure, path: str | os.PathLike, *, tight: bool = True) -> pathli
     return pathlib.Path(path)
 
 
-def _plot_label(enc: tiktoken.Encoding, token_id: int) -> str:
+#: Fonts tried, in order, for any character the first cannot draw (matplotlib >= 3.6 falls back
+#: glyph by glyph): DejaVu (matplotlib's own), then CJK and emoji fonts where the machine has them.
+_FALLBACK_WORDS = ("CJK", "Han Sans", "Gothic", "Mincho", "WenQuanYi", "Emoji", "Symbola")
+
+
+@functools.lru_cache(maxsize=2)
+def font_families(monospace: bool = False) -> tuple[str, ...]:
+    """Font family names for token labels: DejaVu first, then every installed font covering CJK or emoji.
+
+    Example:
+      >>> font_families(monospace=True)[0]
+      'DejaVu Sans Mono'
+    """
+    import logging
+
+    from matplotlib import font_manager
+
+    by_file = {}  # one family per font file: a .ttc often names several
+    for f in sorted(font_manager.fontManager.ttflist, key=lambda f: f.name):
+        if any(w in f.name for w in _FALLBACK_WORDS):
+            by_file.setdefault(f.fname, f.name)
+    extra = tuple(dict.fromkeys(by_file.values()))
+    if extra:  # a fallback font with one weight only makes every lookup log "Failed to find font weight"
+        logging.getLogger("matplotlib.font_manager").addFilter(_WeightNotice(extra))
+    return ("DejaVu Sans Mono" if monospace else "DejaVu Sans", *extra)
+
+
+class _WeightNotice:
+    """Drops matplotlib's "Failed to find font weight ... for FAMILY" for jaxembed's fallback fonts only."""
+
+    def __init__(self, families: tuple[str, ...]):
+        self.families = families
+
+    def filter(self, record) -> bool:
+        message = record.getMessage()
+        return not ("Failed to find font weight" in message and any(f in message for f in self.families))
+
+
+@functools.lru_cache(maxsize=4)
+def _fonts(families: tuple[str, ...]) -> tuple:
+    from matplotlib import font_manager, ft2font
+
+    paths = dict.fromkeys(font_manager.findfont(font_manager.FontProperties(family=f)) for f in families)
+    return tuple(ft2font.FT2Font(p) for p in paths)
+
+
+def drawable(text: str, families: tuple[str, ...]) -> str:
+    """``text`` with every character none of ``families`` can draw written as ``\\uXXXX`` (no empty boxes).
+
+    Example:
+      >>> drawable("to be", font_families()), drawable("\U0001f600", ("DejaVu Sans",))
+      ('to be', '\\U0001f600')
+    """
+    fonts = _fonts(tuple(families))
+
+    def ok(ch: str) -> bool:
+        return ch in "\n\t" or any(font.get_char_index(ord(ch)) for font in fonts)
+
+    return "".join(ch if ok(ch) else (f"\\u{ord(ch):04x}" if ord(ch) < 0x10000 else f"\\U{ord(ch):08x}") for ch in text)
+
+
+def _plot_label(enc: tiktoken.Encoding, token_id: int, *, monospace: bool = False) -> str:
     # Paired '$' would switch matplotlib into mathtext; escaped, it prints as '$'.
-    return token_label(enc, token_id).replace("$", r"\$")
+    return drawable(token_label(enc, token_id), font_families(monospace)).replace("$", r"\$")
 
 
 def plot_loss_curves(
@@ -162,9 +224,12 @@ def plot_neighbors(
     def cell(row, query):
         if counts_V is not None and counts_V[query] == 0:
             return "(never in the training text:\n no meaningful neighbours)"
-        return "\n".join(f"{_plot_label(enc, i)}  {cos:+.2f}" for i, cos in row)
+        return "\n".join(f"{_plot_label(enc, i, monospace=True)}  {cos:+.2f}" for i, cos in row)
 
-    cells = [[_plot_label(enc, q), cell(b, q), cell(a, q)] for q, b, a in zip(query_ids, before, after, strict=True)]
+    cells = [
+        [_plot_label(enc, q, monospace=True), cell(b, q), cell(a, q)]
+        for q, b, a in zip(query_ids, before, after, strict=True)
+    ]
     table = ax.table(
         cellText=cells,
         colLabels=["probe token", "before training", "after training"],
@@ -176,7 +241,7 @@ def plot_neighbors(
     row_height = 0.95 / (len(cells) * k + 1)
     for (row, _), c in table.get_celld().items():
         c.set_fontsize(9)
-        c.set_text_props(family="monospace", fontweight="bold" if row == 0 else "normal")
+        c.set_text_props(family=list(font_families(monospace=True)), fontweight="bold" if row == 0 else "normal")
         c.set_height(row_height * (1 if row == 0 else k))  # Fit k lines per probe.
     return _save(fig, path)
 
@@ -204,6 +269,7 @@ def _place_labels(ax, points_Nx2: np.ndarray, labels: Sequence[str], max_labels:
                 xytext=(dx, dy),
                 textcoords="offset points",
                 fontsize=8.5,
+                family=list(font_families()),
                 ha="left" if dx > 0 else "right" if dx < 0 else "center",
                 color="black",
             )

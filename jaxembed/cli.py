@@ -28,12 +28,9 @@ import signal
 import sys
 import threading
 
-from jaxembed import config as config_lib
-from jaxembed.config import CONFIGS
+# Only the standard library and jaxembed.errors at import time: everything else is imported inside
+# main()'s handlers, so a Ctrl-C however early ends in one line, and `jaxembed --help` is instant.
 from jaxembed.errors import InvalidArgumentError, JaxembedError
-from jaxembed.text import corpus
-
-#: configs/ of a source checkout (the files users read and copy).
 
 
 class UsageError(InvalidArgumentError):
@@ -41,6 +38,8 @@ class UsageError(InvalidArgumentError):
 
 
 def _add_text_source(parser: argparse.ArgumentParser, default: str) -> argparse._MutuallyExclusiveGroup:
+    from jaxembed.text import corpus
+
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--corpus", choices=corpus.CORPORA, default=None, help=f"a named corpus (default: {default})")
     group.add_argument("--text", metavar="PATH", help="any UTF-8 text file")
@@ -51,6 +50,7 @@ def _add_text_source(parser: argparse.ArgumentParser, default: str) -> argparse.
 
 
 def _walkthrough(args: argparse.Namespace, extra: list[str]) -> int:
+    from jaxembed.text import corpus
     from jaxembed.walkthrough import walkthrough
 
     _no_extra(extra)
@@ -72,6 +72,8 @@ def load_config(name_or_path: str, overrides: list[str]):
       >>> load_config("tiny", ["--config.train.steps=5"]).train.steps
       5
     """
+    from jaxembed import config as config_lib
+
     try:
         return config_lib.load(name_or_path, overrides)
     except config_lib.ConfigError as e:
@@ -122,8 +124,13 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
     if args.val_tokens:
         config.data.val_tokens = args.val_tokens
     _initialize_distributed(args)
+    from jaxembed.train.trainer import check_platforms
 
-    from jaxembed import report, train
+    check_platforms()  # only now: jax.devices() before jax.distributed.initialize() would forbid joining
+
+    with _interrupts.deferred():  # matplotlib's native modules
+        from jaxembed import report, train
+    _interrupts.check()  # the training loop notes signals itself, but not one swallowed before it
 
     result = train.train_and_evaluate(config, args.workdir, progress=not args.no_progress)
     path = report.write_run_report(result, config.report)
@@ -165,8 +172,9 @@ def _tokenize(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _neighbors(args: argparse.Namespace, extra: list[str]) -> int:
-    from jaxembed.report import analysis
-    from jaxembed.train.run import load_run
+    with _interrupts.deferred():
+        from jaxembed.report import analysis
+        from jaxembed.train.run import load_run
 
     _no_extra(extra)
     run = load_run(args.workdir, step=args.step)
@@ -184,9 +192,10 @@ def _neighbors(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _export(args: argparse.Namespace, extra: list[str]) -> int:
-    from jaxembed import report
-    from jaxembed.report import analysis
-    from jaxembed.train.run import load_run
+    with _interrupts.deferred():
+        from jaxembed import report
+        from jaxembed.report import analysis
+        from jaxembed.train.run import load_run
 
     _no_extra(extra)
     if args.tokens < 1:
@@ -229,6 +238,8 @@ def _force_host_device_count(count: int) -> None:
 def _plan(args: argparse.Namespace, extra: list[str]) -> int:
     if args.devices is not None and args.devices < 1:
         raise UsageError(f"--devices {args.devices} is not allowed; it must be an integer >= 1.")
+    from jaxembed.text import corpus
+
     config = load_config(args.config, extra)
     text = corpus.load_text(args.text or args.corpus) if (args.text or args.corpus) else None
     if args.devices is not None:
@@ -269,6 +280,8 @@ def _version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (sub-commands: train, neighbors, export, tokenize, walkthrough)."""
+    from jaxembed.config import CONFIGS
+
     parser = argparse.ArgumentParser(prog="jaxembed", description="Token and positional embeddings in JAX/Flax.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -298,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     multi.add_argument(
         "--heartbeat-timeout", type=int, default=60, help="seconds without a heartbeat before a process counts as dead"
     )
-    train.set_defaults(run=_train)
+    train.set_defaults(run=_train, starts_jax_itself=True)
 
     step_help = "which checkpoint: latest (default), best (lowest validation loss) or a step number"
     neighbors = commands.add_parser(
@@ -395,44 +408,116 @@ def _console_logging():
         logger.propagate = propagate
 
 
-@contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM outside the training loop stops like Ctrl-C (the loop itself saves a checkpoint first)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+class _Interrupts:
+    """SIGINT and SIGTERM outside the training loop stop the command like Ctrl-C, and are remembered.
+
+    The training loop installs its own handlers (finish the step, save, stop). Elsewhere a signal
+    raises KeyboardInterrupt; Python drops one raised inside a garbage-collector callback (JAX
+    registers one: "Exception ignored in: <function _xla_gc_callback>"), so ``signum`` remembers
+    it and ``check()`` raises it again where the command can act on it. A signal the parent set
+    to be ignored (``nohup``, ``cmd &`` in a script) stays ignored, as in any Unix program.
+    """
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+        self._deferring = 0
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+        if not self._deferring:
+            raise KeyboardInterrupt
+
+    def check(self) -> None:
+        """Raises KeyboardInterrupt if a signal came and its KeyboardInterrupt was deferred or swallowed."""
+        if self.signum is not None:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Signals inside are noted, and raised as KeyboardInterrupt when the block ends.
+
+        For imports: a KeyboardInterrupt raised while a native extension initialises (jaxlib's and
+        matplotlib's modules call back into Python) aborts the process ("terminate called after
+        throwing an instance of 'nanobind::python_error'", or a segmentation fault).
+        """
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+        self.check()
+
+    def _unraisable(self, unraisable) -> None:
+        # The swallowed KeyboardInterrupt is remembered in signum: no "Exception ignored" traceback.
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            self._previous_unraisablehook(unraisable)
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        self._previous_unraisablehook, sys.unraisablehook = sys.unraisablehook, self._unraisable
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        sys.unraisablehook = self._previous_unraisablehook
+
+
+_interrupts = _Interrupts()
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxembed`` console script."""
-    args, extra = build_parser().parse_known_args(argv)
-    from jaxembed.train.loop import Preempted
+    command = "jaxembed"
+    try:
+        # First of all: a Ctrl-C during the imports below (seconds) must be neither lost nor fatal.
+        with _interrupts:
+            with _interrupts.deferred():  # tiktoken, jax, flax, orbax, grain
+                args, extra = build_parser().parse_known_args(argv)
+                command = f"jaxembed {args.command}"
+                from jaxembed.train.loop import Interrupted, Preempted
+                from jaxembed.train.trainer import check_platforms
+            # What a user can fix ends in one line: jaxembed's own errors, and OSError (a disk that is
+            # full or a folder that is not writable: the environment, not a bug). Anything else is a
+            # bug and keeps its traceback.
+            user_errors = (JaxembedError, OSError)
+            with _console_logging():
+                try:
+                    if not getattr(args, "starts_jax_itself", False):
+                        check_platforms()
+                    code = args.run(args, extra)
+                    _interrupts.check()
+                    return code
+                except (Preempted, Interrupted) as e:  # not errors: the run stopped cleanly
+                    print(f"{command}: {e}", file=sys.stderr)
+                    return 128 + e.signum
+                except user_errors as e:
+                    print(f"{command}: error: {e}", file=sys.stderr)
+                    return 2
+    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) outside the training loop: imports, loading, the report
+        print(f"{command}: interrupted; files already written are complete.", file=sys.stderr)
+        return 130
+    finally:
+        _interrupts.signum = None  # main() may be called again in the same process (tests)
 
-    # What a user can fix ends in one line: jaxembed's own errors, and OSError (a disk that is full
-    # or a folder that is not writable: the environment, not a bug). Anything else is a bug and keeps
-    # its traceback.
-    user_errors = (JaxembedError, OSError)
-    with _console_logging(), _sigterm_interrupts():
-        try:
-            from jaxembed.train.trainer import check_platforms
 
-            check_platforms()
-            return args.run(args, extra)
-        except Preempted as e:  # not an error: the run stopped cleanly and can resume
-            print(f"jaxembed {args.command}: {e}", file=sys.stderr)
-            return 128 + e.signum
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the training loop (loading, compiling, the report)
-            print(f"jaxembed {args.command}: interrupted; files already written are complete.", file=sys.stderr)
-            return 130
-        except user_errors as e:
-            print(f"jaxembed {args.command}: error: {e}", file=sys.stderr)
-            return 2
+def console_main() -> None:
+    """The ``jaxembed`` console script: ``main()``, then exit with its status.
+
+    Once main() has returned, the work is done and its files are complete: a Ctrl-C during the
+    interpreter's shutdown (background threads of orbax, Grain, TensorBoard finishing) must not
+    turn a finished command into death by SIGINT.
+    """
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

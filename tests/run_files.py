@@ -30,11 +30,11 @@ def jaxembed(args, env: dict, timeout: float = HANG_GUARD, **kwargs) -> subproce
     )
 
 
-def start(args, env: dict, out_dir: pathlib.Path, name: str) -> subprocess.Popen:
+def start(args, env: dict, out_dir: pathlib.Path, name: str, **popen) -> subprocess.Popen:
     """Starts ``python -m jaxembed.cli ARGS``; stdout/stderr go to ``out_dir/name.{out,err}``."""
     # Files, not pipes: a child blocked on a full pipe would look like a hang.
     out, err = open(out_dir / f"{name}.out", "w"), open(out_dir / f"{name}.err", "w")
-    proc = subprocess.Popen(command(args), env=env, cwd=env["JAXEMBED_CACHE"], stdout=out, stderr=err)
+    proc = subprocess.Popen(command(args), env=env, cwd=env["JAXEMBED_CACHE"], stdout=out, stderr=err, **popen)
     out.close()
     err.close()
     proc.out_path, proc.err_path = out_dir / f"{name}.out", out_dir / f"{name}.err"

@@ -1,7 +1,8 @@
 """The package's shape: five stages along the data flow, imports pointing one way, no cycles.
 
-The order, lowest first: ``errors``/``fileio``/``config`` (below everything) -> ``text`` ->
-``data`` -> ``nn`` -> ``train`` -> ``report`` -> ``walkthrough`` -> ``cli``. A module may import
+The order, lowest first: ``errors``/``fileio`` (below everything) -> ``text`` -> ``config``
+(its rules name the corpora and tokenizers that ``text`` defines) -> ``data`` -> ``nn`` ->
+``train`` -> ``report`` -> ``walkthrough`` -> ``cli``. A module may import
 modules of its own package or of a lower one, never of a higher one, and never in a cycle. The
 graph is read from the code's own imports (top level and inside functions).
 """
@@ -17,9 +18,9 @@ import sys
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "jaxembed"
-ORDER = ["errors", "fileio", "config", "text", "data", "nn", "train", "report", "walkthrough", "cli"]
-# errors, fileio and config sit below every stage but must not import each other upwards either.
-BASE = {"errors": 0, "fileio": 1, "config": 2}
+ORDER = ["errors", "fileio", "text", "config", "data", "nn", "train", "report", "walkthrough", "cli"]
+# errors and fileio sit below every stage, and fileio may use errors but not the other way round.
+BASE = {"errors": 0, "fileio": 1}
 
 
 def module_names() -> list[str]:
@@ -92,7 +93,7 @@ def test_imports_point_down_the_data_flow(module):
 
 
 def test_base_modules_stay_below_the_stages():
-    for module in ("jaxembed.errors", "jaxembed.fileio", "jaxembed.config"):
+    for module in ("jaxembed.errors", "jaxembed.fileio"):
         deps = {group(d) for d in imports_of(module)} - {group(module)}
         assert all(d in BASE and BASE[d] < BASE[group(module)] for d in deps), (module, deps)
 

@@ -318,6 +318,28 @@ def test_a_signal_between_metrics_rows_is_serviced_within_a_step_and_a_save(text
     assert elapsed < 30, f"{elapsed:.1f} s from SIGTERM to exit"
 
 
+def test_a_sigint_the_parent_ignores_stays_ignored_and_sigterm_still_stops(text_path, env, tmp_path):
+    # `nohup jaxembed train ... &` in a script starts it with SIGINT ignored: a Ctrl-C meant for the
+    # shell must stop it neither during the imports nor in the loop, as with any Unix program.
+    workdir = tmp_path / "run"
+    args = train_args(workdir, text_path, "--config.train.steps=100000", "--config.train.log_every=10000")
+    args += ["--config.train.eval_every=100000", "--config.train.checkpoint_every=100000"]
+    proc = start(args, env, tmp_path, "run", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        time.sleep(1)
+        os.kill(proc.pid, signal.SIGINT)
+        wait_for(lambda: logged_steps(workdir) == [0], proc, "the step-0 row")
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(2)
+        assert proc.poll() is None, proc.err_path.read_text()
+        os.kill(proc.pid, signal.SIGTERM)
+        code, _, err = finish(proc, timeout=120)
+    finally:
+        proc.kill()
+    assert code == 128 + signal.SIGTERM, err
+    assert "SIGINT" not in err and "stopped by SIGTERM" in err, err
+
+
 # --- 6: a full disk ------------------------------------------------------------
 
 
@@ -457,3 +479,25 @@ def test_readers_warn_when_they_skip_a_damaged_checkpoint(finished_copy, env, tm
     assert step15.step == 15
     np.testing.assert_array_equal(np.load(out / "embeddings.npy"), step15.token_VxD)
     assert snapshot(finished_copy / "checkpoints") == damaged  # readers rename nothing
+
+
+@pytest.mark.parametrize("delay", [1.0, 3.0, 5.0, 7.0])
+def test_ctrl_c_during_start_up_is_one_line_exit_130_and_no_debris(text_path, env, tmp_path, delay):
+    # Wherever it lands (imports, data, compiling, the first evaluation, the first steps): one line
+    # after the notice, exit 130, no traceback or crash, and no workdir unless a checkpoint was saved.
+    workdir = tmp_path / "run"
+    proc = start(train_args(workdir, text_path, "--config.train.steps=5000"), env, tmp_path, "run")
+    try:
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGINT)
+        code, _, err = finish(proc)
+    finally:
+        proc.kill()
+    assert code == 130, err[-3000:]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert 1 <= len(lines) <= 2 and lines[-1].startswith("jaxembed train: "), err[-3000:]
+    assert all(line.startswith("warning: SIGINT received") for line in lines[:-1]), err
+    for word in (*NOISE, "Fatal Python error", "error:"):
+        assert word not in err, err
+    if not (workdir / "checkpoints").is_dir() or not step_dirs(workdir):
+        assert not workdir.exists(), sorted(p.name for p in workdir.iterdir())

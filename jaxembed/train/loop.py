@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import pathlib
+import shutil
 import signal
 import sys
 import threading
@@ -129,17 +130,32 @@ def train_and_evaluate(
     """
     config_lib.validate(config)
     workdir = Workdir(workdir) if workdir is not None else None
-    with contextlib.ExitStack() as stack:
-        changes = workdir.open_for_run(stack, config.to_dict()) if workdir is not None else {}
-        mesh = make_mesh(config.mesh.data, config.mesh.model)
-        iterator, eval_batches, splits = pipeline.get_datasets(config, mesh, text=text)
-        stack.callback(iterator.close)
-        # Before the workdir is created: a model the mesh cannot split is refused leaving nothing.
-        trainer = Trainer.from_config(config, splits.model_vocab_size, mesh)
-        if workdir is not None:
-            workdir.create(stack, splits.corpus_fingerprint)
-        run = _Run(config, workdir, trainer, iterator, eval_batches, progress, stack)
-        return run.train(splits, changes)
+    try:
+        with contextlib.ExitStack() as stack:
+            # From here on a signal never interrupts JAX mid-call: it is noted, and acted on between
+            # start-up steps (Interrupted) or after the current training step (Preempted).
+            stop = stack.enter_context(_StopSignals())
+            changes = workdir.open_for_run(stack, config.to_dict()) if workdir is not None else {}
+            mesh = make_mesh(config.mesh.data, config.mesh.model)
+            stop.phase = "loading the data"
+            iterator, eval_batches, splits = pipeline.get_datasets(config, mesh, text=text)
+            stack.callback(iterator.close)
+            stop.check()
+            stop.phase = "compiling the train step"
+            # Before the workdir is created: a model the mesh cannot split is refused leaving nothing.
+            trainer = Trainer.from_config(config, splits.model_vocab_size, mesh)
+            stop.check()
+            if workdir is not None:
+                workdir.create(stack, splits.corpus_fingerprint)
+            run = _Run(config, workdir, trainer, iterator, eval_batches, progress, stack, stop)
+            return run.train(splits, changes)
+    except Interrupted as e:
+        # A run interrupted before its first checkpoint leaves no workdir it created itself.
+        if workdir is not None and getattr(workdir, "created", False) and not workdir.has_checkpoints():
+            if jax.process_index() == 0:
+                shutil.rmtree(workdir.path, ignore_errors=True)
+            e.removed = workdir.path
+        raise
 
 
 @dataclasses.dataclass
@@ -153,6 +169,7 @@ class _Run:
     eval_batches: list
     progress: bool
     stack: contextlib.ExitStack
+    stop: _StopSignals
     checkpointer: Checkpointer | None = None
 
     def train(self, splits: Splits, changes: dict) -> TrainResult:
@@ -165,7 +182,9 @@ class _Run:
             self.checkpointer = Checkpointer(workdir.checkpoints_dir, keep=config.train.keep_checkpoints)
             self.stack.callback(self.checkpointer.close)
             if self.checkpointer.steps():
+                self.stop.phase = "restoring the checkpoint"
                 state, start_step = self.checkpointer.restore(trainer.abstract_state, self.iterator)
+                self.stop.check()
                 if start_step >= config.train.steps:
                     log.info(
                         "Already trained to step %d (train.steps=%d): nothing to train; raise --config.train.steps "
@@ -195,6 +214,7 @@ class _Run:
         )
         self.stack.callback(profiler.close)
         if start_step == 0:
+            self.stop.phase = "evaluating the untrained model"
             schedule = learning_rate_schedule(config.optim, config.train.steps)
             metrics.append(
                 {
@@ -203,8 +223,15 @@ class _Run:
                     "val_loss": trainer.evaluate(state.params, self.eval_batches),
                 }
             )
+        self.stop.check()
+        self.stop.phase = None  # in the loop: a signal stops after the current step, with a checkpoint
         state = self.loop(state, metrics, start_step, profiler)
+        self.stop.phase = "evaluating the trained model"
         shuffled = positions_shuffled_loss(trainer, state.params, self.eval_batches, seed=config.seed)
+        if self.stop.signum is not None:  # trained and saved: only the report is left, for a rerun
+            if self.checkpointer is not None:
+                self.checkpointer.wait()
+            raise Preempted(self.stop.signum, int(state.step), saved=self.checkpointer is not None)
         path = workdir.path if workdir else None
         return TrainResult(
             state, metrics.rows, trainer.model, splits, path, config, initial_params, shuffled, start_step
@@ -216,50 +243,50 @@ class _Run:
         bar = _progress(start_step, config.train.steps, enabled=self.progress)
         tokens_per_step = config.data.batch_size * config.data.max_length
         window, window_start = [], time.perf_counter()
+        stop = self.stop
         try:
-            with _StopSignals() as stop:
-                for step in range(start_step + 1, config.train.steps + 1):
-                    with profiler.step(step, wait_for=state):
-                        inputs_BxL, targets_BxL = next(iterator)
-                        state, step_metrics = trainer.step(state, inputs_BxL, targets_BxL)
-                    if window:
-                        # At most one step in flight: JAX dispatches steps ahead of the device, and
-                        # a stop requested now must not wait for a queue of them (a preemption gives
-                        # ~30 s). Step n-1 has finished or nearly, so this costs no throughput.
-                        jax.block_until_ready(window[-1]["loss"])
-                    window.append(step_metrics)
-                    stop_signal = stop.requested(step)
-                    due, evaluate, save = _row_due(step, config.train)
-                    if stop_signal is not None:
-                        # A preempted run saves where it stands at once: one step plus one save, no
-                        # evaluation (its loss is checked finite; the checkpoint then has no val_loss
-                        # and is never chosen as the best one).
-                        due = save = True
-                    if not due:
-                        continue
-                    losses = jax.device_get([m["loss"] for m in window])
-                    norms = jax.device_get([m["grad_norm"] for m in window])
-                    train_loss = float(np.mean(losses))
-                    row = {
-                        "step": step,
-                        "train_loss": train_loss,
-                        "grad_norm": float(np.mean(norms)),
-                        "learning_rate": float(schedule(step - 1)),
-                        "tokens_per_sec": len(window) * tokens_per_step / (time.perf_counter() - window_start),
-                    }
-                    if evaluate and math.isfinite(train_loss):
-                        row["val_loss"] = trainer.evaluate(state.params, self.eval_batches)
-                    _check_finite(row, step, config, ckpt)
-                    _write(metrics.append, row, ckpt=ckpt)
-                    bar(step, row)
-                    if save and ckpt is not None:
-                        scored = {"val_loss": row["val_loss"]} if "val_loss" in row else None
-                        ckpt.save(step, state, iterator, metrics=scored)
-                    if stop_signal is not None:
-                        if ckpt is not None:
-                            ckpt.wait()
-                        raise Preempted(stop_signal, step, saved=ckpt is not None)
-                    window, window_start = [], time.perf_counter()
+            for step in range(start_step + 1, config.train.steps + 1):
+                with profiler.step(step, wait_for=state):
+                    inputs_BxL, targets_BxL = next(iterator)
+                    state, step_metrics = trainer.step(state, inputs_BxL, targets_BxL)
+                if window:
+                    # At most one step in flight: JAX dispatches steps ahead of the device, and
+                    # a stop requested now must not wait for a queue of them (a preemption gives
+                    # ~30 s). Step n-1 has finished or nearly, so this costs no throughput.
+                    jax.block_until_ready(window[-1]["loss"])
+                window.append(step_metrics)
+                stop_signal = stop.requested(step)
+                due, evaluate, save = _row_due(step, config.train)
+                if stop_signal is not None:
+                    # A preempted run saves where it stands at once: one step plus one save, no
+                    # evaluation (its loss is checked finite; the checkpoint then has no val_loss
+                    # and is never chosen as the best one).
+                    due = save = True
+                if not due:
+                    continue
+                losses = jax.device_get([m["loss"] for m in window])
+                norms = jax.device_get([m["grad_norm"] for m in window])
+                train_loss = float(np.mean(losses))
+                row = {
+                    "step": step,
+                    "train_loss": train_loss,
+                    "grad_norm": float(np.mean(norms)),
+                    "learning_rate": float(schedule(step - 1)),
+                    "tokens_per_sec": len(window) * tokens_per_step / (time.perf_counter() - window_start),
+                }
+                if evaluate and math.isfinite(train_loss):
+                    row["val_loss"] = trainer.evaluate(state.params, self.eval_batches)
+                _check_finite(row, step, config, ckpt)
+                _write(metrics.append, row, ckpt=ckpt)
+                bar(step, row)
+                if save and ckpt is not None:
+                    scored = {"val_loss": row["val_loss"]} if "val_loss" in row else None
+                    ckpt.save(step, state, iterator, metrics=scored)
+                if stop_signal is not None:
+                    if ckpt is not None:
+                        ckpt.wait()
+                    raise Preempted(stop_signal, step, saved=ckpt is not None)
+                window, window_start = [], time.perf_counter()
         finally:
             bar(None, None)
         return state
@@ -310,6 +337,21 @@ class Preempted(RuntimeError):
         self.signum, self.step = signum, step
 
 
+class Interrupted(RuntimeError):
+    """A SIGINT or SIGTERM came before training started; nothing was trained or saved."""
+
+    def __init__(self, signum: int, phase: str):
+        self.signum, self.phase, self.removed = signum, phase, None
+        super().__init__(signal.Signals(signum).name)
+
+    def __str__(self) -> str:
+        gone = f"; the new workdir {self.removed} was removed" if self.removed else ""
+        return (
+            f"interrupted by {signal.Signals(self.signum).name} while {self.phase}: nothing was trained{gone}. "
+            "Rerun the same command to start again."
+        )
+
+
 class _StopSignals:
     """Turns SIGTERM/SIGINT into a request to stop after the current step (a second signal stops at once).
 
@@ -323,12 +365,15 @@ class _StopSignals:
     def __init__(self):
         self.signum: int | None = None
         self._previous = {}
+        #: What start-up is doing (for the message), or None once the training loop runs.
+        self.phase: str | None = "starting"
 
     def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
             mine = self.SIGNALS if jax.process_count() == 1 else (signal.SIGINT,)
             for sig in mine:
-                self._previous[sig] = signal.signal(sig, self._handle)
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # ignored by the parent (nohup): stays so
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum, frame) -> None:
@@ -337,10 +382,22 @@ class _StopSignals:
             signal.raise_signal(signum)
             return
         self.signum = signum
-        log.warning(
-            "%s received: finishing step and saving a checkpoint (send it again to stop at once).",
-            signal.Signals(signum).name,
-        )
+        if self.phase is None:
+            log.warning(
+                "%s received: finishing step and saving a checkpoint (send it again to stop at once).",
+                signal.Signals(signum).name,
+            )
+        else:
+            log.warning(
+                "%s received while %s: stopping when that ends (send it again to stop at once).",
+                signal.Signals(signum).name,
+                self.phase,
+            )
+
+    def check(self) -> None:
+        """Raises ``Interrupted`` if a signal came during start-up (call between start-up steps)."""
+        if self.signum is not None:
+            raise Interrupted(self.signum, self.phase or "starting")
 
     def requested(self, step: int) -> int | None:
         """The signal to stop for at this step, or None (collective: call it on every process every step)."""

@@ -105,6 +105,7 @@ class Workdir:
         if getattr(self, "resuming", False) and fingerprint is not None:
             self.check_corpus(fingerprint)
         new = create_workdir(self.path)
+        self.created = new
         if not getattr(self, "_locked", False):
             self._lock(stack)
         if new:  # only once locked: a run refused by the lock must not remove the holder's new workdir

@@ -8,6 +8,7 @@ suite keeps its single CPU device.
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -192,6 +193,32 @@ def test_a_dead_process_stops_the_other(small_text, tmp_path):
     assert time.monotonic() - killed < 60
     assert "another task died" in err or "unhealthy" in err
     procs[1].communicate()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_one_process_stops_both_at_one_step_with_a_checkpoint(small_text, tmp_path, signum):
+    # Preemption reaches one host; every process must stop at the same step, save it and exit within
+    # a step and a save (rows and saves here are 10,000 steps apart), as with one process.
+    far = ["--config.train.steps=100000", "--config.train.log_every=10000", "--config.train.eval_every=100000"]
+    procs = start_two_processes(tmp_path / "w", small_text, tmp_path, *far, "--config.train.checkpoint_every=100000")
+    metrics = tmp_path / "w" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "training never started"
+        time.sleep(0.5)
+    time.sleep(2)  # inside the loop
+    procs[1].send_signal(signum)
+    sent = time.monotonic()
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    elapsed = time.monotonic() - sent
+    # The other process hears of it as JAX's preemption notice, a SIGTERM.
+    assert [p.returncode for p in procs] == [128 + signal.SIGTERM, 128 + signum], errs
+    steps = {int(re.search(r"after step (\d+)", err).group(1)) for err in errs}
+    (step,) = steps
+    assert sorted(int(d.name) for d in (tmp_path / "w/checkpoints").iterdir() if d.name.isdigit()) == [step]
+    data_files = sorted(p.name for p in (tmp_path / f"w/checkpoints/{step}/data").glob("process_*"))
+    assert data_files == ["process_0-of-2.json", "process_1-of-2.json"]
+    assert elapsed < 30, f"{elapsed:.1f} s from the signal to both exits"
 
 
 def test_bfloat16_compute_learns_with_float32_params(small_text, tmp_path):

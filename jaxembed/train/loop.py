@@ -357,7 +357,9 @@ class _StopSignals:
 
     With several processes, JAX's coordination service owns SIGTERM and
     ``multihost_utils.reached_preemption_sync_point`` makes every process stop
-    at the same step; signal handlers can only be set from the main thread.
+    at the same step; a SIGINT is passed on to it as a SIGTERM, so that a Ctrl-C
+    to one process stops them all too (without a collective per step). Signal
+    handlers can only be set from the main thread.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -382,6 +384,8 @@ class _StopSignals:
             signal.raise_signal(signum)
             return
         self.signum = signum
+        if self.phase is None and jax.process_count() > 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # to JAX's preemption notifier, which tells every process
         if self.phase is None:
             log.warning(
                 "%s received: finishing step and saving a checkpoint (send it again to stop at once).",

@@ -183,12 +183,16 @@ def test_a_dead_process_stops_the_other(small_text, tmp_path):
     )
     metrics = tmp_path / "w" / "metrics.jsonl"
     deadline = time.monotonic() + 300
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        assert time.monotonic() < deadline and procs[0].poll() is None, "training never started"
-        time.sleep(0.5)
-    procs[1].send_signal(signal.SIGKILL)
-    killed = time.monotonic()
-    _, err = procs[0].communicate(timeout=120)
+    try:
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+            assert time.monotonic() < deadline and procs[0].poll() is None, "training never started"
+            time.sleep(0.5)
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            p.kill()
     assert procs[0].returncode != 0
     assert time.monotonic() - killed < 60
     assert "another task died" in err or "unhealthy" in err
@@ -203,14 +207,18 @@ def test_a_signal_to_one_process_stops_both_at_one_step_with_a_checkpoint(small_
     procs = start_two_processes(tmp_path / "w", small_text, tmp_path, *far, "--config.train.checkpoint_every=100000")
     metrics = tmp_path / "w" / "metrics.jsonl"
     deadline = time.monotonic() + 300
-    while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
-        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "training never started"
-        time.sleep(0.5)
-    time.sleep(2)  # inside the loop
-    procs[1].send_signal(signum)
-    sent = time.monotonic()
-    errs = [p.communicate(timeout=120)[1] for p in procs]
-    elapsed = time.monotonic() - sent
+    try:
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 1):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "training never started"
+            time.sleep(0.5)
+        time.sleep(2)  # inside the loop
+        procs[1].send_signal(signum)
+        sent = time.monotonic()
+        errs = [p.communicate(timeout=120)[1] for p in procs]
+        elapsed = time.monotonic() - sent
+    finally:
+        for p in procs:
+            p.kill()
     # The other process hears of it as JAX's preemption notice, a SIGTERM.
     assert [p.returncode for p in procs] == [128 + signal.SIGTERM, 128 + signum], errs
     steps = {int(re.search(r"after step (\d+)", err).group(1)) for err in errs}

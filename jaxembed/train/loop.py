@@ -249,11 +249,10 @@ class _Run:
                 with profiler.step(step, wait_for=state):
                     inputs_BxL, targets_BxL = next(iterator)
                     state, step_metrics = trainer.step(state, inputs_BxL, targets_BxL)
-                if window:
-                    # At most one step in flight: JAX dispatches steps ahead of the device, and
-                    # a stop requested now must not wait for a queue of them (a preemption gives
-                    # ~30 s). Step n-1 has finished or nearly, so this costs no throughput.
-                    jax.block_until_ready(window[-1]["loss"])
+                # Each step finishes before the next is dispatched: a stop requested now waits for this
+                # step only, never for a queue of steps JAX dispatched ahead (a preemption gives ~30 s).
+                # The device idles only for the host's next(iterator) (prefetched by Grain) and dispatch.
+                jax.block_until_ready(step_metrics["loss"])
                 window.append(step_metrics)
                 stop_signal = stop.requested(step)
                 due, evaluate, save = _row_due(step, config.train)

@@ -42,7 +42,11 @@ def _add_text_source(parser: argparse.ArgumentParser, default: str) -> argparse.
 
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--corpus", choices=corpus.CORPORA, default=None, help=f"a named corpus (default: {default})")
-    group.add_argument("--text", metavar="PATH", help="any UTF-8 text file")
+    group.add_argument(
+        "--text",
+        metavar="PATH",
+        help="a UTF-8 text file, a folder of them or a quoted glob (data.text); over 64 MiB: jaxembed tokenize",
+    )
     return group
 
 
@@ -198,11 +202,12 @@ def _export(args: argparse.Namespace, extra: list[str]) -> int:
         from jaxembed.train.run import load_run
 
     _no_extra(extra)
-    if args.tokens < 1:
+    if args.tokens is not None and args.tokens < 1:
         raise UsageError(f"--tokens {args.tokens} is not allowed; it must be an integer >= 1.")
     run = load_run(args.workdir, step=args.step)
     out = pathlib.Path(args.out) if args.out else run.workdir / "projector"
-    frequent = analysis.most_frequent(run.token_counts_V, args.tokens)
+    count = args.tokens if args.tokens is not None else run.config.report.projector_tokens
+    frequent = analysis.most_frequent(run.token_counts_V, count)
     paths = report.export_projector(run.enc, run.token_VxD, frequent, out)
     paths.update(report.export_tables(run.token_VxD, run.position_LxD, out))
     print(f"Step {run.step} of {run.workdir}:")
@@ -335,7 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="token and position tables as .npy, and projector TSVs")
     export.add_argument("--workdir", required=True)
-    export.add_argument("--tokens", type=int, default=5000, help="export the N most frequent tokens to the TSVs")
+    export.add_argument(
+        "--tokens",
+        type=int,
+        help="export the N most frequent tokens to the TSVs (default: the run's report.projector_tokens, as TensorBoard's)",
+    )
     export.add_argument("--out", help="output folder (default: WORKDIR/projector)")
     export.add_argument("--step", type=_step, default="latest", help=step_help)
     export.set_defaults(run=_export)

@@ -115,6 +115,17 @@ def test_train_writes_metrics_rows(finished):
     assert rows[-1]["val_loss"] < rows[0]["val_loss"] - 1.0
 
 
+def test_no_progress_logs_one_line_per_evaluation(finished):
+    # Without a bar (--no-progress: logs, batch jobs) a run is not silent until the end.
+    workdir, proc = finished
+    logged = re.findall(r"^step (\d+)/(\d+): train loss (\S+), validation loss (\S+), ", proc.stdout, re.MULTILINE)
+    evaluated = [r for r in metrics_rows(workdir) if "val_loss" in r and "train_loss" in r]
+    assert len(logged) == len(evaluated) >= 2
+    for (step, total, train, val), row in zip(logged, evaluated, strict=True):
+        assert (int(step), int(total)) == (row["step"], STEPS)
+        assert (float(train), float(val)) == (round(row["train_loss"], 3), round(row["val_loss"], 3))
+
+
 def test_train_writes_report_plots_and_projector(finished):
     workdir, proc = finished
     assert f"Report: {workdir / 'report.md'}" in proc.stdout
@@ -129,8 +140,10 @@ def test_train_writes_report_plots_and_projector(finished):
     assert f"steps: {STEPS}" in text
 
     run = run_lib.load_run(workdir)
-    embeddings = np.load(workdir / "projector" / "embeddings.npy")
+    embeddings = np.load(workdir / "projector" / "token_embeddings.npy")
     np.testing.assert_array_equal(embeddings, run.token_VxD)  # the trained table, not the initial one
+    np.testing.assert_array_equal(np.load(workdir / "projector" / "position_embeddings.npy"), run.position_LxD)
+    assert not (workdir / "projector" / "embeddings.npy").exists()  # the token table is written once
     vectors = np.loadtxt(workdir / "projector" / "vectors.tsv", delimiter="\t", ndmin=2)
     metadata = (workdir / "projector" / "metadata.tsv").read_text().splitlines()
     assert metadata[0] == "token\tid" and len(metadata) == len(vectors) + 1 > 100
@@ -342,10 +355,10 @@ def test_export_writes_projector_files(finished, tmp_path, capsys):
     out_dir = tmp_path / "proj"
     code, out, err = main_in_process(["export", "--workdir", workdir, "--out", out_dir, "--tokens", "50"], capsys)
     assert code == 0, err
-    for name in ("embeddings.npy", "vectors.tsv", "metadata.tsv"):
+    for name in ("token_embeddings.npy", "position_embeddings.npy", "vectors.tsv", "metadata.tsv"):
         assert str(out_dir / name) in out
     run = run_lib.load_run(workdir)
-    np.testing.assert_array_equal(np.load(out_dir / "embeddings.npy"), run.token_VxD)
+    np.testing.assert_array_equal(np.load(out_dir / "token_embeddings.npy"), run.token_VxD)
     metadata = (out_dir / "metadata.tsv").read_text().splitlines()
     ids = [int(line.rsplit("\t", 1)[1]) for line in metadata[1:]]
     # The 50 most frequent training tokens, counted independently.
@@ -356,6 +369,23 @@ def test_export_writes_projector_files(finished, tmp_path, capsys):
     counts = np.bincount(splits.train_ids, minlength=50257)
     assert ids == sorted(range(50257), key=lambda i: (-counts[i], i))[:50]
     np.testing.assert_allclose(np.loadtxt(out_dir / "vectors.tsv", delimiter="\t"), run.token_VxD[ids], rtol=1e-6)
+    assert sorted(p.name for p in out_dir.iterdir()) == [
+        "metadata.tsv",
+        "position_embeddings.npy",
+        "token_embeddings.npy",
+        "vectors.tsv",
+    ]
+
+
+def test_export_by_default_exports_the_rows_tensorboard_shows(finished, tmp_path, capsys):
+    workdir, _ = finished
+    code, _, err = main_in_process(["export", "--workdir", workdir, "--out", tmp_path / "proj"], capsys)
+    assert code == 0, err
+    shown = np.loadtxt(workdir / "projector" / "token_embeddings" / "tensor.tsv", delimiter="\t", ndmin=2)
+    exported = np.loadtxt(tmp_path / "proj" / "vectors.tsv", delimiter="\t", ndmin=2)
+    config = run_lib.load_run(workdir).config
+    assert len(exported) == len(shown) == min(config.report.projector_tokens, len(exported))
+    np.testing.assert_array_equal(exported.astype(np.float32), shown.astype(np.float32))
 
 
 # --- walkthrough -----------------------------------------------------------

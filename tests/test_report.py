@@ -301,9 +301,8 @@ def test_export_projector_round_trips(enc, tmp_path):
     table_VxD = np.random.default_rng(9).normal(size=(enc.n_vocab, 5))
     token_ids = [198, 197, enc.encode(" thou")[0], 447, 0]
     paths = report.export_projector(enc, table_VxD, token_ids, tmp_path / "projector")
-    assert sorted(p.name for p in paths.values()) == ["embeddings.npy", "metadata.tsv", "vectors.tsv"]
+    assert sorted(p.name for p in paths.values()) == ["metadata.tsv", "vectors.tsv"]
 
-    np.testing.assert_array_equal(np.load(paths["embeddings"]), table_VxD.astype(np.float32))
     vectors = np.loadtxt(paths["vectors"], delimiter="\t", ndmin=2)
     assert vectors.shape == (5, 5)
     np.testing.assert_array_equal(vectors.astype(np.float32), table_VxD[token_ids].astype(np.float32))

@@ -477,7 +477,7 @@ def test_readers_warn_when_they_skip_a_damaged_checkpoint(finished_copy, env, tm
     assert re.fullmatch(skipped, proc.stderr.strip()), proc.stderr
     step15 = run_lib.load_run(finished_copy)
     assert step15.step == 15
-    np.testing.assert_array_equal(np.load(out / "embeddings.npy"), step15.token_VxD)
+    np.testing.assert_array_equal(np.load(out / "token_embeddings.npy"), step15.token_VxD)
     assert snapshot(finished_copy / "checkpoints") == damaged  # readers rename nothing
 
 

@@ -151,9 +151,15 @@ def make_eval_batches(
     windows = num_windows(len(ids), max_length, max_length)
     available = (windows // jax.process_count()) // local_batch
     if available < 1:
+        fits = windows // jax.process_count() * jax.process_count()
+        remedy = (
+            f"lower data.batch_size to {fits:,} or less (or data.max_length)"
+            if fits >= 1
+            else "raise data.val_fraction or use a longer text"
+        )
         raise InvalidArgumentError(
-            f"the held-out slice has {len(ids)} tokens, too few for one validation batch of "
-            f"{local_batch} x {max_length}; raise data.val_fraction or use a longer text."
+            f"the held-out slice has {len(ids):,} tokens, too few for one validation batch of "
+            f"{local_batch} x {max_length}; {remedy}."
         )
     loader = create_dataloader(
         ids,

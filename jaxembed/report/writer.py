@@ -67,8 +67,8 @@ def export_projector(
 ) -> dict[str, pathlib.Path]:
     r"""Writes files for the TensorBoard / projector.tensorflow.org embedding viewer.
 
-    ``embeddings.npy`` holds the full float32 table; ``vectors.tsv`` the rows
-    for ``token_ids``; ``metadata.tsv`` a ``token<TAB>id`` header (the
+    ``vectors.tsv`` holds the rows for ``token_ids`` (the full table is
+    ``export_tables``' ``token_embeddings.npy``); ``metadata.tsv`` a ``token<TAB>id`` header (the
     projector wants one for multi-column metadata), then one repr-escaped
     token per row, so tabs and newlines inside tokens cannot break the TSV.
 
@@ -84,11 +84,7 @@ def export_projector(
     outdir = pathlib.Path(outdir)
     table_VxD = np.asarray(table_VxD, dtype=np.float32)
     token_ids = np.asarray(token_ids, dtype=np.int64)
-    paths = {
-        name: outdir / f"{name}.{ext}" for name, ext in [("embeddings", "npy"), ("vectors", "tsv"), ("metadata", "tsv")]
-    }
-    with atomic_open(paths["embeddings"], "wb") as f:
-        np.save(f, table_VxD)
+    paths = {name: outdir / f"{name}.tsv" for name in ("vectors", "metadata")}
     with atomic_open(paths["vectors"]) as f:
         np.savetxt(f, table_VxD[token_ids].reshape(len(token_ids), -1), fmt="%.9g", delimiter="\t")
     with atomic_open(paths["metadata"]) as f:
@@ -355,6 +351,7 @@ def training_report(
     }
     projector = most_frequent(token_counts_V, projector_tokens)
     export_projector(enc, after_VxD, projector, out / "projector")
+    export_tables(after_VxD, pos_LxD, out / "projector")
     if tensorboard_step is not None:  # the same pictures and table in TensorBoard (tensorboard --logdir runs/)
         from jaxembed.train import tensorboard
 

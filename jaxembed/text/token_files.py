@@ -124,7 +124,7 @@ def _check_out_dir(out: Path, new_meta: dict, overwrite: bool) -> dict | None:
             return None
         raise InvalidArgumentError(
             f"out_dir={str(out)!r} already holds {TOKENS_FILE}/{META_FILE} that are not a complete token corpus "
-            f"({e}); pass overwrite=True (--overwrite) to replace them."
+            f"({e}); replace them with overwrite=True (jaxembed tokenize --overwrite)."
         ) from None
     if _identity(old) == _identity(new_meta):
         if overwrite:
@@ -136,7 +136,7 @@ def _check_out_dir(out: Path, new_meta: dict, overwrite: bool) -> dict | None:
         return None
     raise InvalidArgumentError(
         f"out_dir={str(out)!r} already holds a different token corpus ({_describe_difference(old, new_meta)}); "
-        "pass overwrite=True (--overwrite) to replace it, or choose another out_dir."
+        "replace it with overwrite=True (jaxembed tokenize --overwrite), or choose another out_dir."
     )
 
 

@@ -448,9 +448,23 @@ def _check_finite(row: dict, step: int, config: ml_collections.ConfigDict, ckpt:
 
 
 def _progress(start: int, total: int, *, enabled: bool):
-    """A one-line progress bar (step, loss, tokens/s) on stderr."""
-    if not enabled or jax.process_index() != 0:
+    """A one-line progress bar (step, loss, tokens/s) on stderr; without it, a log line per evaluation."""
+    if jax.process_index() != 0:
         return lambda step, row: None
+    if not enabled:  # logs and batch jobs: not silent for minutes, and no bar redrawn into a file
+
+        def log_evaluation(step, row):
+            if row is not None and "val_loss" in row:
+                log.info(
+                    "step %d/%d: train loss %.3f, validation loss %.3f, %s tokens/s",
+                    step,
+                    total,
+                    row["train_loss"],
+                    row["val_loss"],
+                    f"{row['tokens_per_sec']:,.0f}",
+                )
+
+        return log_evaluation
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True, file=sys.stderr)

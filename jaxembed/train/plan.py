@@ -245,6 +245,7 @@ def format_plan(p: dict[str, Any], name: str = "") -> str:
     """
     mesh = " x ".join(f"{k}={v}" for k, v in p["mesh"].items())
     tile = p["loss_tile_tokens"]
+    tiled = 0 < tile < p["tokens_per_step"]  # nn.losses.tied_cross_entropy runs the dense program otherwise
     rows = [
         ("parameters", f"{p['params']:,}", f"{p.get('num_layers', 0)} attention layer(s)"),
         ("parameter bytes", _size(p["param_bytes"]), f"{_size(p['param_bytes_per_device'])} per device"),
@@ -262,7 +263,7 @@ def format_plan(p: dict[str, Any], name: str = "") -> str:
         ("per device:", "", "XLA memory_analysis() of the compiled step"),
         ("  arguments", _size(p["argument_bytes"]), "state and batch"),
         ("  outputs", _size(p["output_bytes"]), f"{_size(p['alias_bytes'])} of it reuses the donated state"),
-        ("  temporaries", _size(p["temp_bytes"]), f"loss tiles of {tile:,} tokens" if tile else "dense logits"),
+        ("  temporaries", _size(p["temp_bytes"]), f"loss tiles of {tile:,} tokens" if tiled else "dense logits"),
         ("  peak", _size(p["peak_bytes"]), "arguments + outputs - reused + temporaries"),
     ]
     width = max(len(r[0]) for r in rows)
@@ -273,7 +274,7 @@ def format_plan(p: dict[str, Any], name: str = "") -> str:
     for gib in DEVICE_SIZES_GIB:
         verdict = "yes" if p["peak_bytes"] <= fraction * gib * GiB else "no"
         lines.append(
-            f"fits a {gib} GiB device: {verdict} (peak {p['peak_bytes'] / GiB:.2f} GiB; "
+            f"fits {'an' if str(gib).startswith(('8', '11', '18')) else 'a'} {gib} GiB device: {verdict} (peak {p['peak_bytes'] / GiB:.2f} GiB; "
             f"JAX's pool there: {fraction * gib:.1f} GiB)"
         )
     return "\n".join(lines)

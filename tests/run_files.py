@@ -30,11 +30,18 @@ def jaxembed(args, env: dict, timeout: float = HANG_GUARD, **kwargs) -> subproce
     )
 
 
-def start(args, env: dict, out_dir: pathlib.Path, name: str, **popen) -> subprocess.Popen:
-    """Starts ``python -m jaxembed.cli ARGS``; stdout/stderr go to ``out_dir/name.{out,err}``."""
+def start(args, env: dict, out_dir: pathlib.Path, name: str, *, ignore_sigint: bool = False) -> subprocess.Popen:
+    """Starts ``python -m jaxembed.cli ARGS``; stdout/stderr go to ``out_dir/name.{out,err}``.
+
+    ``ignore_sigint`` starts it as ``nohup`` or a script's ``cmd &`` would: with SIGINT ignored
+    (by a shell's ``trap`` and ``exec``, not a ``preexec_fn`` fork of this multithreaded process).
+    """
+    cmd = command(args)
+    if ignore_sigint:
+        cmd = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *map(str, cmd)]
     # Files, not pipes: a child blocked on a full pipe would look like a hang.
     out, err = open(out_dir / f"{name}.out", "w"), open(out_dir / f"{name}.err", "w")
-    proc = subprocess.Popen(command(args), env=env, cwd=env["JAXEMBED_CACHE"], stdout=out, stderr=err, **popen)
+    proc = subprocess.Popen(cmd, env=env, cwd=env["JAXEMBED_CACHE"], stdout=out, stderr=err)
     out.close()
     err.close()
     proc.out_path, proc.err_path = out_dir / f"{name}.out", out_dir / f"{name}.err"

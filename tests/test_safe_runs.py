@@ -324,7 +324,7 @@ def test_a_sigint_the_parent_ignores_stays_ignored_and_sigterm_still_stops(text_
     workdir = tmp_path / "run"
     args = train_args(workdir, text_path, "--config.train.steps=100000", "--config.train.log_every=10000")
     args += ["--config.train.eval_every=100000", "--config.train.checkpoint_every=100000"]
-    proc = start(args, env, tmp_path, "run", preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc = start(args, env, tmp_path, "run", ignore_sigint=True)
     try:
         time.sleep(1)
         os.kill(proc.pid, signal.SIGINT)

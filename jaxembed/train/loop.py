@@ -137,11 +137,10 @@ def train_and_evaluate(
             stop = stack.enter_context(_StopSignals())
             changes = workdir.open_for_run(stack, config.to_dict()) if workdir is not None else {}
             mesh = make_mesh(config.mesh.data, config.mesh.model)
-            stop.phase = "loading the data"
+            stop.begin("loading the data")
             iterator, eval_batches, splits = pipeline.get_datasets(config, mesh, text=text)
             stack.callback(iterator.close)
-            stop.check()
-            stop.phase = "compiling the train step"
+            stop.begin("compiling the train step")
             # Before the workdir is created: a model the mesh cannot split is refused leaving nothing.
             trainer = Trainer.from_config(config, splits.model_vocab_size, mesh)
             stop.check()
@@ -151,7 +150,7 @@ def train_and_evaluate(
             return run.train(splits, changes)
     except Interrupted as e:
         # A run interrupted before its first checkpoint leaves no workdir it created itself.
-        if workdir is not None and getattr(workdir, "created", False) and not workdir.has_checkpoints():
+        if workdir is not None and workdir.created and not workdir.has_checkpoints():
             if jax.process_index() == 0:
                 shutil.rmtree(workdir.path, ignore_errors=True)
             e.removed = workdir.path
@@ -182,7 +181,7 @@ class _Run:
             self.checkpointer = Checkpointer(workdir.checkpoints_dir, keep=config.train.keep_checkpoints)
             self.stack.callback(self.checkpointer.close)
             if self.checkpointer.steps():
-                self.stop.phase = "restoring the checkpoint"
+                self.stop.begin("restoring the checkpoint")
                 state, start_step = self.checkpointer.restore(trainer.abstract_state, self.iterator)
                 self.stop.check()
                 if start_step >= config.train.steps:
@@ -214,7 +213,7 @@ class _Run:
         )
         self.stack.callback(profiler.close)
         if start_step == 0:
-            self.stop.phase = "evaluating the untrained model"
+            self.stop.begin("evaluating the untrained model")
             schedule = learning_rate_schedule(config.optim, config.train.steps)
             metrics.append(
                 {
@@ -223,8 +222,7 @@ class _Run:
                     "val_loss": trainer.evaluate(state.params, self.eval_batches),
                 }
             )
-        self.stop.check()
-        self.stop.phase = None  # in the loop: a signal stops after the current step, with a checkpoint
+        self.stop.begin(None)  # in the loop: a signal stops after the current step, with a checkpoint
         state = self.loop(state, metrics, start_step, profiler)
         self.stop.phase = "evaluating the trained model"
         shuffled = positions_shuffled_loss(trainer, state.params, self.eval_batches, seed=config.seed)
@@ -401,6 +399,11 @@ class _StopSignals:
         """Raises ``Interrupted`` if a signal came during start-up (call between start-up steps)."""
         if self.signum is not None:
             raise Interrupted(self.signum, self.phase or "starting")
+
+    def begin(self, phase: str | None) -> None:
+        """Ends the current start-up step (``check``) and names the next one (None: the training loop)."""
+        self.check()
+        self.phase = phase
 
     def requested(self, step: int) -> int | None:
         """The signal to stop for at this step, or None (collective: call it on every process every step)."""

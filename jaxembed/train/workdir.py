@@ -67,6 +67,7 @@ class Workdir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = pathlib.Path(path).absolute()
+        self.created = False  # by this run (create()), so that an interrupted start-up may remove it
 
     def __repr__(self) -> str:
         return f"Workdir({str(self.path)!r})"

@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import pathlib
 import sys
 import time
+import traceback
 from typing import Any, Protocol
 
-import grain
 import jax
 import orbax.checkpoint as ocp
 
+from jaxembed.data._grain import grain
 from jaxembed.errors import JaxembedError
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,7 @@ class DataIterator(Protocol):
     def set_state(self, state: dict) -> None: ...
 
 
-def _quiet_failed_restore_noise() -> None:
+def _quiet_failed_io_noise() -> None:
     """Silences the leftovers of a restore that failed on a damaged step.
 
     When one array of a damaged step fails to read, orbax gives up while the
@@ -82,21 +84,18 @@ def _quiet_failed_restore_noise() -> None:
     ``RuntimeError: Event loop is closed`` tracebacks (tensorstore calling back
     into orbax's closed event loop, an "unraisable" exception) and asyncio logs
     ``Task exception was never retrieved`` for orbax's ``async_deserialize``
-    tasks, possibly long after ``restore`` returned. Both are harmless and would
-    bury the one-line warning or error; this drops exactly those and passes
+    tasks, possibly long after ``restore`` returned. A save that fails (a full
+    disk) leaves the same logs (``Task`` and ``_GatheringFuture exception was
+    never retrieved``) for its other writes, whenever they are collected, which
+    may be after the one-line error. All are repeats of the error jaxembed
+    reports and would bury it; this drops exactly those (asyncio's "never
+    retrieved" records whose exception was raised inside orbax) and passes
     everything else on. Installed once, by the first ``Checkpointer``: the
     tracebacks can appear before orbax even raises.
     """
     global _ASYNCIO_FILTER_ADDED
     if not _ASYNCIO_FILTER_ADDED:
-        logging.getLogger("asyncio").addFilter(
-            lambda record: (
-                not (
-                    str(record.msg).startswith("Task exception was never retrieved")
-                    and "async_deserialize" in str(record.msg)
-                )
-            )
-        )
+        logging.getLogger("asyncio").addFilter(lambda record: not _is_orbax_leftover(record))
         _ASYNCIO_FILTER_ADDED = True
     previous = sys.unraisablehook
     if getattr(previous, "_jaxembed_quiet", False):
@@ -113,6 +112,15 @@ def _quiet_failed_restore_noise() -> None:
 
 
 _ASYNCIO_FILTER_ADDED = False
+
+
+def _is_orbax_leftover(record: logging.LogRecord) -> bool:
+    """An asyncio "exception was never retrieved" record for an exception raised inside orbax."""
+    if "exception was never retrieved" not in str(record.msg) or not record.exc_info:
+        return False
+    error = record.exc_info[1]
+    frames = traceback.extract_tb(error.__traceback__) if error is not None else []
+    return any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
 
 
 class Checkpointer:
@@ -143,7 +151,7 @@ class Checkpointer:
         )
         self._pending: int | None = None
         self._failed: CheckpointWriteError | None = None
-        _quiet_failed_restore_noise()  # a failed background write leaves the same tracebacks as a failed read
+        _quiet_failed_io_noise()  # a failed background write leaves the same tracebacks as a failed read
 
     def steps(self) -> list[int]:
         """Complete checkpoint steps on disk, oldest first."""
@@ -246,7 +254,7 @@ class Checkpointer:
                     + "."
                 )
             steps = [step]
-        _quiet_failed_restore_noise()
+        _quiet_failed_io_noise()
         failures = []
         for step in reversed(steps):
             items = {"state": ocp.args.StandardRestore(abstract_state)}

@@ -259,6 +259,18 @@ def check_shared(path: pathlib.Path) -> None:
         )
 
 
+class _BestEffortFileHandler(logging.FileHandler):
+    """A log file that drops a record it cannot write instead of printing a traceback.
+
+    The usual reason is a full disk, which the run reports itself in one line;
+    logging's default (``--- Logging error ---`` and a traceback on stderr)
+    would bury that line.
+    """
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def library_log(path: pathlib.Path | None):
     """Sends the logs of orbax, TensorStore and absl to ``path`` instead of the terminal.
@@ -269,7 +281,7 @@ def library_log(path: pathlib.Path | None):
     if path is None or jax.process_index() != 0:
         yield
         return
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = _BestEffortFileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
     loggers = [logging.getLogger(name) for name in ("absl", "orbax", "tensorstore", "asyncio")]
     saved = [(lg.propagate, lg.level) for lg in loggers]

@@ -80,3 +80,20 @@ def test_worker_processes_under_a_main_guard_work(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "(4, 8)" in proc.stdout
+
+
+def test_grains_worker_profiling_notice_is_dropped_and_other_absl_warnings_pass():
+    # Grain logs this once at import with jaxlib < 0.11 (Colab's 0.7.2); the record is absl's own.
+    script = textwrap.dedent(
+        """
+        import jaxembed.data
+        from absl import logging
+        logging.warning("Grain multiprocess worker profiling requires jaxlib extension version 448"
+                        " or later (jaxlib >= 0.11.0). Current version: 400.")
+        logging.warning("a warning that is not grain's notice")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "a warning that is not grain's notice" in done.stderr
+    assert "worker profiling" not in done.stderr

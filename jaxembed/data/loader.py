@@ -29,10 +29,10 @@ import pathlib
 import sys
 from collections.abc import Sequence
 
-import grain
 import numpy as np
 import tiktoken
 
+from jaxembed.data._grain import grain
 from jaxembed.data.windows import (
     Batch,
     StridedWindows,

@@ -29,13 +29,13 @@ Example:
 
 from __future__ import annotations
 
-import grain
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxembed.data._grain import grain
 from jaxembed.data.loader import create_dataloader
 from jaxembed.data.splits import (
     Splits,

@@ -34,6 +34,24 @@ SHARED_CORPUS = pathlib.Path(__file__).resolve().parents[2] / "shared/data/romeo
 MAX_BYTES = 1_500_000
 CELL_TIMEOUT_S = 600
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+# Appended to the executed copy: for each probe, the float64 centred cosine of the notebook's
+# trained neighbours next to the best centred cosines found by plain numpy (candidates: tokens
+# seen >= 3 times, the candidates' mean subtracted), rank by rank. Values, not ids: ties may
+# order differently in float32.
+NEIGHBOUR_CHECK = """
+import numpy as _np
+_cand = _np.flatnonzero(counts_V >= 3)
+_x = after_VxD[_cand].astype(_np.float64)
+_mean = _x.mean(axis=0)
+_unit = lambda v: v / _np.linalg.norm(v, axis=-1, keepdims=True)
+_u = _unit(_x - _mean)
+for _q, _row in zip(probe_ids, neighbors_after):
+    _v = _unit(after_VxD[_q].astype(_np.float64) - _mean)
+    _sims = _u @ _v
+    _best = sorted((s for c, s in zip(_cand, _sims) if c != _q), reverse=True)[: len(_row)]
+    _got = [float(_unit(after_VxD[i].astype(_np.float64) - _mean) @ _v) for i, _ in _row]
+    print("NEIGHBOUR-CHECK", len(_row), max(abs(a - b) for a, b in zip(_got, _best)))
+"""
 
 
 def execute(nb) -> float:
@@ -96,6 +114,8 @@ def test_committed_notebook_is_executed_small_and_portable(committed):
     counts = [cell.execution_count for cell in code]
     assert counts == list(range(1, len(code) + 1)), "not executed top to bottom in one run"
     assert not [o for cell in code for o in cell.outputs if o.output_type == "error"]
+    # A warning on stderr shows in red to a learner; none of it is the lesson.
+    assert not [o.text for cell in code for o in cell.outputs if o.get("name") == "stderr"]
     assert (
         sum("image/png" in o.get("data", {}) for cell in code for o in cell.outputs) >= 4
     )  # loss, neighbours, PCA, positions
@@ -115,6 +135,7 @@ def test_notebook_executes_offline(committed, corpus_path, tmp_path, monkeypatch
             cell.outputs, cell.execution_count = [], None
     # jupyter_client launches the "python3" spec's `python` as sys.executable;
     # an extra cell proves the kernel runs this interpreter's environment.
+    nb.cells.append(nbformat.v4.new_code_cell(NEIGHBOUR_CHECK))
     nb.cells.append(nbformat.v4.new_code_cell("import sys; print('KERNEL-PREFIX', sys.prefix)"))
 
     print(f"notebook executed in {execute(nb):.1f} s")
@@ -140,7 +161,12 @@ def test_notebook_executes_offline(committed, corpus_path, tmp_path, monkeypatch
     first, last = map(float, match.groups())
     assert first == pytest.approx(math.log(50257), abs=0.05)
     assert last < first - 2.0, f"validation loss only fell {first} -> {last}"
-    assert "After training:\n' Romeo' ->" in text
+    assert "After training (centred cosine):\n' Romeo' ->" in text
+    # Part 5's neighbours are the report's rule (centred cosine among tokens seen >= 3 times).
+    checks = re.findall(r"NEIGHBOUR-CHECK (\d+) (\S+)", outputs[-2])
+    assert len(checks) == 4 and all(int(k) == 5 and float(gap) < 1e-4 for k, gap in checks), checks
+    assert re.search(r"' thou'\s+-> [^\n]*' art'", text)  # the pair the notebook's text explains
+    assert re.search(r"Random pairs after training: raw cosine \+0\.[3-9]\d ± [\d.]+, centred [-+]0\.0\d", text)
     # Part 6: with one attention layer the positional table learns distance; without, nothing.
     found = {
         name: (float(loc), float(gap))

@@ -196,11 +196,16 @@ def plot_neighbors(
     *,
     counts_V: np.ndarray | None = None,
     subtitle: str = "",
+    measure: str = "centred cosine similarity",
 ) -> pathlib.Path:
     """Renders a probe | before training | after training table of neighbours.
 
-    With ``counts_V``, a probe never seen in training shows a note instead of
-    neighbours. At most ``MAX_NEIGHBOR_ROWS`` probes are drawn; the subtitle says so.
+    The title reads "Nearest neighbours by ``measure``": the default names what
+    ``analysis.rank_neighbors`` (the report's and ``jaxembed neighbors``' rule)
+    computes; pass e.g. ``measure="raw cosine similarity"`` for neighbours from
+    ``analysis.nearest_neighbors(..., centre=False)``. With ``counts_V``, a probe
+    never seen in training shows a note instead of neighbours. At most
+    ``MAX_NEIGHBOR_ROWS`` probes are drawn; the subtitle says so.
 
     Example:
       >>> from jaxembed.text.tokenizer import get_encoding
@@ -218,7 +223,7 @@ def plot_neighbors(
     fig = Figure(figsize=(9, 1.1 + len(query_ids) * (0.22 * k + 0.25)))
     ax = fig.add_subplot()
     ax.set_axis_off()
-    title = "Nearest neighbours by centred cosine similarity"
+    title = f"Nearest neighbours by {measure}"
     ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontweight="bold", fontsize=10)
 
     def cell(row, query):

@@ -136,6 +136,7 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
         from jaxembed import report, train
     _interrupts.check()  # the training loop notes signals itself, but not one swallowed before it
 
+    train.enable_compilation_cache()  # a re-run loads its compiled programs ($JAXEMBED_COMPILATION_CACHE=off: never)
     result = train.train_and_evaluate(config, args.workdir, progress=not args.no_progress)
     path = report.write_run_report(result, config.report)
     if path is not None:

@@ -1,7 +1,7 @@
 """Shared pytest fixtures, and a fresh cache home for the whole run.
 
 ``pytest_configure`` points every cache the tests write through (jaxembed's corpora,
-matplotlib's font cache, tiktoken's files, XDG's cache home) at one new temporary folder
+matplotlib's font cache, tiktoken's files, XDG's cache home, jaxembed's compiled programs) at one new temporary folder
 before any test module is imported, so a developer's warm cache and a new machine give the
 same results; subprocesses inherit it through ``os.environ``. Tests of the cache behaviour
 set their own.
@@ -18,6 +18,8 @@ import pytest
 
 _CACHE_VARIABLES = {
     "JAXEMBED_CACHE": "jaxembed",
+    # One compilation cache for every jaxembed process of the run: each program compiles once.
+    "JAXEMBED_COMPILATION_CACHE": "xla",
     "MPLCONFIGDIR": "matplotlib",
     "TIKTOKEN_CACHE_DIR": "tiktoken",
     "XDG_CACHE_HOME": "xdg",

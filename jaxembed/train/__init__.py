@@ -4,7 +4,8 @@ The fourth stage of the data flow (text -> data -> nn -> train -> report). One m
 ``trainer`` (``Trainer``: the one compiled step with shardings and donation; the optimiser and
 mesh), ``loop`` (``train_and_evaluate``), ``checkpoint`` (orbax: train state + Grain iterator
 state), ``workdir`` (every file a run keeps, the lock and the resume rules), ``tensorboard``
-(event files, projector, profiler), ``plan`` (memory and FLOPs before a run) and ``run``
+(event files, projector, profiler), ``plan`` (memory and FLOPs before a run), ``compilation_cache``
+(compiled programs kept on disk for re-runs) and ``run``
 (``load_run``: a finished run, read-only).
 
 Example:
@@ -15,8 +16,9 @@ Example:
   (0.0, 0.01)
 """
 
-from jaxembed.train import checkpoint, loop, plan, run, tensorboard, trainer, workdir
+from jaxembed.train import checkpoint, compilation_cache, loop, plan, run, tensorboard, trainer, workdir
 from jaxembed.train.checkpoint import Checkpointer, CheckpointError, CheckpointWriteError
+from jaxembed.train.compilation_cache import enable_compilation_cache
 from jaxembed.train.loop import Preempted, TrainingError, TrainResult, positions_shuffled_loss, train_and_evaluate
 from jaxembed.train.plan import format_plan
 from jaxembed.train.run import Run, load_run, parse_step
@@ -44,7 +46,9 @@ __all__ = [
     "TrainingError",
     "WorkdirError",
     "checkpoint",
+    "compilation_cache",
     "create_train_state",
+    "enable_compilation_cache",
     "eval_step",
     "format_plan",
     "learning_rate_schedule",

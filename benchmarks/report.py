@@ -39,12 +39,19 @@ def markdown(results: dict) -> str:
         ("mesh", _mesh),
         ("corpus", _corpus),
         ("prototypes", _prototypes),
+        ("main", _main_job),
     ):
         if results.get(name):
             lines += section(results[name]) + [""]
     if not results["settings"]["reference"]:
         lines += ["The reference was not run (torch is not installed, or `--no-reference`): jaxembed alone.", ""]
     return "\n".join(lines)
+
+
+def _main_job(result: dict) -> list[str]:
+    from benchmarks import main_job
+
+    return ["## The main job (`jaxembed train --workdir W`): where the wall time goes", "", *main_job.markdown(result)]
 
 
 def _header(results: dict) -> list[str]:

@@ -7,6 +7,7 @@ Usage (from the repository root)::
   python -m benchmarks.run --no-reference  # jaxembed alone (automatic without torch)
   python -m benchmarks.run --sections memory,mesh
   python -m benchmarks.run --sections corpus   # tokenizing and training from a token file, 50 and 200 MB
+  python -m benchmarks.run --sections main     # the README main job: wall time per phase, first run and re-run
 
 Both implementations run in this one process, alternating within every
 repetition, after a warm-up; each figure is the median of the repetitions
@@ -36,7 +37,7 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`
 from benchmarks import cases, corpus, harness, memory, mesh, report  # noqa: E402
 from benchmarks.harness import GPT2_VOCAB, O200K_VOCAB, Settings  # noqa: E402
 
-SECTIONS = ("data", "embed", "train", "sweep", "memory", "mesh", "corpus", "prototypes")
+SECTIONS = ("data", "embed", "train", "sweep", "memory", "mesh", "corpus", "prototypes", "main")
 #: (max_length, stride, batch) of the data-pipeline cases; the first is the seed's.
 DATA_CASES = [(4, 4, 8), (256, 128, 8), (256, 1, 64), (1024, 512, 32)]
 #: (batch, length, features) of the InputEmbedding forward cases.
@@ -260,8 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     if reference and not harness.torch_available():
         print("torch is not installed (pip install -e '.[bench]'): measuring jaxembed alone.", flush=True)
         reference = False
-    if args.quick and "prototypes" in sections:
-        sections.remove("prototypes")  # full-size loaders and steps: no smoke size
+    for full_size_only in ("prototypes", "main"):  # full-size loaders and steps, the README's own job
+        if args.quick and full_size_only in sections:
+            sections.remove(full_size_only)
     settings = Settings(
         quick=args.quick,
         reference=reference,
@@ -333,6 +335,11 @@ def main(argv: list[str] | None = None) -> int:
 
         results["prototypes"] = prototypes.run(settings, hw)
         lap("prototypes")
+    if "main" in sections:  # child processes of its own, after the in-process timings
+        from benchmarks import main_job
+
+        results["main"] = main_job.section()
+        lap("main job")
     if "memory" in sections:
         results["memory"] = {"xla": memory.xla_section(settings.quick), "plan": memory.plan_figures(settings.quick)}
         if not settings.quick:

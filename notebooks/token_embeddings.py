@@ -52,7 +52,10 @@ JAXEMBED_PIP_SPEC = os.environ.get("JAXEMBED_PIP_SPEC", "jaxembed @ git+https://
 try:
     import jaxembed
 except ImportError:  # Not installed here (e.g. a fresh Colab runtime): install it.
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", JAXEMBED_PIP_SPEC], check=True)
+    # pip's notices (and progress) would show in red; its output is shown only if it fails.
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", JAXEMBED_PIP_SPEC], capture_output=True, text=True)
+    if pip.returncode != 0:
+        raise RuntimeError(f"pip install {JAXEMBED_PIP_SPEC} failed:\n{pip.stdout}{pip.stderr}")
     import jaxembed
 
 print(f"jaxembed {jaxembed.__version__}")

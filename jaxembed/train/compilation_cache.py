@@ -14,11 +14,8 @@ a cache directory the user already gave JAX (``JAX_COMPILATION_CACHE_DIR`` or
 ``jax.config.update("jax_compilation_cache_dir", ...)``) is used as it is.
 
 Example:
-  >>> import os, tempfile
-  >>> os.environ["JAXEMBED_COMPILATION_CACHE"] = "off"
-  >>> print(enable_compilation_cache())
-  None
-  >>> del os.environ["JAXEMBED_COMPILATION_CACHE"]
+  >>> from jaxembed.train import enable_compilation_cache
+  >>> cache = enable_compilation_cache()  # before the first jax.jit call of the run
 """
 
 from __future__ import annotations
@@ -43,8 +40,17 @@ def compilation_cache_dir() -> pathlib.Path | None:
     """Where jaxembed keeps compiled programs, or ``None`` when ``$JAXEMBED_COMPILATION_CACHE`` turns it off.
 
     Example:
-      >>> compilation_cache_dir() == cache_dir() / "xla" or "JAXEMBED_COMPILATION_CACHE" in os.environ
+      >>> saved = os.environ.pop("JAXEMBED_COMPILATION_CACHE", None)
+      >>> compilation_cache_dir() == cache_dir() / "xla"
       True
+      >>> os.environ["JAXEMBED_COMPILATION_CACHE"] = "off"
+      >>> print(compilation_cache_dir())
+      None
+      >>> os.environ["JAXEMBED_COMPILATION_CACHE"] = "/scratch/xla"
+      >>> compilation_cache_dir()
+      PosixPath('/scratch/xla')
+      >>> if saved is None: del os.environ["JAXEMBED_COMPILATION_CACHE"]
+      ... else: os.environ["JAXEMBED_COMPILATION_CACHE"] = saved
     """
     value = os.environ.get("JAXEMBED_COMPILATION_CACHE", "").strip()
     if value.lower() in OFF_VALUES and value:
@@ -65,6 +71,11 @@ def enable_compilation_cache() -> pathlib.Path | None:
 
     Returns:
       The cache directory, or ``None`` when the cache is off.
+
+    Example:
+      >>> cache = enable_compilation_cache()
+      >>> cache is None or cache == pathlib.Path(jax.config.jax_compilation_cache_dir)
+      True
     """
     configured = jax.config.jax_compilation_cache_dir
     if configured:

@@ -192,7 +192,12 @@ def _neighbors(args: argparse.Namespace, extra: list[str]) -> int:
         f"Step {run.step} of {run.workdir}: centred cosine among the {len(candidates):,} tokens seen >= "
         f"{args.min_count} times (random pair: {round(mean, 2) + 0.0:+.2f} ± {std:.2f}):"
     )
-    print(analysis.format_neighbors(run.enc, ids, neighbors, run.token_counts_V))  # flags unseen probes
+    # Flags probes seen fewer than --min-count times; σ above the random pair, as in the report.
+    print(
+        analysis.format_neighbors(
+            run.enc, ids, neighbors, run.token_counts_V, baseline=(mean, std), min_count=args.min_count
+        )
+    )
     return 0
 
 
@@ -324,8 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
         "neighbors",
         help="nearest tokens by centred cosine similarity",
         description="Ranks by cosine after subtracting the candidates' mean vector, among the tokens seen at least "
-        "--min-count times in training: the same rule as the run report. A probe that never occurs in the "
-        "training text is flagged instead of ranked (exit status 0).",
+        "--min-count times in training: the same rule as the run report. Each cosine is followed by how many "
+        "standard deviations of a random pair's cosine it lies above their mean (σ). A probe seen fewer than "
+        "--min-count times is flagged instead of ranked (exit status 0).",
     )
     neighbors.add_argument("--workdir", required=True)
     neighbors.add_argument("tokens", nargs="+", help='single GPT-2 tokens, e.g. " Romeo" (mind the space)')

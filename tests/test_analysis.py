@@ -188,19 +188,77 @@ def test_val_loss_summary_best_and_no_overfit():
         "val_loss_final": 5.51,
         "val_loss_best": 5.5,
         "val_loss_best_step": 20,
-        "overfitting_from_step": None,  # rose only 0.01 nats: within the margin
+        "overfitting_from_step": None,  # rose only 0.01 nats, once: within the margin
+        "val_evaluations": 4,
+        "val_loss_noise": None,  # 4 evaluations: too few to estimate the noise
+        "overfit_margin": 0.02,
+        "overfit_margin_floor": 0.02,
+        "overfit_noise_factor": 2.0,
+        "overfit_evals_above": 0,
+        "overfit_min_evals": 3,
     }
 
 
 def test_val_loss_summary_overfitting_needs_val_up_and_train_down():
-    assert analysis.val_loss_summary(rows([10.8, 6.0, 5.5, 5.8], [None, 6.5, 5.9, 5.0]))["overfitting_from_step"] == 20
+    val = [10.8, 6.0, 5.5, 5.8, 5.9, 6.0]  # three evaluations in a row well above the best
+    assert analysis.val_loss_summary(rows(val, [None, 6.5, 5.9, 5.0, 4.9, 4.8]))["overfitting_from_step"] == 20
     # Validation rose, but so did training: a bad step, not overfitting.
-    assert (
-        analysis.val_loss_summary(rows([10.8, 6.0, 5.5, 5.8], [None, 6.5, 5.9, 6.2]))["overfitting_from_step"] is None
-    )
+    assert analysis.val_loss_summary(rows(val, [None, 6.5, 5.9, 6.2, 6.3, 6.4]))["overfitting_from_step"] is None
 
 
 def test_val_loss_summary_ignores_nan_and_handles_no_validation():
     summary = analysis.val_loss_summary(rows([10.8, float("nan"), 5.0]))
     assert summary["val_loss_best"] == 5.0 and summary["val_loss_best_step"] == 20
-    assert set(analysis.val_loss_summary([{"step": 1, "train_loss": 3.0}]).values()) == {None}
+    empty = analysis.val_loss_summary([{"step": 1, "train_loss": 3.0}])
+    losses = ["val_loss_initial", "val_loss_final", "val_loss_best", "val_loss_best_step", "val_loss_noise"]
+    assert {empty[k] for k in [*losses, "overfitting_from_step"]} == {None}
+    assert empty["val_evaluations"] == empty["overfit_evals_above"] == 0
+
+
+def reference_noise(losses):
+    """Plain Python: sample std of consecutive changes over the second half, over sqrt(2)."""
+    late = losses[len(losses) // 2 :]
+    changes = [b - a for a, b in zip(late, late[1:])]
+    mean = sum(changes) / len(changes)
+    return math.sqrt(sum((c - mean) ** 2 for c in changes) / (len(changes) - 1)) / math.sqrt(2)
+
+
+def test_one_noisy_uptick_is_not_overfitting():
+    # The reported case: 60 steps, one evaluation 0.034 nats above the best while training still falls.
+    val = [10.8, 7.1, 6.3, 5.95, 5.80, 5.71, 5.744]
+    summary = analysis.val_loss_summary(rows(val, [None, 7.3, 6.5, 6.1, 5.9, 5.8, 5.7]))
+    assert summary["val_loss_best_step"] == 50 and summary["overfitting_from_step"] is None
+    assert summary["val_evaluations"] == 7 and summary["overfit_min_evals"] == 3
+    assert summary["val_loss_noise"] == pytest.approx(reference_noise(val), abs=1e-12)
+    margin = max(0.02, 2 * reference_noise(val))
+    assert summary["overfit_margin"] == pytest.approx(margin, abs=1e-12)
+    assert summary["overfit_evals_above"] == (val[-1] - min(val) > margin) == 0  # one, and within the noise
+    # The same uptick with a tiny margin: one evaluation above is still not three.
+    assert (
+        analysis.val_loss_summary(rows(val, [None, 7.3, 6.5, 6.1, 5.9, 5.8, 5.7]), noise_factor=0)[
+            "overfit_evals_above"
+        ]
+        == 1
+    )
+
+
+def test_a_sustained_rise_above_the_noise_is_overfitting():
+    val = [10.8, 6.0, 5.5, 5.40, 5.38, 5.39, 5.37, 5.45, 5.52, 5.60]
+    train = [None, 6.2, 5.6, 5.3, 5.1, 5.0, 4.9, 4.8, 4.7, 4.6]
+    summary = analysis.val_loss_summary(rows(val, train))
+    margin = max(0.02, 2 * reference_noise(val))
+    assert summary["overfit_margin"] == pytest.approx(margin, abs=1e-12)
+    assert sum(v - 5.37 > margin for v in val[-3:]) == 3  # the last three clear the margin
+    assert summary["val_loss_best_step"] == 60 and summary["overfitting_from_step"] == 60
+    assert summary["overfit_evals_above"] == 3
+
+
+def test_a_rise_within_the_noise_is_not_overfitting():
+    # A jittery plateau: the last three are 0.03-0.06 above the best, but the evaluations jump by ~0.07.
+    val = [10.8, 6.0, 5.5, 5.47, 5.40, 5.49, 5.41, 5.50, 5.43, 5.46]
+    train = [None, 6.2, 5.6, 5.3, 5.1, 5.0, 4.9, 4.8, 4.7, 4.6]
+    summary = analysis.val_loss_summary(rows(val, train))
+    assert min(val[-3:]) - min(val) > analysis.OVERFIT_MARGIN  # the fixed 0.02 margin alone would fire
+    assert summary["overfit_margin"] == pytest.approx(2 * reference_noise(val), abs=1e-12)
+    assert summary["overfit_margin"] > max(val[-3:]) - min(val)  # 0.116 > 0.10: all three within the noise
+    assert summary["overfitting_from_step"] is None

@@ -319,6 +319,7 @@ def test_neighbors_prints_centred_cosine_neighbours_from_the_latest_checkpoint(f
     assert code == 0, err
     assert out.startswith(f"Step {STEPS} of {workdir}: centred cosine")
 
+    pair_mean, pair_std = map(float, re.search(r"random pair: ([+-][\d.]+) ± ([\d.]+)", out).groups())
     run = run_lib.load_run(workdir)
     table = run.token_VxD.astype(np.float64)
     candidates = [i for i in range(len(run.token_counts_V)) if run.token_counts_V[i] >= 3]  # the report's rule
@@ -334,9 +335,12 @@ def test_neighbors_prints_centred_cosine_neighbours_from_the_latest_checkpoint(f
         }
         top = sorted(cosine, key=lambda j: (-cosine[j], j))[:3]
         expected = f"{analysis.token_label(enc, query)} -> " + ", ".join(
-            f"{analysis.token_label(enc, j)} {cosine[j]:.2f}" for j in top
+            f"{analysis.token_label(enc, j)} {cosine[j]:.2f} (σ)" for j in top
         )
-        assert re.sub(r" +->", " ->", line) == expected
+        # Each cosine is followed by its distance from the header's random-pair mean, in its stds.
+        assert re.sub(r" +->", " ->", re.sub(r"\((-?[\d.]+)σ\)", "(σ)", line)) == expected
+        for j, sigma in zip(top, re.findall(r"\((-?[\d.]+)σ\)", line), strict=True):
+            assert float(sigma) == pytest.approx((cosine[j] - pair_mean) / pair_std, abs=0.05 + 0.01 / pair_std)
 
 
 @pytest.mark.parametrize("word, hint", [(" Capulet", "encodes to 2 GPT-2 tokens"), ("thou", "' thou'")])

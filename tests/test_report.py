@@ -448,8 +448,7 @@ def test_report_json_matches_numpy_on_exported_tables(short_run):
     mean_D = token_VxD[candidates].mean(axis=0)
     for entry in numbers["neighbors"]:
         query = entry["id"]
-        if counts_V[query] == 0:
-            continue
+        assert counts_V[query] >= 3  # every probe shown is a candidate
         q = token_VxD[query] - mean_D
         cos = {int(j): q @ u / np.linalg.norm(q) for j, u in zip(candidates, unit) if j != query}
         top = sorted(cos, key=lambda j: (-cos[j], j))[:5]
@@ -469,12 +468,19 @@ def test_report_uniform_line_is_ln_k_with_active_vocab(short_run):
     assert f"uniform-guess loss ln({k}) = {math.log(k):.3f}" in text
 
 
-def test_report_flags_the_unseen_probe_and_captions_every_picture(short_run):
+def test_report_drops_the_unseen_probe_and_captions_every_picture(short_run):
     workdir, _, numbers = short_run
-    (function,) = [e for e in numbers["neighbors"] if e["token"] == "' function'"]
-    assert function["count"] == 0 and function["neighbors"] == [] and "never in the training text" in function["note"]
+    # ' function' never occurs: it is named once as dropped, not drawn or listed as a row.
+    assert "' function'" not in [e["token"] for e in numbers["neighbors"]]
+    assert {"token": "' function'", "id": 2163, "count": 0} in numbers["probes_dropped"]
+    counts_V = np.load(workdir / "token_counts.npy")
+    assert numbers["probe_min_count"] == 20
+    assert all(counts_V[p["id"]] == p["count"] < 20 for p in numbers["probes_dropped"])
+    assert all(counts_V[e["id"]] >= 20 for e in numbers["neighbors"])
     text = (workdir / "report.md").read_text()
-    assert "' function' -> (never in the training text" in text
+    assert "never in the training text" not in text
+    (line,) = [line for line in text.splitlines() if line.startswith("- probes not shown:")]
+    assert "' function' (0x)" in line and "fewer than 20 times" in line
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)\n\n(\S[^\n]+)", text)
     assert sorted(name for name, _ in images) == sorted(
         ["loss.png", "neighbors.png", "pca.png", "positions.png", "positions_pca.png"]
@@ -492,7 +498,9 @@ def test_neighbors_command_agrees_with_the_report(short_run, capsys):
     workdir, _, numbers = short_run
     enc = get_encoding("gpt2")
     probes = [enc.decode([entry["id"]]) for entry in numbers["neighbors"]]  # the configured ones + any filled in
-    assert probes[: len(PROBES)] == list(PROBES)
+    counts_V = np.load(workdir / "token_counts.npy")
+    kept = [p for p in PROBES if counts_V[enc.encode(p)[0]] >= 20]  # ' function' (never in the text) is not
+    assert " function" not in kept and probes[: len(kept)] == kept
     code = cli.main(["neighbors", "--workdir", str(workdir), "-k", "5", *probes])
     out, err = capsys.readouterr()
     assert code == 0, err
@@ -501,10 +509,7 @@ def test_neighbors_command_agrees_with_the_report(short_run, capsys):
     for entry, line in zip(numbers["neighbors"], lines[1:], strict=True):
         label, rest = (part.strip() for part in line.split(" -> ", 1))
         assert label == entry["token"]
-        if entry["neighbors"]:
-            assert rest == ", ".join(f"{n['token']} {n['cosine']:.2f}" for n in entry["neighbors"])
-        else:
-            assert rest.startswith("(never in the training text")
+        assert rest == ", ".join(f"{n['token']} {n['cosine']:.2f} ({n['sigma']:.1f}σ)" for n in entry["neighbors"])
     assert "Traceback" not in err
 
 
@@ -590,3 +595,91 @@ def test_cjk_and_emoji_tokens_are_drawn_legibly_without_warnings(tmp_path):
         label = plots_lib._plot_label(enc, i, monospace=True)
         for ch in label.replace("\\\\", ""):
             assert any(f.get_char_index(ord(ch)) for f in fonts) or ch in "uU0123456789abcdef", (label, ch)
+
+
+# Probes chosen for the corpus, and each neighbour in σ of the random-pair cosine.
+
+
+def test_report_shows_only_probes_the_corpus_uses_and_sigmas_match_numpy(enc, tmp_path):
+    rng = np.random.default_rng(12)
+    table_VxD = (0.5 + rng.normal(size=(enc.n_vocab, 8))).astype(np.float32)  # a shared direction, as trained
+    counts_V = np.zeros(enc.n_vocab, np.int64)
+    counts_V[rng.choice(np.arange(20_000, 30_000), size=300, replace=False)] = rng.integers(3, 11, size=300)
+    words = {" the": 200, " with": 100, " from": 90, " which": 80, " file": 40, " string": 35, " value": 30}
+    words |= {" module": 25, " object": 20, " thou": 2, " Romeo": 0}
+    for word, n in words.items():
+        counts_V[enc.encode(word)] = n
+    path = report.training_report(
+        tmp_path,
+        enc=enc,
+        metrics=[{"step": 0, "val_loss": 10.8}, {"step": 10, "train_loss": 9.0, "val_loss": 9.5}],
+        before_VxD=rng.normal(size=table_VxD.shape).astype(np.float32),
+        after_VxD=table_VxD,
+        pos_LxD=rng.normal(size=(4, 8)),
+        token_counts_V=counts_V,
+        probe_tokens=[" Romeo", " thou", " the"],
+    )
+    numbers = json.loads((tmp_path / "report.json").read_text())
+    # ' Romeo' (0x) and ' thou' (2x, under min_count 3) are dropped; ' the' stays; then the most frequent
+    # whole words, skipping the function words ' with', ' from', ' which'.
+    shown = [e["token"] for e in numbers["neighbors"]]
+    assert shown == ["' the'", "' file'", "' string'", "' value'", "' module'", "' object'"]
+    assert [(p["token"], p["count"]) for p in numbers["probes_dropped"]] == [("' Romeo'", 0), ("' thou'", 2)]
+    text = path.read_text()
+    assert "never in the training text" not in text and "' Romeo' ->" not in text and "' thou' ->" not in text
+    (dropped_line,) = [line for line in text.splitlines() if line.startswith("- probes not shown:")]
+    assert "' Romeo' (0x), ' thou' (2x)" in dropped_line
+
+    # An independent numpy computation: centred cosines over all ordered pairs of candidates.
+    candidates = np.flatnonzero(counts_V >= 3)
+    x = table_VxD[candidates].astype(np.float64)
+    x -= x.mean(axis=0)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    pairs = sims[~np.eye(len(candidates), dtype=bool)]
+    mean, std = pairs.mean(), pairs.std()
+    position = {int(c): n for n, c in enumerate(candidates)}
+    after_section = text.split("## Nearest neighbours after training")[1].split("## ")[0]
+    for entry in numbers["neighbors"]:
+        row = sims[position[entry["id"]]]
+        others = [(int(c), row[n]) for n, c in enumerate(candidates) if c != entry["id"]]
+        top = sorted(others, key=lambda jc: (-jc[1], jc[0]))[:5]
+        assert [n["id"] for n in entry["neighbors"]] == [j for j, _ in top]
+        expected = [(cos - mean) / std for _, cos in top]
+        np.testing.assert_allclose([n["sigma"] for n in entry["neighbors"]], expected, atol=1e-4)
+        printed = ", ".join(f"{n['token']} {n['cosine']:.2f} ({n['sigma']:.1f}σ)" for n in entry["neighbors"])
+        assert re.search(f"^{re.escape(entry['token'])} +-> {re.escape(printed)}$", after_section, re.M)
+    assert "σ" in text.split("\n\n")[1]  # the intro says what σ means
+
+
+def test_report_of_a_token_folder_run_names_its_held_out_split(tmp_path, corpus_path):
+    from jaxembed.config import named_config
+    from jaxembed.text import token_files
+    from jaxembed.train.loop import train_and_evaluate
+
+    text = corpus_path.read_text(encoding="utf-8")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text(text[20_000:26_000], encoding="utf-8")
+    (docs / "b.txt").write_text(text[40_000:52_000], encoding="utf-8")  # the larger, last one in path order
+    token_files.tokenize_files([docs], tmp_path / "tok")
+    config = named_config("tiny")
+    config.data.tokens = str(tmp_path / "tok")
+    config.data.max_length, config.data.stride, config.data.batch_size = 8, 8, 4
+    config.model.active_vocab = True
+    config.train.steps, config.train.log_every, config.train.eval_every = 4, 2, 2
+    config.train.checkpoint_every, config.train.eval_batches, config.train.tensorboard = 4, 1, False
+    result = train_and_evaluate(config, tmp_path / "run", progress=False)
+    path = report.write_run_report(result, config.report)
+
+    # Plain reads of the token files: the last 10% of tokens.npy lies inside b.txt's [start, stop].
+    num_tokens = len(np.load(tmp_path / "tok" / "tokens.npy", mmap_mode="r"))
+    num_val = round(num_tokens * 0.1)
+    documents = json.loads((tmp_path / "tok" / "meta.json").read_text())["documents"]
+    assert documents[-1]["path"].endswith("b.txt") and documents[-1]["start"] < num_tokens - num_val
+    expected = (
+        f"the last 10% of the tokens of the token directory {tmp_path / 'tok'} ({num_val:,} tokens), "
+        f"i.e. the end of its last file in path order: {documents[-1]['path']}"
+    )
+    assert f"- validation: {expected}\n" in path.read_text()
+    assert json.loads((path.parent / "report.json").read_text())["validation_source"] == expected

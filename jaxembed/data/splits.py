@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import pathlib
 
@@ -44,6 +45,7 @@ __all__ = [
     "Splits",
     "check_active_vocabulary_size",
     "describe_corpus",
+    "describe_validation",
     "expand_active",
     "fingerprint_mismatch",
     "load_splits",
@@ -183,6 +185,42 @@ def describe_corpus(fp: dict) -> str:
     if "val_path" in fp:
         out += f" with validation directory {fp['val_path']} ({fp.get('val_num_tokens', 0):,} tokens)"
     return out
+
+
+def describe_validation(splits: Splits, val_fraction: float) -> str | None:
+    """Where the held-out split came from, in words, for the run report (``None`` for hand-built splits).
+
+    A token directory without ``data.val_tokens`` holds out the last
+    ``val_fraction`` of its ``tokens.npy``: the end of its last file in path
+    order, which its ``meta.json`` names (documents with ``start``/``stop``).
+
+    Example:
+      >>> s = split_corpus(" Romeo" * 1000, val_fraction=0.1, source="r.txt")
+      >>> describe_validation(s, 0.1)
+      'the last 10% of the tokens of text r.txt (100 tokens)'
+    """
+    fp = splits.corpus_fingerprint
+    if not fp:
+        return None
+    share = f"the last {100 * val_fraction:g}% of the tokens"
+    num_val = len(splits.val_ids)
+    if fp.get("kind") != "tokens":
+        source = fp.get("source")
+        what = "the text passed in" if source == "text argument" else f"text {source}"
+        return f"{share} of {what} ({num_val:,} tokens)"
+    if "val_path" in fp:
+        return f"the token directory {fp['val_path']} ({num_val:,} tokens), held out whole (--val-tokens)"
+    where = f"{share} of the token directory {fp['path']} ({num_val:,} tokens)"
+    try:
+        docs = json.loads((pathlib.Path(fp["path"]) / "meta.json").read_text(encoding="utf-8"))["documents"]
+    except (OSError, ValueError, KeyError):
+        return where  # the directory moved since training: its file names are not at hand
+    first = int(fp["num_tokens"]) - num_val
+    # A document spans [start, stop] with its separator at stop; the held-out tail starts in the first one reaching it.
+    held = [d["path"] for d in docs if int(d["stop"]) >= first]
+    if len(held) <= 1:
+        return f"{where}, i.e. the end of its last file in path order: {held[0] if held else '?'}"
+    return f"{where}, i.e. the end of {held[0]} and the {len(held) - 1} files after it in path order, to {held[-1]}"
 
 
 def _check_fraction(val_fraction: float) -> float:

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
 Neighbors = list[list[tuple[int, float]]]
 
 
+#: Neighbours are ranked among tokens seen at least this often in training (see ``neighbor_candidates``).
+DEFAULT_MIN_COUNT = 3
+
+
 def most_frequent(counts_V: np.ndarray, n: int) -> np.ndarray:
     """The ``n`` ids with the largest counts, most frequent first, ties by smaller id.
 
@@ -51,33 +55,85 @@ def most_frequent(counts_V: np.ndarray, n: int) -> np.ndarray:
     return order_V[: min(n, int(np.count_nonzero(counts_V)))]
 
 
-def fill_probes(enc: tiktoken.Encoding, counts_V: np.ndarray, probe_ids: Sequence[int], want: int = 6) -> list[int]:
-    """``probe_ids`` plus the corpus's most frequent word tokens, until ``want`` of them occur in it.
+#: Words ``choose_probes`` does not add: English function words (and their archaic forms),
+#: whose neighbours are other function words. A configured probe may still be one (``' the'``).
+#: The report shows a probe only if it occurs at least this often in training. More than a
+#: candidate needs (``DEFAULT_MIN_COUNT``): on Romeo and Juliet ``' return'`` (4 times) got
+#: arbitrary neighbours ('._', ' lovers') at 2.0σ where words seen 50+ times got theirs at 3σ+.
+PROBE_MIN_COUNT = 20
+
+FUNCTION_WORDS = frozenset(
+    """a about after all also an and any are as at be been but by can could did do does for from had
+    has have he her here him his how if in into is it its may me might more must my no not now of on one
+    only or other our out own shall she should so some such than that the their them then there these they
+    this those to too up upon us was we were what when where which while who why will with would yet you
+    your art doth dost hast hath thee thou thine thy ye""".split()
+)
+
+
+def choose_probes(
+    enc: tiktoken.Encoding,
+    counts_V: np.ndarray,
+    probe_ids: Sequence[int],
+    want: int = 6,
+    min_count: int = PROBE_MIN_COUNT,
+) -> tuple[list[int], list[int]]:
+    """The probes a run's report shows: configured ones the corpus uses, then its frequent content words.
 
     A config's probe words suit one corpus (``' thou'`` for Romeo and
-    Juliet); on another they may never occur, which would leave the report's
-    neighbour table empty. Probes that never occur are kept (the report flags
-    them); the added ones are whole words with a leading space, most frequent
-    first, at least 3 letters long.
+    Juliet); on another they may never occur. A probe is kept only if it
+    occurs at least ``min_count`` times in training (``PROBE_MIN_COUNT``,
+    more than a neighbour candidate needs): a rarer token's row has learned
+    too little for its neighbours to teach anything. Then,
+    until ``want`` probes are kept, the corpus's most frequent whole words
+    are added (a leading space and 3 or more letters, e.g. ``' file'``),
+    skipping ``FUNCTION_WORDS``: the neighbours of ``' that'`` are ``' to'``
+    and ``' which'`` on any corpus, those of ``' file'`` or ``' night'`` show
+    what this corpus is about.
+
+    Args:
+      enc: the tokenizer.
+      counts_V: how often each token id occurs in the training split.
+      probe_ids: the configured probes, in order.
+      want: how many probes to show, at least (more if more configured ones occur).
+      min_count: the fewest occurrences a probe needs (>= 1).
+
+    Returns:
+      ``(probes, dropped)``: the ids to show (configured ones first) and the
+      configured ids dropped for occurring fewer than ``min_count`` times.
+
+    Raises:
+      ValueError: ``min_count`` is not a positive integer.
 
     Example:
       >>> from jaxembed.text.tokenizer import get_encoding
       >>> enc = get_encoding("gpt2")
       >>> counts_V = np.zeros(enc.n_vocab, int)
-      >>> counts_V[enc.encode(" return")] = 9; counts_V[enc.encode(" the")] = 5
-      >>> [enc.decode([i]) for i in fill_probes(enc, counts_V, enc.encode(" thou"), want=2)]
-      [' thou', ' return', ' the']
+      >>> for word, n in [(" the", 90), (" file", 9), (" with", 8), (" returns", 5), (" art", 2)]:
+      ...     counts_V[enc.encode(word)] = n
+      >>> probes, dropped = choose_probes(enc, counts_V, enc.encode(" thou") + enc.encode(" the"), 3, min_count=3)
+      >>> [enc.decode([i]) for i in probes], [enc.decode([i]) for i in dropped]
+      ([' the', ' file', ' returns'], [' thou'])
     """
-    probes = list(probe_ids)
-    seen = sum(1 for i in probes if counts_V[i] > 0)
-    for token_id in np.argsort(-np.asarray(counts_V), kind="stable"):
-        if seen >= want or counts_V[token_id] == 0:
+    check_positive_int(min_count, "min_count")
+    counts_V = np.asarray(counts_V)
+    configured = list(dict.fromkeys(int(i) for i in probe_ids))
+    probes = [i for i in configured if counts_V[i] >= min_count]
+    dropped = [i for i in configured if counts_V[i] < min_count]
+    for token_id in np.argsort(-counts_V, kind="stable"):  # most frequent first, ties by id
+        if len(probes) >= want or counts_V[token_id] < min_count:
             break
         text = enc.decode_single_token_bytes(int(token_id)).decode("utf-8", errors="replace")
-        if int(token_id) not in probes and text.startswith(" ") and text[1:].isalpha() and len(text) > 3:
+        word = text[1:]
+        if (
+            int(token_id) not in configured
+            and text.startswith(" ")
+            and word.isalpha()
+            and len(word) >= 3
+            and word.lower() not in FUNCTION_WORDS
+        ):
             probes.append(int(token_id))
-            seen += 1
-    return probes
+    return probes, dropped
 
 
 def cosine_similarity(table_VxD: np.ndarray, query_ids: Sequence[int]) -> np.ndarray:
@@ -98,10 +154,6 @@ def cosine_similarity(table_VxD: np.ndarray, query_ids: Sequence[int]) -> np.nda
     safe_V = np.where(norms_V > 0, norms_V, 1).astype(table_VxD.dtype)
     sims_QxV = (table_VxD[query_ids] @ table_VxD.T) / (safe_V[query_ids, None] * safe_V[None, :])
     return np.clip(sims_QxV, -1, 1)
-
-
-#: Neighbours are ranked among tokens seen at least this often in training (see ``neighbor_candidates``).
-DEFAULT_MIN_COUNT = 3
 
 
 def neighbor_candidates(counts_V: np.ndarray, min_count: int = DEFAULT_MIN_COUNT) -> np.ndarray:
@@ -208,9 +260,11 @@ def rank_neighbors(
 
     Candidates are ``neighbor_candidates(counts_V, min_count)``; cosines are
     taken after subtracting the candidates' mean row (``centre=True`` in
-    ``nearest_neighbors``). A probe that never occurs in the training text
-    gets an empty list: its row was never an input, so ranking it would say
-    nothing about the token (``format_neighbors`` prints a note instead).
+    ``nearest_neighbors``). A probe seen fewer than ``min_count`` times gets
+    an empty list: a row that was never (or hardly ever) an input has not
+    learned anything about its token, so ranking it would say nothing
+    (``format_neighbors`` prints a note instead). The probe rule is the
+    candidate rule.
 
     Example:
       >>> table_VxD = np.array([[5, 1, 0], [5, 0.9, 0.1], [5, 0, 1], [5, -1, 0]])
@@ -221,8 +275,29 @@ def rank_neighbors(
     candidates_C = neighbor_candidates(counts_V, min_count)
     counts_V = np.asarray(counts_V)
     query_ids = [int(q) for q in np.asarray(query_ids).reshape(-1)]
-    ranked = iter(nearest_neighbors(table_VxD, [q for q in query_ids if counts_V[q] > 0], k, candidates_C, centre=True))
-    return [next(ranked) if counts_V[q] > 0 else [] for q in query_ids]
+    ranked = iter(
+        nearest_neighbors(table_VxD, [q for q in query_ids if counts_V[q] >= min_count], k, candidates_C, centre=True)
+    )
+    return [next(ranked) if counts_V[q] >= min_count else [] for q in query_ids]
+
+
+def sigmas_above(cosine: float, baseline: tuple[float, float]) -> float | None:
+    """How many standard deviations of the random-pair cosine ``cosine`` lies above its mean.
+
+    ``baseline`` is ``random_pair_cosine(...)``'s ``(mean, std)``; the
+    answer is ``(cosine - mean) / std``, or ``None`` when the std is 0 or
+    not finite (fewer than two candidates). A cosine cannot exceed 1, so no
+    neighbour stands more than ``(1 - mean) / std`` above the baseline: the
+    wider the random-pair spread, the lower that ceiling.
+
+    Example:
+      >>> round(sigmas_above(0.95, (0.01, 0.3)), 2), sigmas_above(0.5, (float("nan"), float("nan")))
+      (3.13, None)
+    """
+    mean, std = baseline
+    if not (np.isfinite(mean) and np.isfinite(std)) or std <= 0:
+        return None
+    return float((cosine - mean) / std)
 
 
 def random_pair_cosine(
@@ -328,18 +403,28 @@ def resolve_tokens(enc: tiktoken.Encoding, words: Sequence[str]) -> list[int]:
 
 
 def format_neighbors(
-    enc: tiktoken.Encoding, query_ids: Sequence[int], neighbors: Neighbors, counts_V: np.ndarray | None = None
+    enc: tiktoken.Encoding,
+    query_ids: Sequence[int],
+    neighbors: Neighbors,
+    counts_V: np.ndarray | None = None,
+    *,
+    baseline: tuple[float, float] | None = None,
+    min_count: int = DEFAULT_MIN_COUNT,
 ) -> str:
     """A plain-text table, one probe per line: ``' thou' -> ' art' 0.61, ...``.
 
-    With ``counts_V`` (training counts), a probe that never occurs in the
-    training text gets a note instead of neighbours.
+    With ``counts_V`` (training counts), a probe seen fewer than
+    ``min_count`` times gets a note instead of neighbours (``rank_neighbors``
+    ranks none for it). With ``baseline`` (``random_pair_cosine``'s mean and
+    std), each cosine is followed by ``sigmas_above`` it: ``0.95 (3.1σ)``.
 
     Example:
       >>> from jaxembed.text.tokenizer import get_encoding
       >>> enc = get_encoding("gpt2")
       >>> print(format_neighbors(enc, [14210], [[(1242, 0.612), (19338, 0.58)]]))
       ' thou' -> ' art' 0.61, ' hast' 0.58
+      >>> print(format_neighbors(enc, [14210], [[(1242, 0.612)]], baseline=(0.01, 0.2)))
+      ' thou' -> ' art' 0.61 (3.0σ)
       >>> counts_V = np.zeros(enc.n_vocab, int)
       >>> print(format_neighbors(enc, [14210], [[]], counts_V))
       ' thou' -> (never in the training text: its row was never an input, so it has no meaningful neighbours)
@@ -348,15 +433,35 @@ def format_neighbors(
     width = max(map(len, labels), default=0)
     lines = []
     for query, label, row in zip(query_ids, labels, neighbors, strict=True):
-        if counts_V is not None and counts_V[query] == 0:
-            text = f"({UNSEEN_NOTE})"
+        if counts_V is not None and counts_V[query] < min_count:
+            text = f"({probe_note(int(counts_V[query]), min_count)})"
         else:
-            text = ", ".join(f"{token_label(enc, i)} {cos:.2f}" for i, cos in row)
+            parts = []
+            for i, cos in row:
+                sigma = None if baseline is None else sigmas_above(cos, baseline)
+                parts.append(f"{token_label(enc, i)} {cos:.2f}" + ("" if sigma is None else f" ({sigma:.1f}σ)"))
+            text = ", ".join(parts)
         lines.append(f"{label:<{width}} -> {text}")
     return "\n".join(lines)
 
 
 UNSEEN_NOTE = "never in the training text: its row was never an input, so it has no meaningful neighbours"
+
+
+def probe_note(count: int, min_count: int = DEFAULT_MIN_COUNT) -> str:
+    """Why a probe seen ``count`` < ``min_count`` times has no neighbours listed.
+
+    Example:
+      >>> probe_note(2)
+      'seen only 2 times in training (fewer than 3): its row has learned too little to have meaningful neighbours'
+    """
+    if count == 0:
+        return UNSEEN_NOTE
+    times = "once" if count == 1 else f"{count} times"
+    return (
+        f"seen only {times} in training (fewer than {min_count}): its row has learned too little to have "
+        "meaningful neighbours"
+    )
 
 
 def pca(vectors_NxD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -437,46 +542,121 @@ def position_locality(position_LxD: np.ndarray) -> float:
     return float(sims_LxL[gap_LxL == 1].mean() - sims_LxL[gap_LxL >= length / 2].mean())
 
 
-#: Validation loss must rise by more than this (nats) above its best for ``val_loss_summary`` to call overfitting.
+#: The least rise (nats) above the best validation loss that can count as overfitting.
 OVERFIT_MARGIN = 0.02
+#: How many evaluations in a row, up to the last, must lie above the best by the margin.
+OVERFIT_MIN_EVALS = 3
+#: The margin is at least this many times the evaluation noise (``val_loss_noise``).
+OVERFIT_NOISE_FACTOR = 2.0
 
 
-def val_loss_summary(metrics: Sequence[dict], margin: float = OVERFIT_MARGIN) -> dict:
+def val_loss_noise(losses: Sequence[float]) -> float | None:
+    """How much a validation loss jitters from one evaluation to the next, late in a run (nats).
+
+    The standard deviation of the change between consecutive evaluations in
+    the second half of ``losses``, divided by sqrt(2) (the change of two
+    independent draws has sqrt(2) times their spread). Taking the standard
+    deviation, not the mean size, of the changes leaves out a steady trend:
+    a curve that rises or falls by the same step each time has no noise.
+
+    Returns:
+      The noise, or ``None`` with fewer than 3 changes to estimate it from
+      (fewer than 7 evaluations).
+
+    Example:
+      >>> round(val_loss_noise([10.8, 6.0, 5.50, 5.54, 5.49, 5.55, 5.50, 5.53]), 4)
+      0.0402
+      >>> val_loss_noise([10.8, 6.0, 5.5]) is None
+      True
+    """
+    late = np.asarray(losses, dtype=np.float64)[len(losses) // 2 :]
+    changes = np.diff(late)
+    if len(changes) < 3:
+        return None
+    return float(np.std(changes, ddof=1) / np.sqrt(2))
+
+
+def val_loss_summary(
+    metrics: Sequence[dict],
+    margin: float = OVERFIT_MARGIN,
+    min_evals: int = OVERFIT_MIN_EVALS,
+    noise_factor: float = OVERFIT_NOISE_FACTOR,
+) -> dict:
     """The validation-loss numbers of a run's metrics rows, and whether it overfits.
 
-    The run counts as overfitting from the best validation step when that
-    step is not the last evaluation, the last validation loss is more than
-    ``margin`` nats above the best, and the training loss at the last row is
-    below the training loss at the best step (validation worsens while
-    training still improves).
+    One evaluation above the best is noise until more agree: the same fixed
+    validation batches scored at two nearby steps differ by the optimiser's
+    jitter. So the run counts as overfitting from its best validation step
+    only with evidence:
+
+    1. the last ``min_evals`` evaluations all lie more than the margin above
+       the best (a sustained rise, up to the end of the run), where the
+       margin is the larger of ``margin`` nats and ``noise_factor`` times
+       ``val_loss_noise`` (the run's own evaluation-to-evaluation jitter);
+    2. the training loss at the last row is below the training loss at the
+       best step (validation worsens while training still improves; if both
+       rose, training went wrong, which is not overfitting).
+
+    Args:
+      metrics: ``metrics.jsonl`` rows: ``step``, and ``val_loss`` and/or ``train_loss``.
+      margin: the least rise counted, in nats.
+      min_evals: evaluations in a row, up to the last, that must clear the margin.
+      noise_factor: the margin's multiple of the evaluation noise.
 
     Returns:
       ``{"val_loss_initial", "val_loss_final", "val_loss_best", "val_loss_best_step",
-      "overfitting_from_step"}``: the first, last and lowest finite validation
-      losses, the step of the lowest (earliest on ties), and the best step if
-      the run overfits else ``None``. Losses are ``None`` without validation rows.
+      "overfitting_from_step", "val_evaluations", "val_loss_noise", "overfit_margin",
+      "overfit_margin_floor", "overfit_noise_factor", "overfit_evals_above", "overfit_min_evals"}``:
+      the first, last and
+      lowest finite validation losses, the step of the lowest (earliest on ties), the best step
+      if the run overfits else ``None``; then the rule's inputs: how many finite evaluations,
+      the noise (``None`` if too few to estimate), the margin used, ``margin``, ``noise_factor``,
+      how many evaluations in a row up to the last lie above the best by the margin, and
+      ``min_evals``.
+      Losses are ``None`` without validation rows.
 
     Example:
-      >>> rows = [{"step": 0, "val_loss": 10.8}, {"step": 50, "train_loss": 6.0, "val_loss": 6.2},
-      ...         {"step": 100, "train_loss": 5.0, "val_loss": 6.4}]
-      >>> val_loss_summary(rows)["val_loss_best_step"], val_loss_summary(rows)["overfitting_from_step"]
-      (50, 50)
+      >>> rows = [{"step": 0, "val_loss": 10.8}, {"step": 50, "train_loss": 6.0, "val_loss": 6.2}]
+      >>> rows += [{"step": s, "train_loss": 5.0, "val_loss": v} for s, v in [(100, 6.4), (150, 6.5), (200, 6.6)]]
+      >>> summary = val_loss_summary(rows)
+      >>> summary["val_loss_best_step"], summary["overfit_evals_above"], summary["overfitting_from_step"]
+      (50, 3, 50)
+      >>> val_loss_summary(rows[:3])["overfitting_from_step"] is None  # one evaluation above: not yet
+      True
     """
     val = [(int(m["step"]), float(m["val_loss"])) for m in metrics if np.isfinite(m.get("val_loss") or np.nan)]
+    rule = {
+        "overfit_margin_floor": float(margin),
+        "overfit_noise_factor": float(noise_factor),
+        "overfit_min_evals": int(min_evals),
+    }
     if not val:
-        return dict.fromkeys(["val_loss_initial", "val_loss_final", "val_loss_best", "val_loss_best_step"]) | {
-            "overfitting_from_step": None
-        }
+        return (
+            dict.fromkeys(["val_loss_initial", "val_loss_final", "val_loss_best", "val_loss_best_step"])
+            | {"overfitting_from_step": None, "val_evaluations": 0, "val_loss_noise": None}
+            | {"overfit_margin": float(margin), "overfit_evals_above": 0}
+            | rule
+        )
     best_step, best = min(val, key=lambda sv: (sv[1], sv[0]))
+    noise = val_loss_noise([v for _, v in val])
+    used = max(float(margin), noise_factor * noise) if noise is not None else float(margin)
+    above = 0  # evaluations in a row, counted back from the last, above the best by the margin
+    for _, loss in reversed(val):
+        if loss - best <= used:
+            break
+        above += 1
     train = {int(m["step"]): float(m["train_loss"]) for m in metrics if m.get("train_loss") is not None}
     last_train = train[max(train)] if train else None
-    overfitting = (
-        best_step < val[-1][0] and val[-1][1] - best > margin and best_step in train and last_train < train[best_step]
-    )
+    overfitting = above >= min_evals and best_step in train and last_train < train[best_step]
     return {
         "val_loss_initial": val[0][1],
         "val_loss_final": val[-1][1],
         "val_loss_best": best,
         "val_loss_best_step": best_step,
         "overfitting_from_step": best_step if overfitting else None,
+        "val_evaluations": len(val),
+        "val_loss_noise": noise,
+        "overfit_margin": used,
+        "overfit_evals_above": above,
+        **rule,
     }

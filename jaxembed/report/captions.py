@@ -7,6 +7,7 @@ run's own figures: what it shows, how to read it, and what this run shows.
 Example:
   >>> numbers = {"steps": 300, "val_loss_initial": 10.8, "val_loss_final": 5.4, "val_loss_best": 5.4,
   ...            "val_loss_best_step": 300, "overfitting_from_step": None, "overfit_margin": 0.02,
+  ...            "overfit_evals_above": 0, "overfit_min_evals": 3, "val_loss_noise": None, "overfit_margin_floor": 0.02,
   ...            "val_loss_positions_shuffled": None, "position_locality": 0.57, "position_locality_initial": -0.02,
   ...            "median_tokens_per_sec": None, "num_classes": 50257, "uniform_guess_loss": 10.825}
   >>> summary_lines(numbers, length=16)[1]
@@ -50,21 +51,81 @@ def _position_caption(numbers: dict, num_layers: int | None, length: int) -> str
     )
 
 
+def sigma_sentence(centred: dict) -> str:
+    """One sentence on reading a neighbour's ``(3.1σ)``, with this table's baseline and ceiling.
+
+    ``centred`` is ``report.json``'s ``random_pair_cosine_centred`` (``{"mean", "std"}``).
+
+    Example:
+      >>> print(sigma_sentence({"mean": 0.01, "std": 0.3}).split("; ")[1])
+      as a cosine cannot exceed 1, no neighbour on this table can stand more than (1 - mean) / σ = 3.3σ above it, and one near that ceiling is as close as this table allows.
+    """
+    mean, std = centred.get("mean"), centred.get("std")
+    if mean is None or not std:
+        return ""
+    return (
+        f"After training, the number in brackets after each neighbour, e.g. (2.5σ), is how many standard "
+        f"deviations σ of that random-pair cosine (σ = {std:.2f} here) it lies above the random-pair mean; as a "
+        f"cosine cannot exceed 1, no neighbour on this table can stand more than (1 - mean) / σ = "
+        f"{(1 - mean) / std:.1f}σ above it, and one near that ceiling is as close as this table allows."
+    )
+
+
+def _margin_rule(numbers: dict) -> str:
+    noise = numbers.get("val_loss_noise")
+    how = (
+        f"{numbers['overfit_margin']:.3f} nats, the larger of {numbers['overfit_margin_floor']} and "
+        f"{numbers.get('overfit_noise_factor', 2):g} x the "
+        f"evaluation noise {noise:.3f} (spread of the change between consecutive evaluations late in the run)"
+        if noise is not None
+        else f"{numbers['overfit_margin']:.3f} nats (too few evaluations to estimate their noise)"
+    )
+    return f"the last {numbers['overfit_min_evals']} evaluations all more than {how} above the best"
+
+
 def summary_lines(numbers: dict, length: int) -> list[str]:
-    """The report's bullet points: losses, overfitting, shuffled positions, locality, speed, ln K."""
+    """The report's bullet points: losses, the held-out split, overfitting, dropped probes, positions, speed, ln K.
+
+    Example:
+      >>> numbers = {"steps": 60, "val_loss_initial": 10.8, "val_loss_final": 5.43, "val_loss_best": 5.40,
+      ...            "val_loss_best_step": 50, "overfitting_from_step": None, "overfit_margin": 0.02,
+      ...            "overfit_margin_floor": 0.02, "val_loss_noise": None, "overfit_evals_above": 1,
+      ...            "overfit_min_evals": 3, "val_loss_positions_shuffled": None, "position_locality": 0.5,
+      ...            "position_locality_initial": 0.0, "median_tokens_per_sec": None, "num_classes": 9,
+      ...            "uniform_guess_loss": 2.197, "validation_source": "the last 10% of the tokens of a.txt"}
+      >>> print(summary_lines(numbers, length=16)[3])
+      no overfitting verdict: the last evaluation is 0.030 nats above the best, but the rule needs the last 3 evaluations all more than 0.020 nats (too few evaluations to estimate their noise) above the best, and 1 is
+    """
     lines = [f"steps: {numbers['steps']}"]
     if numbers["val_loss_initial"] is not None:
         lines.append(
             f"validation loss: {numbers['val_loss_initial']:.3f} (step 0) -> {numbers['val_loss_final']:.3f} "
             f"(step {numbers['steps']}); best {numbers['val_loss_best']:.3f} at step {numbers['val_loss_best_step']}"
         )
+    if numbers.get("validation_source"):
+        lines.append(f"validation: {numbers['validation_source']}")
     if numbers["overfitting_from_step"] is not None:
         lines.append(
             f"**overfitting from step {numbers['overfitting_from_step']}**: validation loss rose "
             f"{numbers['val_loss_final'] - numbers['val_loss_best']:.3f} nats above its best while the training "
-            f"loss kept falling (rule: best validation step before the last evaluation, rise > "
-            f"{numbers['overfit_margin']} nats, training loss lower at the end than at the best step); the best "
-            "checkpoint is kept: `--step best`"
+            f"loss kept falling (rule: {_margin_rule(numbers)}, and training loss lower at the end than at the "
+            "best step); the best checkpoint is kept: `--step best`"
+        )
+    elif numbers["val_loss_final"] is not None and numbers["val_loss_final"] > numbers["val_loss_best"]:
+        above = numbers["overfit_evals_above"]
+        lines.append(
+            f"no overfitting verdict: the last evaluation is "
+            f"{numbers['val_loss_final'] - numbers['val_loss_best']:.3f} nats above the best, but the rule needs "
+            f"{_margin_rule(numbers)}, and {above} {'is' if above == 1 else 'are'}"
+            + ("" if above < numbers["overfit_min_evals"] else " (training loss did not fall meanwhile)")
+        )
+    dropped = numbers.get("probes_dropped") or []
+    if dropped:
+        listed = ", ".join(f"{p['token']} ({p['count']}x)" for p in dropped)
+        lines.append(
+            f"probes not shown: {listed}: seen fewer than {numbers.get('probe_min_count', 20)} times in this "
+            "training text, too rarely for their rows to have learned neighbours; this corpus's frequent words "
+            "are shown instead"
         )
     if numbers["val_loss_positions_shuffled"] is not None and numbers["val_loss_final"] is not None:
         lines.append(
@@ -102,13 +163,18 @@ def captions(numbers: dict, num_layers: int | None, length: int, pca_count: int)
             f"the model memorises the training text from step {numbers['overfitting_from_step']} on."
         )
     else:
-        loss += "; the validation loss did not rise meaningfully after it, so there is no sign of overfitting."
+        loss += (
+            "; the validation loss did not stay above it by more than the overfitting rule's margin (the "
+            "evaluation noise, see the summary) for the last evaluations, so there is no sign of overfitting."
+        )
     neighbours = (
         "For each probe token, its closest tokens by cosine similarity after subtracting the candidates' mean "
         "vector, before training (random vectors: the neighbours are arbitrary) and after. The subtitle gives the "
-        "baseline: the cosine of a random pair of candidates. A neighbour well above it shares contexts with the "
-        "probe in the training text (e.g. pronouns next to pronouns). Probes never seen in training have no "
-        "meaningful neighbours and say so. The picture shows at most the first "
+        "baseline: the cosine of a random pair of candidates; after training each cosine is followed by how many "
+        "standard deviations (σ) of that random-pair cosine it lies above the random-pair mean. A neighbour well "
+        "above it shares contexts with the probe in the training text (e.g. pronouns next to pronouns). The "
+        "probes are the configured ones this text uses at least as often as a candidate, then its most frequent "
+        "content words. The picture shows at most the first "
         f"{MAX_NEIGHBOR_ROWS} probes; report.md and report.json list them all."
     )
     pca_caption = (

@@ -197,6 +197,7 @@ def plot_neighbors(
     counts_V: np.ndarray | None = None,
     subtitle: str = "",
     measure: str = "centred cosine similarity",
+    baseline: tuple[float, float] | None = None,
 ) -> pathlib.Path:
     """Renders a probe | before training | after training table of neighbours.
 
@@ -204,7 +205,9 @@ def plot_neighbors(
     ``analysis.rank_neighbors`` (the report's and ``jaxembed neighbors``' rule)
     computes; pass e.g. ``measure="raw cosine similarity"`` for neighbours from
     ``analysis.nearest_neighbors(..., centre=False)``. With ``counts_V``, a probe
-    never seen in training shows a note instead of neighbours. At most
+    never seen in training shows a note instead of neighbours. With ``baseline``
+    (the trained table's random-pair cosine ``(mean, std)``), each
+    after-training cosine is followed by ``analysis.sigmas_above`` it. At most
     ``MAX_NEIGHBOR_ROWS`` probes are drawn; the subtitle says so.
 
     Example:
@@ -226,15 +229,25 @@ def plot_neighbors(
     title = f"Nearest neighbours by {measure}"
     ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontweight="bold", fontsize=10)
 
-    def cell(row, query):
+    def cell(row, query, baseline=None):
         if counts_V is not None and counts_V[query] == 0:
             return "(never in the training text:\n no meaningful neighbours)"
-        return "\n".join(f"{_plot_label(enc, i, monospace=True)}  {cos:+.2f}" for i, cos in row)
+        if not row:  # rank_neighbors leaves probes seen fewer than min_count times unranked
+            return "(too rare in the training text:\n no meaningful neighbours)"
+        lines = []
+        for i, cos in row:
+            sigma = None if baseline is None else analysis.sigmas_above(cos, baseline)
+            lines.append(
+                f"{_plot_label(enc, i, monospace=True)}  {cos:+.2f}" + ("" if sigma is None else f" ({sigma:.1f}σ)")
+            )
+        return "\n".join(lines)
 
     cells = [
-        [_plot_label(enc, q, monospace=True), cell(b, q), cell(a, q)]
+        [_plot_label(enc, q, monospace=True), cell(b, q), cell(a, q, baseline)]
         for q, b, a in zip(query_ids, before, after, strict=True)
     ]
+    if not cells:  # a tiny corpus: no word occurs often enough to probe (report.md says so)
+        cells = [["(no probe)", "no token occurs often enough", "in the training text to probe"]]
     table = ax.table(
         cellText=cells,
         colLabels=["probe token", "before training", "after training"],

@@ -31,7 +31,7 @@ import numpy as np
 from jaxembed.errors import InvalidArgumentError, JaxembedError
 from jaxembed.fileio import atomic_open
 from jaxembed.report import analysis, captions
-from jaxembed.report.analysis import fill_probes, format_neighbors, most_frequent, resolve_tokens, token_label
+from jaxembed.report.analysis import choose_probes, format_neighbors, most_frequent, resolve_tokens, token_label
 from jaxembed.report.plots import (
     plot_loss_curves,
     plot_neighbors,
@@ -193,7 +193,9 @@ def report_numbers(
 
     Keys: ``steps``; ``num_classes`` and ``uniform_guess_loss`` (ln of it);
     ``val_loss_initial``, ``val_loss_final``, ``val_loss_best``,
-    ``val_loss_best_step``, ``overfitting_from_step`` and ``overfit_margin``
+    ``val_loss_best_step``, ``overfitting_from_step`` and the overfitting rule's inputs
+    ``val_evaluations``, ``val_loss_noise``, ``overfit_margin`` (the margin used),
+    ``overfit_margin_floor``, ``overfit_evals_above`` and ``overfit_min_evals``
     (``analysis.val_loss_summary``); ``val_loss_positions_shuffled`` and
     ``positions_shuffled_gap`` (shuffled minus final: what the model relies on
     position); ``position_locality`` and ``position_locality_initial``
@@ -225,7 +227,6 @@ def report_numbers(
         "num_classes": int(num_classes),
         "uniform_guess_loss": uniform_guess_loss(num_classes),
         **summary,
-        "overfit_margin": analysis.OVERFIT_MARGIN,
         "val_loss_positions_shuffled": shuffled,
         "positions_shuffled_gap": None if shuffled is None or final is None else shuffled - final,
         "position_locality": analysis.position_locality(pos_LxD),
@@ -253,19 +254,24 @@ def training_report(
     pca_tokens: int = 150,
     projector_tokens: int = 2000,
     min_count: int = analysis.DEFAULT_MIN_COUNT,
+    probe_min_count: int = analysis.PROBE_MIN_COUNT,
     pos_before_LxD: np.ndarray | None = None,
     num_classes: int | None = None,
     num_layers: int | None = None,
     val_loss_positions_shuffled: float | None = None,
     tensorboard_step: int | None = None,
+    validation_source: str | None = None,
 ) -> pathlib.Path:
     """Writes ``workdir/report.md`` and ``report.json`` with their PNGs and projector files.
 
     Neighbours come from ``analysis.rank_neighbors``: centred cosine among
     ``analysis.neighbor_candidates(token_counts_V, min_count)``, the same rule
-    ``jaxembed neighbors`` uses. Probe words that are not single GPT-2 tokens
-    are listed as skipped; probes that never occur in the training text are
-    flagged, not ranked.
+    ``jaxembed neighbors`` uses. Probes are ``analysis.choose_probes``: the
+    configured ones seen at least ``probe_min_count`` times, then frequent content
+    words; the summary names the configured ones dropped, and probe words
+    that are not single GPT-2 tokens are listed as skipped. Each trained
+    neighbour's cosine is also given in standard deviations above the
+    random-pair baseline (``analysis.sigmas_above``; ``sigma`` in ``report.json``).
 
     Args:
       pos_before_LxD: the untrained positional table (default: ``pos_LxD``'s
@@ -275,6 +281,9 @@ def training_report(
         ``model.active_vocab``; default: the tokenizer's vocabulary).
       num_layers: ``config.model.num_layers``, for the positions caption.
       val_loss_positions_shuffled: ``TrainResult.val_loss_positions_shuffled``.
+      validation_source: where the held-out split came from, in words
+        (``splits.describe_validation``): a summary line, and
+        ``validation_source`` in ``report.json``.
 
     Example:
       >>> import tempfile
@@ -299,7 +308,8 @@ def training_report(
             probes += resolve_tokens(enc, [word])
         except ValueError as e:
             skipped.append(f"{word!r}: {e}")
-    probes = fill_probes(enc, token_counts_V, probes)  # never an empty table on another corpus
+    # Probes this corpus uses often enough to have learned neighbours; never an empty table.
+    probes, dropped = choose_probes(enc, token_counts_V, probes, min_count=probe_min_count)
     before = analysis.rank_neighbors(before_VxD, token_counts_V, probes, num_neighbors, min_count)
     after = analysis.rank_neighbors(after_VxD, token_counts_V, probes, num_neighbors, min_count)
     numbers = report_numbers(
@@ -314,29 +324,56 @@ def training_report(
         min_count=min_count,
     )
     numbers["num_layers"] = num_layers
+    numbers["validation_source"] = validation_source
+    raw, centred = numbers["random_pair_cosine"], numbers["random_pair_cosine_centred"]
+    sigma_baseline = (centred["mean"], centred["std"]) if centred["mean"] is not None else (float("nan"), float("nan"))
     numbers["neighbors"] = [
         {
             "token": token_label(enc, q),
             "id": int(q),
             "count": int(token_counts_V[q]),
-            "neighbors": [{"token": token_label(enc, i), "id": i, "cosine": cos} for i, cos in row],
-            **({"note": analysis.UNSEEN_NOTE} if token_counts_V[q] == 0 else {}),
+            "neighbors": [
+                {
+                    "token": token_label(enc, i),
+                    "id": i,
+                    "cosine": cos,
+                    "sigma": analysis.sigmas_above(cos, sigma_baseline),
+                }
+                for i, cos in row
+            ],
         }
         for q, row in zip(probes, after)
     ]
+    numbers["probe_min_count"] = int(probe_min_count)
+    numbers["probes_dropped"] = [
+        {"token": token_label(enc, q), "id": int(q), "count": int(token_counts_V[q])} for q in dropped
+    ]
     frequent = most_frequent(token_counts_V, pca_tokens)
-    raw, centred = numbers["random_pair_cosine"], numbers["random_pair_cosine_centred"]
     baseline = (
         f"random pair of candidates: centred {_signed(centred['mean'])} ± {centred['std']:.2f} "
         f"(raw cosine {_signed(raw['mean'])} ± {raw['std']:.2f})"
         if centred["mean"] is not None
         else "fewer than two candidates"
     )
+    # The picture's subtitle also says what the σ after each trained cosine means, and its ceiling.
+    sigma_note = (
+        f"\n(σ: standard deviations of that random-pair cosine above its mean; at most "
+        f"{(1 - centred['mean']) / centred['std']:.1f}σ on this table)"
+        if centred["mean"] is not None and centred["std"]
+        else ""
+    )
     length = len(pos_LxD)
     images = {
         captions.LOSS: plot_loss_curves(metrics, out / "loss.png", vocab_size=num_classes).name,
         captions.NEIGHBORS: plot_neighbors(
-            enc, before, after, probes, out / "neighbors.png", counts_V=token_counts_V, subtitle=baseline
+            enc,
+            before,
+            after,
+            probes,
+            out / "neighbors.png",
+            counts_V=token_counts_V,
+            subtitle=baseline + sigma_note,
+            baseline=sigma_baseline,
         ).name,
         captions.PCA: plot_pca(
             enc,
@@ -361,9 +398,16 @@ def training_report(
     picture_captions = captions.captions(numbers, num_layers, length, len(frequent))
     summary = captions.summary_lines(numbers, length)
     sections = {
-        "Nearest neighbours before training": format_neighbors(enc, probes, before, token_counts_V),
-        "Nearest neighbours after training": format_neighbors(enc, probes, after, token_counts_V),
+        "Nearest neighbours before training": format_neighbors(
+            enc, probes, before, token_counts_V, min_count=min_count
+        ),
+        "Nearest neighbours after training": format_neighbors(
+            enc, probes, after, token_counts_V, baseline=sigma_baseline, min_count=min_count
+        ),
     }
+    if not probes:
+        none = f"(no token occurs at least {probe_min_count} times in the training text: nothing to probe)"
+        sections = dict.fromkeys(sections, none)
     if skipped:
         sections["Skipped probes"] = "\n".join(skipped)
     intro = (
@@ -372,7 +416,7 @@ def training_report(
         "`jaxembed neighbors`): the mean vector of those candidates is subtracted first, because trained token "
         f"vectors share a common direction (raw cosine of a random pair: {raw['mean']:+.2f}) that would make "
         "every token look like every other. Read a neighbour's cosine against the baseline, the cosine of a "
-        f"{baseline}. All numbers are in `report.json`."
+        f"{baseline}. {captions.sigma_sentence(centred)} All numbers are in `report.json`."
     )
     with atomic_open(out / "report.json") as f:
         json.dump(numbers, f, indent=2)
@@ -430,6 +474,7 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
 
 
 def _training_report_of(result, report_config, before_VxD, after_VxD, pos_before_LxD, pos_LxD, active_ids):
+    from jaxembed.data.splits import describe_validation
     from jaxembed.text.tokenizer import get_encoding
 
     return training_report(
@@ -452,4 +497,5 @@ def _training_report_of(result, report_config, before_VxD, after_VxD, pos_before
         tensorboard_step=result.metrics[-1]["step"]
         if result.config.train.tensorboard and result.start_step < result.metrics[-1]["step"]
         else None,
+        validation_source=describe_validation(result.splits, result.config.data.val_fraction),
     )

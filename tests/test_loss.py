@@ -122,12 +122,19 @@ def tied_inputs(seed=0, masked=True):
     return h_NxD, table_VxD, jnp.where(where_N, targets_N, -100), where_N
 
 
-def loss_and_grads(tile_tokens, dtype, jit, seed=0, masked=True):
+def loss_and_grads(tile_tokens, dtype, jit, seed=0, masked=True, layout=None):
     h_NxD, table_VxD, targets_N, where_N = tied_inputs(seed, masked)
 
     def loss_fn(h, table):
         return tied_cross_entropy(
-            h, table, targets_N, num_classes=CLASSES, tile_tokens=tile_tokens, where=where_N, dtype=dtype
+            h,
+            table,
+            targets_N,
+            num_classes=CLASSES,
+            tile_tokens=tile_tokens,
+            where=where_N,
+            dtype=dtype,
+            logits_layout=layout,
         )
 
     fn = jax.value_and_grad(loss_fn, argnums=(0, 1))
@@ -138,13 +145,14 @@ def loss_and_grads(tile_tokens, dtype, jit, seed=0, masked=True):
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("tile_tokens", [5, 8, 36, 64])  # 36: 2 tiles of 19, 1 padding; 64: dense
 @pytest.mark.parametrize("masked", [False, True])
-def test_tiled_float32_equals_dense_and_float64(tile_tokens, jit, masked):
+@pytest.mark.parametrize("layout", ["NxV", "VxN"])  # VxN: the CPU default
+def test_tiled_float32_equals_dense_and_float64(tile_tokens, jit, masked, layout):
     h_NxD, table_VxD, targets_N, where_N = tied_inputs(masked=masked)
     ref_loss, ref_d_h, ref_d_table, _, _ = np_tied_reference(
         h_NxD, table_VxD, np.where(where_N, targets_N, 0), where_N, CLASSES
     )
-    dense = loss_and_grads(0, jnp.float32, jit, masked=masked)
-    tiled = loss_and_grads(tile_tokens, jnp.float32, jit, masked=masked)
+    dense = loss_and_grads(0, jnp.float32, jit, masked=masked, layout=layout)
+    tiled = loss_and_grads(tile_tokens, jnp.float32, jit, masked=masked, layout=layout)
     for got in (dense, tiled):
         np.testing.assert_allclose(got[0], ref_loss, rtol=1e-6)
         np.testing.assert_allclose(got[1], ref_d_h, rtol=1e-5, atol=1e-7)
@@ -157,7 +165,8 @@ def test_tiled_float32_equals_dense_and_float64(tile_tokens, jit, masked):
 
 @pytest.mark.parametrize("jit", [False, True])
 @pytest.mark.parametrize("tile_tokens", [0, 8])
-def test_bfloat16_compute_matches_float64_on_rounded_inputs(tile_tokens, jit):
+@pytest.mark.parametrize("layout", ["NxV", "VxN"])
+def test_bfloat16_compute_matches_float64_on_rounded_inputs(tile_tokens, jit, layout):
     """bf16 compute = h and table rounded to bf16, products accumulated in float32.
 
     The loss is then float32-exact on the rounded inputs. The gradient products additionally round
@@ -170,12 +179,12 @@ def test_bfloat16_compute_matches_float64_on_rounded_inputs(tile_tokens, jit):
     ref_loss, ref_d_h, ref_d_table, abs_h, abs_table = np_tied_reference(
         h_b, table_b, np.where(where_N, targets_N, 0), where_N, CLASSES
     )
-    loss, d_h, d_table = loss_and_grads(tile_tokens, jnp.bfloat16, jit)
+    loss, d_h, d_table = loss_and_grads(tile_tokens, jnp.bfloat16, jit, layout=layout)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
     assert np.all(np.abs(d_h - ref_d_h) <= 2**-8 * abs_h + 1e-7)
     assert np.all(np.abs(d_table - ref_d_table) <= 2**-8 * abs_table + 1e-7)
     # And not merely within that bound by accident of a float32 computation:
-    f32_loss = loss_and_grads(tile_tokens, jnp.float32, jit)[0]
+    f32_loss = loss_and_grads(tile_tokens, jnp.float32, jit, layout=layout)[0]
     assert abs(f32_loss - loss) > 1e-5
 
 
@@ -252,6 +261,8 @@ def test_tied_rejects_bad_arguments():
         tied_cross_entropy(h_NxD[None], table_VxD, targets_N, **kw)
     with pytest.raises(ValueError, match=r"targets must have shape \(37,\)"):
         tied_cross_entropy(h_NxD, table_VxD, targets_N[:5], **kw)
+    with pytest.raises(ValueError, match=r"logits_layout='BxV' is not allowed; use one of \('VxN', 'NxV'\)"):
+        tied_cross_entropy(h_NxD, table_VxD, targets_N, logits_layout="BxV", **kw)
 
 
 # --- 8 simulated devices ----------------------------------------------------

@@ -34,7 +34,15 @@ import numpy as np
 
 from jaxembed.errors import InvalidArgumentError, InvalidTypeError
 
-__all__ = ["CPU_TILE_BYTES", "ACCELERATOR_TILE_TOKENS", "auto_tile_tokens", "cross_entropy", "tied_cross_entropy"]
+__all__ = [
+    "ACCELERATOR_TILE_TOKENS",
+    "CPU_TILE_BYTES",
+    "LOGITS_LAYOUTS",
+    "auto_logits_layout",
+    "auto_tile_tokens",
+    "cross_entropy",
+    "tied_cross_entropy",
+]
 
 #: On CPU a tile's float32 logits stay within this many bytes. glibc serves every allocation above
 #: 32 MiB (the ceiling of its mmap threshold) with a fresh ``mmap`` and returns it with ``munmap``,
@@ -67,6 +75,26 @@ def auto_tile_tokens(padded_vocab_size: int, backend: str) -> int:
     return max(8, 1 << (fit.bit_length() - 1))
 
 
+#: ``tied_cross_entropy``'s ``logits_layout`` values: vocabulary-major ``logits_VxN`` or token-major ``logits_NxV``.
+LOGITS_LAYOUTS = ("VxN", "NxV")
+
+
+def auto_logits_layout(backend: str) -> str:
+    """The faster layout of the tied logits on ``backend``: ``"VxN"`` on CPU, ``"NxV"`` elsewhere.
+
+    XLA:CPU reduces a row-major ``[N, V]`` array along its rows (the logsumexp over V for each
+    token) several times slower than over its columns, where each step of the reduction is one
+    vector operation across tokens: the tiny config's train step (64-token tiles of 50,304 logits)
+    ran 1.5x faster with ``logits_VxN`` (benchmarks/README.md, "Main job"). GPUs and TPUs keep the
+    conventional ``[N, V]`` programs, whose speed there has been measured.
+
+    Example:
+      >>> auto_logits_layout("cpu"), auto_logits_layout("gpu")
+      ('VxN', 'NxV')
+    """
+    return "VxN" if backend == "cpu" else "NxV"
+
+
 def _check_targets(targets: jax.Array, shape: tuple[int, ...], name: str = "targets") -> None:
     if not jnp.issubdtype(jnp.result_type(targets), jnp.integer):
         raise InvalidTypeError(f"{name} must be an integer array, got dtype {jnp.result_type(targets)}")
@@ -83,17 +111,23 @@ def _check_where(where: jax.Array | None, shape: tuple[int, ...]) -> None:
         raise InvalidArgumentError(f"where must have the targets' shape {tuple(shape)}, got {tuple(jnp.shape(where))}")
 
 
-def _lse_and_target_logit(logits_NxV: jax.Array, targets_N: jax.Array, num_classes: int) -> tuple[jax.Array, jax.Array]:
-    """Per-token logsumexp over the first ``num_classes`` columns and the target's logit (NaN if out of range).
+def _lse_and_target_logit(
+    logits: jax.Array, targets_N: jax.Array, num_classes: int, class_axis: int = -1
+) -> tuple[jax.Array, jax.Array]:
+    """Per-token logsumexp over the first ``num_classes`` classes and the target's logit (NaN if out of range).
 
-    The target logit is a masked sum rather than a gather so that a vocabulary-sharded
-    ``logits_NxV`` needs only a reduction across shards, never an all-gather.
+    ``logits`` is ``[..., V]`` (``class_axis=-1``) or ``logits_VxN`` (``class_axis=0``). The target logit is
+    a masked sum rather than a gather so that a vocabulary-sharded array needs only a reduction across
+    shards, never an all-gather.
     """
-    cols_V = jnp.arange(logits_NxV.shape[-1])
-    if num_classes < logits_NxV.shape[-1]:
-        logits_NxV = jnp.where(cols_V < num_classes, logits_NxV, -jnp.inf)
-    lse_N = jax.nn.logsumexp(logits_NxV, axis=-1)
-    picked_N = jnp.sum(jnp.where(cols_V == targets_N[..., None], logits_NxV, 0.0), axis=-1)
+    axis = class_axis % logits.ndim
+    shape = [1] * logits.ndim
+    shape[axis] = logits.shape[axis]
+    classes = jnp.arange(logits.shape[axis]).reshape(shape)
+    if num_classes < logits.shape[axis]:
+        logits = jnp.where(classes < num_classes, logits, -jnp.inf)
+    lse_N = jax.nn.logsumexp(logits, axis=axis)
+    picked_N = jnp.sum(jnp.where(classes == jnp.expand_dims(targets_N, axis), logits, 0.0), axis=axis)
     valid_N = (targets_N >= 0) & (targets_N < num_classes)
     return lse_N, jnp.where(valid_N, picked_N, jnp.nan)
 
@@ -142,12 +176,16 @@ def cross_entropy(logits: jax.Array, targets: jax.Array, *, where: jax.Array | N
 # --- Tiled ------------------------------------------------------------------
 
 
-def _tile_logits(h_TxD: jax.Array, table_VxD: jax.Array, dtype: Any) -> jax.Array:
+def _tile_logits(h_TxD: jax.Array, table_VxD: jax.Array, dtype: Any, vocab_major: bool) -> jax.Array:
+    """``logits_VxT`` if ``vocab_major`` else ``logits_TxV``, accumulated and returned in float32."""
     # Operands rounded to `dtype`, product accumulated and returned in float32. `EmbeddingLM.attend` asks
     # for a bf16 product that the loss widens; whether XLA really rounds those logits depends on fusion
     # (jitted on CPU it drops the round trip unless the padding slice sits in between; see test_loss.py).
     # Asking for float32 is the accurate choice and gives the same numbers jitted or not.
-    return jnp.dot(h_TxD.astype(dtype), table_VxD.astype(dtype).T, preferred_element_type=jnp.float32)
+    h_c, table_c = h_TxD.astype(dtype), table_VxD.astype(dtype)
+    if vocab_major:
+        return jnp.dot(table_c, h_c.T, preferred_element_type=jnp.float32)
+    return jnp.dot(h_c, table_c.T, preferred_element_type=jnp.float32)
 
 
 def _to_tiles(x_N: jax.Array, num_tiles: int) -> jax.Array:
@@ -162,16 +200,17 @@ def _from_tiles(x_KxT: jax.Array) -> jax.Array:
     return x.reshape((-1,) + x.shape[2:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def _tiled_sum(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _tiled_sum(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype, vocab_major):
     """Sum over kept tokens of the token's cross-entropy (NaN if a kept target is out of range)."""
-    return _tiled_sum_fwd(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype)[0]
+    return _tiled_sum_fwd(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype, vocab_major)[0]
 
 
-def _tiled_sum_fwd(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype):
+def _tiled_sum_fwd(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype, vocab_major):
     def tile_stats(_, tile):
         h_TxD, targets_T = tile
-        return None, _lse_and_target_logit(_tile_logits(h_TxD, table_VxD, dtype), targets_T, num_classes)
+        logits = _tile_logits(h_TxD, table_VxD, dtype, vocab_major)
+        return None, _lse_and_target_logit(logits, targets_T, num_classes, class_axis=0 if vocab_major else -1)
 
     _, (lse_KxT, picked_KxT) = jax.lax.scan(
         tile_stats, None, (_to_tiles(h_NxD, num_tiles), _to_tiles(targets_N, num_tiles))
@@ -181,22 +220,23 @@ def _tiled_sum_fwd(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles,
     return total, (h_NxD, table_VxD, targets_N, where_N, lse_N)
 
 
-def _tiled_sum_bwd(num_classes, num_tiles, dtype, residuals, g):
+def _tiled_sum_bwd(num_classes, num_tiles, dtype, vocab_major, residuals, g):
     h_NxD, table_VxD, targets_N, where_N, lse_N = residuals
     # d total / d logits[i, v] = softmax[i, v] - onehot[i, v] at kept tokens; as in the dense path the
     # float32 logit gradient is rounded to `dtype` before the two products, which accumulate in float32.
     coef_N = jnp.where(where_N, g, 0.0).astype(jnp.float32)
-    cols_V = jnp.arange(table_VxD.shape[0])
+    rows_Vx1 = jnp.arange(table_VxD.shape[0])[:, None]
     table_c = table_VxD.astype(dtype)
 
     def tile_grads(d_table_VxD, tile):
         h_TxD, targets_T, lse_T, coef_T = tile
-        logits_TxV = _tile_logits(h_TxD, table_VxD, dtype)
-        probs_TxV = jnp.where(cols_V < num_classes, jnp.exp(logits_TxV - lse_T[:, None]), 0.0)
-        onehot_TxV = (cols_V == targets_T[:, None]).astype(jnp.float32)
-        d_logits_TxV = ((probs_TxV - onehot_TxV) * coef_T[:, None]).astype(dtype)
-        d_h_TxD = jnp.dot(d_logits_TxV, table_c, preferred_element_type=jnp.float32)
-        d_table_VxD = d_table_VxD + jnp.dot(d_logits_TxV.T, h_TxD.astype(dtype), preferred_element_type=jnp.float32)
+        logits = _tile_logits(h_TxD, table_VxD, dtype, vocab_major)
+        logits_VxT = logits if vocab_major else logits.T  # XLA folds the transposes into the products
+        probs_VxT = jnp.where(rows_Vx1 < num_classes, jnp.exp(logits_VxT - lse_T[None, :]), 0.0)
+        onehot_VxT = (rows_Vx1 == targets_T[None, :]).astype(jnp.float32)
+        d_logits_VxT = ((probs_VxT - onehot_VxT) * coef_T[None, :]).astype(dtype)
+        d_h_TxD = jnp.dot(d_logits_VxT.T, table_c, preferred_element_type=jnp.float32)
+        d_table_VxD = d_table_VxD + jnp.dot(d_logits_VxT, h_TxD.astype(dtype), preferred_element_type=jnp.float32)
         return d_table_VxD, d_h_TxD
 
     tiles = tuple(_to_tiles(x, num_tiles) for x in (h_NxD, targets_N, lse_N, coef_N))
@@ -217,6 +257,7 @@ def tied_cross_entropy(
     tile_tokens: int | None,
     where: jax.Array | None = None,
     dtype: Any = None,
+    logits_layout: str | None = None,
 ) -> jax.Array:
     """``cross_entropy((h @ table.T)[:, :num_classes], targets, where=where)`` without the ``[N, V]`` logits.
 
@@ -239,13 +280,17 @@ def tied_cross_entropy(
       dtype: operand dtype of the logits product (e.g. ``jnp.bfloat16``, the model's computation dtype);
         None: ``h`` and ``table`` promoted. Logits, softmax and gradient accumulation are float32; the
         logit gradient is rounded to ``dtype`` before its two products, as in the dense backward.
+      logits_layout: ``"VxN"`` computes ``table @ h.T`` and reduces over its rows, ``"NxV"`` computes
+        ``h @ table.T`` and reduces along each row; same numbers. None: ``auto_logits_layout`` of
+        ``jax.default_backend()`` (``"VxN"`` on CPU, where it is faster).
 
     Returns:
       Scalar float32 mean cross-entropy over kept tokens (nats); NaN if none is kept.
 
     Raises:
       TypeError: ``targets`` not integer, ``where`` not bool, or ``tile_tokens``/``num_classes`` not int.
-      ValueError: bad shapes, ``num_classes`` not in ``[1, V]``, or ``tile_tokens`` negative.
+      ValueError: bad shapes, ``num_classes`` not in ``[1, V]``, ``tile_tokens`` negative, or
+        ``logits_layout`` not one of ``LOGITS_LAYOUTS``.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -270,6 +315,11 @@ def tied_cross_entropy(
         raise InvalidArgumentError(f"num_classes must be in [1, {v}] (rows of table), got {num_classes}")
     if tile_tokens is not None and tile_tokens < 0:
         raise InvalidArgumentError(f"tile_tokens must be >= 0 (0 or None: dense), got {tile_tokens}")
+    if logits_layout is None:
+        logits_layout = auto_logits_layout(jax.default_backend())
+    if logits_layout not in LOGITS_LAYOUTS:
+        raise InvalidArgumentError(f"logits_layout={logits_layout!r} is not allowed; use one of {LOGITS_LAYOUTS}")
+    vocab_major = logits_layout == "VxN"
     _check_targets(targets, (n,))
     _check_where(where, (n,))
     dtype = jnp.promote_types(jnp.result_type(h), jnp.result_type(table)) if dtype is None else jnp.dtype(dtype)
@@ -277,8 +327,11 @@ def tied_cross_entropy(
     # One tile would hold all N x V logits anyway: the dense path, which skips the recompute, is then as
     # small and faster. So tile_tokens is a memory budget that small batches never pay for in time.
     if not tile_tokens or n <= tile_tokens:
-        logits_NxV = _tile_logits(h, table, dtype)[:, :num_classes]
-        return cross_entropy(logits_NxV, targets, where=where)
+        if not vocab_major:
+            return cross_entropy(_tile_logits(h, table, dtype, False)[:, :num_classes], targets, where=where)
+        logits_VxN = _tile_logits(h, table, dtype, True)
+        lse_N, picked_N = _lse_and_target_logit(logits_VxN, jnp.asarray(targets), num_classes, class_axis=0)
+        return _masked_mean(lse_N - picked_N, where)
 
     num_tiles = -(-n // tile_tokens)
     padded = -(-n // num_tiles) * num_tiles
@@ -287,5 +340,5 @@ def tied_cross_entropy(
     h_NxD = jnp.pad(h, ((0, pad), (0, 0)))
     targets_N = jnp.pad(jnp.asarray(targets), (0, pad))
     where_N = jnp.pad(where_N, (0, pad))
-    total = _tiled_sum(h_NxD, table, targets_N, where_N, int(num_classes), num_tiles, dtype)
+    total = _tiled_sum(h_NxD, table, targets_N, where_N, int(num_classes), num_tiles, dtype, vocab_major)
     return total / jnp.sum(where_N, dtype=jnp.float32)

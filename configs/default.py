@@ -52,7 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.vocab_multiple = 128  # Token-table rows are padded to a multiple of this (even sharding).
     # Opt-in speed-up: train only the rows of tokens that occur in the corpus, with the
     # softmax over those K ids (a different model: its loss starts at ln K, not ln 50257).
-    # Table, softmax and AdamW shrink from 50,257 to K rows (5,196 for Romeo and Juliet).
+    # Table, softmax and AdamW shrink from 50,257 to K rows (4,455 for Romeo and Juliet,
+    # its header and licence stripped: scripts/readme_figures.py).
     c.model.active_vocab = False
     # Causal self-attention blocks after the input embeddings (0: embeddings only, today's
     # smallest model; then the positional table cannot learn anything position-specific).

@@ -59,7 +59,14 @@ def _walkthrough(args: argparse.Namespace, extra: list[str]) -> int:
 
     _no_extra(extra)
     text = corpus.load_text(args.text or args.corpus or "romeo-juliet")
-    print(walkthrough(text, batch_size=args.batch_size, max_length=args.max_length, features=args.features).format())
+    report = walkthrough(
+        text,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        features=args.features,
+        strip_gutenberg=args.strip_gutenberg,
+    )
+    print(report.format())
     return 0
 
 
@@ -374,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     walk.add_argument("--batch-size", type=int, default=8)
     walk.add_argument("--max-length", type=int, default=4)
     walk.add_argument("--features", type=int, default=256)
+    walk.add_argument(
+        "--strip-gutenberg",
+        action="store_true",
+        help="cut a Project Gutenberg header and licence first, as train does (default: keep them, as the seed did)",
+    )
     walk.set_defaults(run=_walkthrough)
 
     plan = commands.add_parser(

@@ -1,5 +1,10 @@
 """The seed notebook's walk-through as a function: text -> ids -> embeddings.
 
+It tokenizes the text as the seed notebook did: a Project Gutenberg header and licence are
+kept, so Romeo and Juliet gives the seed's ids (464 4935 20336 46566, 'The Project Gutenberg
+eBook'), where ``jaxembed train`` strips them (``strip_gutenberg=True`` does the same here).
+``Walkthrough.format`` says which.
+
 Example:
   >>> from jaxembed.walkthrough import walkthrough
   >>> report = walkthrough("to be or not to be, that is the question " * 4)
@@ -17,7 +22,7 @@ import numpy as np
 
 from jaxembed import data
 from jaxembed.nn import embeddings
-from jaxembed.text import tokenizer
+from jaxembed.text import corpus, tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +31,8 @@ class Walkthrough:
 
     num_chars: int
     num_tokens: int
+    #: What was done with a Project Gutenberg header and licence (``corpus.gutenberg_note``).
+    text_note: str
     vocab_size: int
     features: int
     inputs_BxL: np.ndarray
@@ -39,6 +46,7 @@ class Walkthrough:
         batch, length = self.inputs_BxL.shape
         lines = [
             f"Corpus: {self.num_chars:,} characters -> {self.num_tokens:,} GPT-2 tokens",
+            f"{self.text_note[0].upper()}{self.text_note[1:]}.",
             f"Token embedding table: {self.vocab_size:,} x {self.features} = "
             f"{self.vocab_size * self.features:,} parameters",
             f"\nFirst batch (batch_size={batch}, max_length={length}, stride={length}, no shuffle):",
@@ -55,9 +63,31 @@ class Walkthrough:
 
 
 def walkthrough(
-    text: str, *, batch_size: int = 8, max_length: int = 4, features: int = 256, seed: int = 0
+    text: str,
+    *,
+    batch_size: int = 8,
+    max_length: int = 4,
+    features: int = 256,
+    seed: int = 0,
+    strip_gutenberg: bool = False,
 ) -> Walkthrough:
-    """Runs the seed's Parts 2-4 on ``text`` and returns what they show."""
+    """Runs the seed's Parts 2-4 on ``text`` and returns what they show.
+
+    ``strip_gutenberg=True`` cuts a Project Gutenberg header and licence first, as
+    ``jaxembed train`` does; the default keeps them, as the seed notebook did.
+
+    Example:
+      >>> book = "licence\\n*** START OF IT ***\\n" + "to be or not to be " * 4 + "\\n*** END OF IT ***\\n"
+      >>> walkthrough(book, batch_size=2).text_note
+      'Project Gutenberg header and licence kept: all 123 characters (77 without them); jaxembed train strips them'
+      >>> walkthrough(book, batch_size=2, strip_gutenberg=True).num_chars
+      77
+    """
+    note = corpus.gutenberg_note(text, stripped=strip_gutenberg)
+    if corpus.has_gutenberg_markers(text) and not strip_gutenberg:
+        note += "; jaxembed train strips them"  # the seed's ids come from the whole file
+    if strip_gutenberg:
+        text = corpus.strip_gutenberg(text)
     enc = tokenizer.get_encoding("gpt2")
     ids = data.tokenize(text)
     loader = data.create_dataloader(
@@ -85,6 +115,7 @@ def walkthrough(
     return Walkthrough(
         num_chars=len(text),
         num_tokens=len(ids),
+        text_note=note,
         vocab_size=enc.n_vocab,
         features=features,
         inputs_BxL=inputs_BxL,

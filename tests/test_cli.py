@@ -26,6 +26,7 @@ from run_files import HANG_GUARD, corrupt, jaxembed, logged_steps, metrics_rows,
 from jaxembed import cli, data
 from jaxembed.config import CONFIG_DIR
 from jaxembed.report import analysis
+from jaxembed.text import corpus
 from jaxembed.text.tokenizer import get_encoding
 from jaxembed.train import run as run_lib
 
@@ -422,6 +423,67 @@ def test_walkthrough_on_the_shared_corpus_matches_the_seed(corpus_path, capsys):
     assert rows[0] == [464, 4935, 20336, 46566]  # 'The Project Gutenberg eBook'
     assert rows[1] == [286, 43989, 290, 38201]
     assert len(rows) == 8 and shapes["input"] == "(8, 4, 256)"
+    # It keeps the header, as the seed did, and says so: train's count differs for that reason.
+    text = corpus.load_text(corpus_path)
+    assert (
+        f"Corpus: {len(text):,} characters -> {len(get_encoding('gpt2').encode(text)):,} GPT-2 tokens\n"
+        f"Project Gutenberg header and licence kept: all {len(text):,} characters "
+        f"({len(corpus.strip_gutenberg(text)):,} without them); jaxembed train strips them.\n"
+    ) in out
+
+
+@pytest.fixture(scope="module")
+def gutenberg_book(tmp_path_factory, corpus_path):
+    """The shared corpus's first 6,000 and last 24,000 characters: its header, some play, its licence."""
+    text = corpus_path.read_text(encoding="utf-8")
+    path = tmp_path_factory.mktemp("book") / "short_pg1513.txt"
+    path.write_text(text[:6_000] + text[-24_000:], encoding="utf-8")
+    return path
+
+
+def corpus_line(stdout):
+    (line,) = re.findall(r"^Corpus: .*$", stdout, re.MULTILINE)
+    return line
+
+
+def test_train_and_walkthrough_say_what_they_did_with_a_gutenberg_header(gutenberg_book, tmp_path, capsys):
+    # One rule, in the output: train strips the header and licence and says so; the walk-through
+    # keeps them (the seed's text) and says so, and with --strip-gutenberg reads what train reads.
+    text = corpus.load_text(gutenberg_book)
+    body = corpus.strip_gutenberg(text)
+    assert 0 < len(body) < len(text) - 2_000
+    num_tokens = len(get_encoding("gpt2").encode(body))
+    args = train_args(tmp_path / "run", gutenberg_book, "--config.train.steps=2", "--config.train.eval_every=2")
+    code, out, err = main_in_process(args, capsys)
+    assert code == 0, err
+    num_val = round(num_tokens * 0.1)
+    assert corpus_line(out) == (
+        f"Corpus: Project Gutenberg header and licence stripped: {len(body):,} of {len(text):,} characters kept "
+        f"-> {num_tokens:,} gpt2 tokens ({num_tokens - num_val:,} for training, {num_val:,} held out)."
+    )
+
+    code, out, err = main_in_process(["walkthrough", "--text", gutenberg_book], capsys)
+    assert code == 0, err
+    assert "Project Gutenberg header and licence kept" in out and "jaxembed train strips them." in out
+    assert f"-> {num_tokens:,} GPT-2 tokens" not in out
+
+    code, out, err = main_in_process(["walkthrough", "--text", gutenberg_book, "--strip-gutenberg"], capsys)
+    assert code == 0, err
+    assert corpus_line(out) == f"Corpus: {len(body):,} characters -> {num_tokens:,} GPT-2 tokens"
+    assert f"Project Gutenberg header and licence stripped: {len(body):,} of {len(text):,} characters kept." in out
+    rows, _ = parse_walkthrough(out)
+    assert rows[0] == get_encoding("gpt2").encode(body)[:4]
+
+
+def test_train_says_when_a_text_has_no_gutenberg_header(finished):
+    # The shared test text is the corpus's head: a START line but no END line, so nothing is cut.
+    workdir, proc = finished
+    num_tokens = len(get_encoding("gpt2").encode(corpus.load_text(run_lib.load_run(workdir).config.data.text)))
+    assert re.fullmatch(
+        rf"Corpus: no Project Gutenberg header and licence \(no START and END lines\): all 40,000 characters "
+        rf"kept -> {num_tokens:,} gpt2 tokens \([\d,]+ for training, [\d,]+ held out\)\.",
+        corpus_line(proc.stdout),
+    )
 
 
 @pytest.mark.parametrize("platform", ["cuda", "tpu"])

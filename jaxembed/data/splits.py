@@ -82,6 +82,9 @@ class Splits:
         ``0..K-1`` indexing it. ``None`` otherwise.
       corpus_fingerprint: what the corpus is (see ``tokens_fingerprint`` and
         ``text_fingerprint``); ``None`` for splits built by hand.
+      text_note: what was done with the text before it was tokenized, in words
+        (``jaxembed.text.corpus.gutenberg_note``); ``jaxembed train`` prints it.
+        ``None`` for splits built by hand.
     """
 
     train_ids: np.ndarray
@@ -89,6 +92,7 @@ class Splits:
     vocab_size: int
     active_ids: np.ndarray | None = None
     corpus_fingerprint: dict | None = None
+    text_note: str | None = None
 
     @property
     def model_vocab_size(self) -> int:
@@ -229,7 +233,9 @@ def _check_fraction(val_fraction: float) -> float:
     return float(val_fraction)
 
 
-def split_ids(ids: np.ndarray, val_fraction: float, *, vocab_size: int, fingerprint: dict) -> Splits:
+def split_ids(
+    ids: np.ndarray, val_fraction: float, *, vocab_size: int, fingerprint: dict, text_note: str | None = None
+) -> Splits:
     """Holds out the last ``val_fraction`` of ``ids`` by slicing (a memory map stays a map).
 
     Raises:
@@ -242,7 +248,8 @@ def split_ids(ids: np.ndarray, val_fraction: float, *, vocab_size: int, fingerpr
       ([9], True)
     """
     num_val = int(round(len(ids) * _check_fraction(val_fraction)))
-    return Splits(ids[: len(ids) - num_val], ids[len(ids) - num_val :], vocab_size, corpus_fingerprint=fingerprint)
+    train_ids, val_ids = ids[: len(ids) - num_val], ids[len(ids) - num_val :]
+    return Splits(train_ids, val_ids, vocab_size, corpus_fingerprint=fingerprint, text_note=text_note)
 
 
 def split_corpus(
@@ -250,9 +257,9 @@ def split_corpus(
 ) -> Splits:
     """Tokenizes ``text`` and holds out its last ``val_fraction`` of tokens.
 
-    Project Gutenberg texts are cut to their body first, so the held-out
-    slice is the play, never the licence. ``source`` names the text in the
-    fingerprint.
+    Project Gutenberg texts are cut to their body first (``corpus.strip_gutenberg``),
+    so the held-out slice is the play, never the licence; ``Splits.text_note`` says so.
+    ``source`` names the text in the fingerprint.
 
     Raises:
       InvalidArgumentError: ``val_fraction`` is not in (0, 1).
@@ -263,11 +270,11 @@ def split_corpus(
       (900, 100)
     """
     _check_fraction(val_fraction)
-    if corpus.has_gutenberg_markers(text):
-        text = corpus.strip_gutenberg(text)
-    ids = tokenize(text, tokenizer_name)
+    note = corpus.gutenberg_note(text)
+    ids = tokenize(corpus.strip_gutenberg(text), tokenizer_name)  # a text without markers comes back whole
     vocab_size = tokenizer.get_encoding(tokenizer_name).n_vocab
-    return split_ids(ids, val_fraction, vocab_size=vocab_size, fingerprint=text_fingerprint(ids, source))
+    fingerprint = text_fingerprint(ids, source)
+    return split_ids(ids, val_fraction, vocab_size=vocab_size, fingerprint=fingerprint, text_note=note)
 
 
 def check_text_size(source: str | os.PathLike[str], paths: list[pathlib.Path]) -> None:
@@ -305,14 +312,20 @@ def read_text_files(source: str | os.PathLike[str], tokenizer_name: str = "gpt2"
       >>> read_text_files(d).tolist()
       [15496, 995, 50256]
     """
+    return _read_text_files(source, tokenizer_name)[0]
+
+
+def _read_text_files(source: str | os.PathLike[str], tokenizer_name: str) -> tuple[np.ndarray, str]:
+    """``read_text_files``, and the ``corpus.gutenberg_note`` of the files it read."""
     paths = corpus.find_text_files(source)
     check_text_size(source, paths)
     enc = tokenizer.get_encoding(tokenizer_name)
     eot = [enc.encode_single_token(tokenizer.ENDOFTEXT)]
-    parts = []
+    parts, texts = [], []
     for p in paths:
-        parts += [enc.encode_ordinary(corpus.load_text(p, strip=True)), eot]
-    return np.concatenate(parts).astype(np.int32)
+        texts.append(corpus.load_text(p))  # at most TEXT_FILES_MAX_BYTES in all, for the note
+        parts += [enc.encode_ordinary(corpus.strip_gutenberg(texts[-1])), eot]
+    return np.concatenate(parts).astype(np.int32), corpus.gutenberg_note(texts)
 
 
 def _open_token_dir(field: str, path: str, tokenizer_name: str) -> tuple[np.memmap, dict]:
@@ -348,10 +361,19 @@ def split_token_files(
     vocab_size = int(meta["n_vocab"])
     if not val_tokens:
         fingerprint = tokens_fingerprint(tokens, meta)
-        return split_ids(tokens_N, val_fraction, vocab_size=vocab_size, fingerprint=fingerprint)
+        note = _token_dir_note(meta)
+        return split_ids(tokens_N, val_fraction, vocab_size=vocab_size, fingerprint=fingerprint, text_note=note)
     val_N, val_meta = _open_token_dir("val_tokens", val_tokens, tokenizer_name)
     fingerprint = tokens_fingerprint(tokens, meta, val_tokens, val_meta)
-    return Splits(tokens_N, val_N, vocab_size, corpus_fingerprint=fingerprint)
+    note = f"{_token_dir_note(meta)}; validation: {_token_dir_note(val_meta)}"
+    return Splits(tokens_N, val_N, vocab_size, corpus_fingerprint=fingerprint, text_note=note)
+
+
+def _token_dir_note(meta: dict) -> str:
+    # tokenize_files stripped each document as corpus.strip_gutenberg does, and recorded it.
+    docs = meta.get("documents", [])
+    stripped = sum(bool(d.get("gutenberg_stripped")) for d in docs)
+    return f"Project Gutenberg header and licence stripped from {stripped} of {len(docs)} files when tokenized"
 
 
 def load_splits(config: ml_collections.ConfigDict, *, text: str | None = None) -> Splits:
@@ -386,10 +408,10 @@ def load_splits(config: ml_collections.ConfigDict, *, text: str | None = None) -
     elif d.tokens:
         splits = split_token_files(d.tokens, d.val_tokens, tokenizer_name=d.tokenizer, val_fraction=d.val_fraction)
     elif d.text and corpus.names_many_files(d.text):
-        ids = read_text_files(d.text, d.tokenizer)
+        ids, note = _read_text_files(d.text, d.tokenizer)
         vocab_size = tokenizer.get_encoding(d.tokenizer).n_vocab
         fingerprint = text_fingerprint(ids, str(d.text))
-        splits = split_ids(ids, d.val_fraction, vocab_size=vocab_size, fingerprint=fingerprint)
+        splits = split_ids(ids, d.val_fraction, vocab_size=vocab_size, fingerprint=fingerprint, text_note=note)
     else:
         source = d.text or d.corpus
         if d.text and pathlib.Path(d.text).is_file():

@@ -45,6 +45,7 @@ __all__ = [
     "cache_dir",
     "cached_path",
     "find_text_files",
+    "gutenberg_note",
     "has_gutenberg_markers",
     "names_many_files",
     "load_text",
@@ -241,6 +242,36 @@ def strip_gutenberg(text: str) -> str:
     if start is None or end is None:
         return text
     return text[start.end() + 1 : end.start()]
+
+
+def gutenberg_note(texts: str | Sequence[str], *, stripped: bool = True) -> str:
+    """What a command did with the Project Gutenberg header and licence of ``texts``, in words.
+
+    Every command that reads a text prints this, so two commands that tokenize the same
+    file differently say why. ``stripped`` says whether the command applied
+    ``strip_gutenberg`` (training does; the walk-through keeps the seed notebook's text).
+    ``texts`` is one text, or the files of a corpus.
+
+    >>> book = "licence\\n*** START OF IT ***\\nbody\\n*** END OF IT ***\\nmore"
+    >>> gutenberg_note(book)
+    'Project Gutenberg header and licence stripped: 5 of 55 characters kept'
+    >>> gutenberg_note(book, stripped=False)
+    'Project Gutenberg header and licence kept: all 55 characters (5 without them)'
+    >>> gutenberg_note([book, "To be"])
+    'Project Gutenberg header and licence stripped from 1 of 2 files: 10 of 60 characters kept'
+    >>> gutenberg_note("To be, or not to be")
+    'no Project Gutenberg header and licence (no START and END lines): all 19 characters kept'
+    """
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    total = sum(map(len, texts))
+    marked = [t for t in texts if has_gutenberg_markers(t)]
+    if not marked:
+        return f"no Project Gutenberg header and licence (no START and END lines): all {total:,} characters kept"
+    kept = total - sum(len(t) - len(strip_gutenberg(t)) for t in marked)
+    where = "" if len(texts) == 1 else f" from {len(marked)} of {len(texts)} files"
+    if stripped:
+        return f"Project Gutenberg header and licence stripped{where}: {kept:,} of {total:,} characters kept"
+    return f"Project Gutenberg header and licence kept{where}: all {total:,} characters ({kept:,} without them)"
 
 
 def _build_once(name: str, path: Path, *, url: str, timeout: float) -> None:

@@ -140,6 +140,16 @@ def train_and_evaluate(
             stop.begin("loading the data")
             iterator, eval_batches, splits = pipeline.get_datasets(config, mesh, text=text)
             stack.callback(iterator.close)
+            if splits.text_note and jax.process_index() == 0:
+                # What was cut from the text, so its token count can be compared with other tools'.
+                log.info(
+                    "Corpus: %s -> %s %s tokens (%s for training, %s held out).",
+                    splits.text_note,
+                    f"{len(splits.train_ids) + len(splits.val_ids):,}",
+                    config.data.tokenizer,
+                    f"{len(splits.train_ids):,}",
+                    f"{len(splits.val_ids):,}",
+                )
             stop.begin("compiling the train step")
             # Before the workdir is created: a model the mesh cannot split is refused leaving nothing.
             trainer = Trainer.from_config(config, splits.model_vocab_size, mesh)

@@ -132,7 +132,9 @@ def load() -> list[float]:
 # --- Timing ---------------------------------------------------------------------
 
 
-def measure(impls: dict[str, Callable[[], object]], settings: Settings) -> dict[str, list[float]]:
+def measure(
+    impls: dict[str, Callable[[], object]], settings: Settings, cpu: dict[str, list[tuple[float, float]]] | None = None
+) -> dict[str, list[float]]:
     """Seconds per unit for each implementation, alternating within each repetition.
 
     Each implementation is warmed up first; units faster than
@@ -140,6 +142,9 @@ def measure(impls: dict[str, Callable[[], object]], settings: Settings) -> dict[
     same count for the whole run) and the time divided by ``inner``.
     Repetition ``r`` runs the implementations in order when ``r`` is even
     and in reverse when odd, so drifting load falls on all of them alike.
+    With ``cpu``, also fills ``cpu[name]`` with the process's ``(user, sys)``
+    CPU seconds per unit of each repetition (every thread: XLA's and torch's
+    pools included), from ``os.times()``.
     """
     inner = {}
     for name, fn in impls.items():
@@ -154,10 +159,14 @@ def measure(impls: dict[str, Callable[[], object]], settings: Settings) -> dict[
     for rep in range(settings.reps):
         for name in names if rep % 2 == 0 else names[::-1]:
             fn, n = impls[name], inner[name]
+            before = os.times()
             start = time.perf_counter()
             for _ in range(n):
                 fn()
             times[name].append((time.perf_counter() - start) / n)
+            after = os.times()
+            if cpu is not None:
+                cpu.setdefault(name, []).append(((after.user - before.user) / n, (after.system - before.system) / n))
     return times
 
 
@@ -196,7 +205,11 @@ def run_case(case: Case, settings: Settings, hw: dict) -> dict:
     """Floors ``case`` with the probes ``hw``, measures it, prints and returns its row."""
     finish_floor(case, hw["bandwidth_Bps"], hw["matmul_flops"]["peak"])
     load_before = load()
-    row = summarise(case, measure(case.impls, settings))
+    cpu: dict[str, list[tuple[float, float]]] = {}
+    row = summarise(case, measure(case.impls, settings, cpu))
+    for name, per_rep in cpu.items():  # medians over repetitions: user and kernel CPU seconds per unit
+        row[f"{name}_user_s"] = statistics.median(u for u, _ in per_rep)
+        row[f"{name}_sys_s"] = statistics.median(k for _, k in per_rep)
     row["load"] = [load_before, load()]
     print_row(row)
     return row

@@ -9,8 +9,9 @@ that own each phase, on the main thread: imports (``importlib``'s ``_find_and_lo
 steps (the loop minus its evaluations and checkpoint calls), evals, checkpoints (save, wait,
 close on the main thread; orbax writes in the background) and the report. What is left (the
 process start, config loading, the initial evaluation's dispatch, the workdir) is "other".
-cProfile slows Python-heavy phases (imports, Grain) by a few percent; user and kernel CPU come
-from ``resource`` for the child, unprofiled by nothing.
+cProfile adds overhead to Python-heavy phases (imports, Grain's iterator, the loop's
+bookkeeping), so a third run, warm and not profiled, gives the true wall time and the steady time
+per step; user and kernel CPU come from ``resource`` for each child.
 
 Example::
 
@@ -20,10 +21,12 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import pstats
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,12 +75,17 @@ def phases(stats: pstats.Stats, wall_s: float) -> dict[str, float]:
     return out
 
 
-def run_once(cache: pathlib.Path, workdir: pathlib.Path, profile: pathlib.Path) -> dict:
-    """Runs the main job once in a child under cProfile; returns its wall, CPU and phase seconds."""
+def run_once(cache: pathlib.Path, workdir: pathlib.Path, profile: pathlib.Path | None) -> dict:
+    """Runs the main job once in a child (under cProfile unless ``profile`` is None).
+
+    Returns its wall, user and kernel CPU seconds, the steady seconds per step (from the
+    ``tokens_per_sec`` of ``metrics.jsonl``'s rows after the first, which include compiling)
+    and, when profiled, the phase seconds.
+    """
     env = {**os.environ, "JAXEMBED_CACHE": str(cache), "JAX_PLATFORMS": "cpu"}
     env.pop("JAXEMBED_COMPILATION_CACHE", None)  # the default place, inside the cache
-    command = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "jaxembed.cli", "train"]
-    command += ["--workdir", str(workdir), "--no-progress"]
+    command = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []), "-m", "jaxembed.cli"]
+    command += ["train", "--workdir", str(workdir), "--no-progress"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=cache.parent, timeout=1800)
@@ -86,18 +94,43 @@ def run_once(cache: pathlib.Path, workdir: pathlib.Path, profile: pathlib.Path) 
     if done.returncode != 0:
         raise RuntimeError(f"the main job failed ({done.returncode}):\n{done.stderr[-2000:]}")
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    config = json.loads((workdir / "config.json").read_text())
+    tokens_per_step = config["data"]["batch_size"] * config["data"]["max_length"]
+    speeds = [r["tokens_per_sec"] for r in rows if "tokens_per_sec" in r][1:]
     return {
         "wall_s": wall,
         "user_s": user,
         "sys_s": system,
         "sys_share": system / (user + system),
-        "phases_s": phases(pstats.Stats(str(profile)), wall),
+        "step_s": tokens_per_step / statistics.median(speeds) if speeds else None,
+        "phases_s": phases(pstats.Stats(str(profile)), wall) if profile else None,
         "last_line": done.stdout.strip().splitlines()[-1],
     }
 
 
-def section() -> dict:
-    """The main job on a new machine (empty cache) and re-run (cache warm), with ``os.getloadavg()``."""
+def step_floor_s(hw: dict) -> float:
+    """The tiny config's train step at the hardware floor: matmul FLOPs at ``hw``'s peak + AdamW bytes at its bandwidth."""
+    from benchmarks import harness
+    from jaxembed import config as config_lib
+
+    c = config_lib.named_config("tiny")
+    b, length, d = c.data.batch_size, c.data.max_length, c.model.features
+    flops = harness.train_flops(b, length, d, harness.GPT2_VOCAB)
+    return (
+        flops / hw["matmul_flops"]["peak"]
+        + harness.optimizer_bytes(harness.GPT2_VOCAB, length, d) / hw["bandwidth_Bps"]
+    )
+
+
+def section(hw: dict | None = None) -> dict:
+    """The main job on a new machine (empty cache) and re-run (cache warm), with ``os.getloadavg()``.
+
+    With ``hw`` (``harness.hardware``'s probes), also the tiny step's floor (``step_floor_s``)
+    and the number of steps, so the table can give the steps' share of the floor.
+    """
+    from jaxembed import config as config_lib
+
     with tempfile.TemporaryDirectory(prefix="jaxembed-main-job-") as tmp:
         tmp = pathlib.Path(tmp)
         cache = tmp / "cache"
@@ -105,7 +138,18 @@ def section() -> dict:
         load = os.getloadavg()
         first = run_once(cache, tmp / "run-first", tmp / "first.prof")
         again = run_once(cache, tmp / "run-again", tmp / "again.prof")
-    return {"first_run": first, "warm_rerun": again, "load_start": list(load), "load_end": list(os.getloadavg())}
+        plain = run_once(cache, tmp / "run-plain", None)
+    out = {
+        "first_run": first,
+        "warm_rerun": again,
+        "warm_rerun_unprofiled": plain,
+        "load_start": list(load),
+        "load_end": list(os.getloadavg()),
+    }
+    if hw is not None:
+        out["steps"] = int(config_lib.named_config("tiny").train.steps)
+        out["step_floor_s"] = step_floor_s(hw)
+    return out
 
 
 def markdown(result: dict) -> list[str]:
@@ -114,13 +158,30 @@ def markdown(result: dict) -> list[str]:
         "| run | wall s | " + " | ".join(PHASES) + " | user s | sys s | sys share |",
         "| --- | ---: | " + " | ".join("---:" for _ in PHASES) + " | ---: | ---: | ---: |",
     ]
-    for name, label in [("first_run", "new machine (empty cache)"), ("warm_rerun", "re-run (cache warm)")]:
-        r = result[name]
-        cells = " | ".join(f"{r['phases_s'][p]:.1f}" for p in PHASES)
+    for name, label in [
+        ("first_run", "new machine (empty cache)"),
+        ("warm_rerun", "re-run (cache warm)"),
+        ("warm_rerun_unprofiled", "re-run, not profiled"),
+    ]:
+        r = result.get(name)
+        if r is None:
+            continue
+        phases_s = r["phases_s"]
+        cells = " | ".join("–" if phases_s is None else f"{phases_s[p]:.1f}" for p in PHASES)
         lines.append(
             f"| {label} | {r['wall_s']:.1f} | {cells} | {r['user_s']:.1f} | {r['sys_s']:.1f} | {r['sys_share']:.0%} |"
         )
     lines.append(f"\nLoad average {result['load_start'][0]:.1f} at the start, {result['load_end'][0]:.1f} at the end.")
+    plain = result.get("warm_rerun_unprofiled")
+    if result.get("step_floor_s") and plain and plain["step_s"]:
+        floor, per_step = result["step_floor_s"], plain["step_s"]
+        profiled = result["warm_rerun"]["phases_s"]["steps"] / result["steps"]
+        lines.append(
+            f"Steps, not profiled: {per_step * 1e3:.1f} ms each (steady tokens/s of metrics.jsonl), "
+            f"{per_step / floor:.1f}x the hardware floor of {floor * 1e3:.1f} ms (the step's matmul FLOPs at the "
+            f"probed matmul rate plus AdamW's bytes at the probed bandwidth); {profiled * 1e3:.1f} ms per step profiled "
+            "(the steps phase over the steps)."
+        )
     return lines
 
 

@@ -144,6 +144,26 @@ def _train(rows: list[dict]) -> list[str]:
             f"{fmt(r['floor_s'] * 1e3, 1)} ms ({fmt(t['compute_s'] * 1e3, 1)} + {fmt(t['memory_s'] * 1e3, 1)}) | "
             f"{fmt(r['jaxembed_x_floor'])}x {_goal(r['jaxembed_x_floor'] <= GOALS['train_floor'])} |"
         )
+    cpu_names = [n for n in ("jaxembed", "reference", "reference_fused") if any(f"{n}_sys_s" in r for r in rows)]
+    if cpu_names:
+        lines += [
+            "",
+            "CPU time per step, user + kernel (sys), every thread of the process (`os.times()`, medians): kernel time "
+            "is mostly page faults on fresh buffers (glibc `mmap`s any allocation above 32 MiB), not arithmetic.",
+            "",
+            "| case | " + " | ".join(f"{n} user + sys (sys share)" for n in cpu_names) + " |",
+            "| --- |" + " ---: |" * len(cpu_names),
+        ]
+        for r in rows:
+            cells = []
+            for n in cpu_names:
+                user, sys_s = r.get(f"{n}_user_s"), r.get(f"{n}_sys_s")
+                if user is None:
+                    cells.append("")
+                    continue
+                share = sys_s / (user + sys_s) if user + sys_s > 0 else math.nan
+                cells.append(f"{fmt(user * 1e3, 1)} + {fmt(sys_s * 1e3, 1)} ms ({fmt(100 * share, 0)}%)")
+            lines.append(f"| {r['case']} | " + " | ".join(cells) + " |")
     tiled = [r for r in rows if "tiled_over_dense" in r]
     if tiled:
         lines += [

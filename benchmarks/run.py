@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if "main" in sections:  # child processes of its own, after the in-process timings
         from benchmarks import main_job
 
-        results["main"] = main_job.section()
+        results["main"] = main_job.section(hw)
         lap("main job")
     if "memory" in sections:
         results["memory"] = {"xla": memory.xla_section(settings.quick), "plan": memory.plan_figures(settings.quick)}

@@ -13,6 +13,7 @@ import ast
 import importlib.util
 import json
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -88,6 +89,10 @@ def test_train_row_floor_is_the_tied_models_work(quick):
     assert row["floor_s"] == pytest.approx(want)
     assert row["jaxembed_x_floor"] == pytest.approx(row["jaxembed_s"] / want)
     assert all(_positive(t) for t in row["times_s"]["jaxembed"])
+    # CPU per step, split user / kernel: some user time, and no more CPU than the cores could give.
+    user, kernel = row["jaxembed_user_s"], row["jaxembed_sys_s"]
+    assert user > 0 and kernel >= 0
+    assert user + kernel <= 2 * os.cpu_count() * max(row["times_s"]["jaxembed"])
 
 
 def test_reference_columns_match_torch_availability(quick):

@@ -59,6 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
     # smallest model; then the positional table cannot learn anything position-specific).
     c.model.num_layers = 1
     c.model.num_heads = 4  # Attention heads per block; must divide model.features.
+    # How position reaches the model (jaxembed.nn.positions): learned (a trained table, the
+    # seed's), sinusoidal (a fixed sin/cos table), rope (rotary queries and keys), alibi (a
+    # distance bias on the attention logits) or none. rope and alibi need num_layers >= 1.
+    c.model.position = "learned"
     # Tokens per tile of the tied head's loss (0: the full [B, L, V] logits at once). Batches
     # of at most this many tokens run the dense program. None (the default) chooses by bytes:
     # on CPU tiles of at most 16 MiB of logits (64 tokens for GPT-2's vocabulary: no per-step

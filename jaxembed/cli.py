@@ -7,6 +7,7 @@ Commands:
   walkthrough  the seed notebook's walk-through: ids, decoded text, shapes
   tokenize     text files -> a memory-mapped token file to train on (--tokens)
   plan         what a config costs (parameters, memory, FLOPs) before it runs
+  compare      the position schemes side by side: one run per model.position, one page
 
 Every user error ends in one line, ``jaxembed <command>: error: ...``, and
 exit status 2. The library logs through ``logging``; the CLI shows its info
@@ -27,6 +28,7 @@ import pathlib
 import signal
 import sys
 import threading
+import time
 
 # Only the standard library and jaxembed.errors at import time: everything else is imported inside
 # main()'s handlers, so a Ctrl-C however early ends in one line, and `jaxembed --help` is instant.
@@ -126,12 +128,7 @@ def _initialize_distributed(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace, extra: list[str]) -> int:
     config = load_config(args.config, extra)
-    if args.text:
-        config.data.text, config.data.tokens = args.text, None
-    elif args.corpus:
-        config.data.corpus, config.data.text, config.data.tokens = args.corpus, None, None
-    elif args.tokens:
-        config.data.tokens, config.data.text = args.tokens, None
+    _apply_text_source(config, args)
     if args.val_tokens:
         config.data.val_tokens = args.val_tokens
     _initialize_distributed(args)
@@ -149,6 +146,39 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
     if path is not None:
         val = [m["val_loss"] for m in result.metrics if "val_loss" in m]
         print(f"Validation loss {val[0]:.3f} -> {val[-1]:.3f}. Report: {path}")
+    return 0
+
+
+def _apply_text_source(config, args: argparse.Namespace) -> None:
+    if args.text:
+        config.data.text, config.data.tokens = args.text, None
+    elif args.corpus:
+        config.data.corpus, config.data.text, config.data.tokens = args.corpus, None, None
+    elif getattr(args, "tokens", None):
+        config.data.tokens, config.data.text = args.tokens, None
+
+
+# --- compare ---------------------------------------------------------------
+
+
+def _compare(args: argparse.Namespace, extra: list[str]) -> int:
+    config = load_config(args.config, extra)
+    _apply_text_source(config, args)
+    from jaxembed.nn.positions import POSITIONS, check_position
+
+    positions = [p.strip() for p in args.positions.split(",") if p.strip()] if args.positions else list(POSITIONS)
+    for position in positions:
+        try:
+            check_position(position, "--positions")
+        except InvalidArgumentError as e:
+            raise UsageError(str(e)) from None
+    with _interrupts.deferred():
+        from jaxembed import report, train
+    _interrupts.check()
+    train.enable_compilation_cache()
+    start = time.perf_counter()
+    path = report.compare_positions(config, args.workdir, positions=positions, progress=not args.no_progress)
+    print(f"Compared {len(positions)} position schemes in {time.perf_counter() - start:.0f} s. Page: {path}")
     return 0
 
 
@@ -330,6 +360,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--heartbeat-timeout", type=int, default=60, help="seconds without a heartbeat before a process counts as dead"
     )
     train.set_defaults(run=_train, starts_jax_itself=True)
+
+    compare = commands.add_parser(
+        "compare",
+        help="the position schemes side by side: one run per model.position, one page",
+        description="Trains the config once per position scheme (learned, sinusoidal, rope, alibi, none) on the "
+        "same corpus, seed and steps into WORKDIR/<scheme>, and writes WORKDIR/compare.md: validation loss at the "
+        "trained length and at 2x and 4x it, locality and the shuffled-positions gap where defined, and the "
+        "learned and sinusoidal tables side by side. Rerun to resume.",
+        epilog="Override any config field with --config.FIELD=VALUE, e.g. --config.train.steps=300.",
+    )
+    compare.add_argument("--config", default="tiny", help=f"a named config ({', '.join(CONFIGS)}) or a config file")
+    compare.add_argument("--workdir", required=True, help="one run folder per scheme goes here, and compare.md")
+    _add_text_source(compare, "the config's data.corpus")
+    compare.add_argument(
+        "--positions", metavar="A,B", help="comma-separated schemes (default: learned,sinusoidal,rope,alibi,none)"
+    )
+    compare.add_argument("--no-progress", action="store_true", help="no progress bars")
+    compare.set_defaults(run=_compare)
 
     step_help = "which checkpoint: latest (default), best (lowest validation loss) or a step number"
     neighbors = commands.add_parser(

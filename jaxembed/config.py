@@ -67,6 +67,9 @@ CONFIGS: tuple[str, ...] = ("tiny", "default", "gpt2_small")
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
+#: The position schemes ``model.position`` takes; ``jaxembed.nn.positions`` implements them.
+POSITIONS: tuple[str, ...] = ("learned", "sinusoidal", "rope", "alibi", "none")
+
 
 #: Fields added after the first runs were written, with the value that reproduces what such a run
 #: did before the field existed (an old run had no attention layer, no loss tiles, no event files).
@@ -75,6 +78,7 @@ _ADDED_FIELDS: dict[str, Any] = {
     "model.num_heads": 1,
     "model.loss_tile_tokens": 0,
     "model.active_vocab": False,
+    "model.position": "learned",
     "data.tokens": None,
     "data.val_tokens": None,
     "data.text": None,
@@ -207,6 +211,7 @@ FIELD_RULES: dict[str, Callable[[Any, str], None]] = {
     "model.active_vocab": _bool_rule,
     "model.num_layers": _int_rule(0),
     "model.num_heads": _int_rule(1),
+    "model.position": _choice_rule(lambda: POSITIONS),
     "model.loss_tile_tokens": _int_rule(0, none_ok=True),  # None: chosen by bytes; 0: dense
     "optim.learning_rate": _real_rule("a finite number > 0", lambda x: x > 0),
     "optim.warmup_steps": _int_rule(0),
@@ -266,6 +271,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise InvalidArgumentError(
             f"model.num_heads={m.num_heads} does not divide model.features={m.features}: change "
             "--config.model.num_heads or --config.model.features (or --config.model.num_layers=0)."
+        )
+    if m.position in ("rope", "alibi") and m.num_layers == 0:
+        raise InvalidArgumentError(
+            f"model.position={m.position!r} acts inside attention, but model.num_layers=0: set "
+            "--config.model.num_layers=1 (or more), or another model.position."
+        )
+    if m.position == "rope" and m.num_layers > 0 and (m.features // m.num_heads) % 2:
+        raise InvalidArgumentError(
+            f"model.position='rope' needs an even head width, but model.features={m.features} // "
+            f"model.num_heads={m.num_heads} = {m.features // m.num_heads}: change either."
         )
 
 

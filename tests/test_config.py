@@ -46,6 +46,7 @@ BAD = {
     "model.active_vocab": ["yes"],
     "model.num_layers": [-1],
     "model.num_heads": [0],
+    "model.position": ["rotary", "", None, 1],
     "model.loss_tile_tokens": [-5],
     "train.steps": [0],
     "train.log_every": [0],

@@ -330,16 +330,23 @@ class PositionalEmbedding(nn.Module):
 
 
 class InputEmbedding(nn.Module):
-    """Token embedding plus learned positional embedding: the model's input.
+    """Token embedding plus positional embedding: the model's input.
 
     ``ids`` of shape ``[B, L]`` (or ``[L]``) give ``[B, L, D]`` (or ``[L, D]``)
     ``= token(ids) + position(L)``, the ``[L, D]`` positions broadcast over
     the batch exactly as in the seed. ``vocab_multiple`` pads the token table
     as in ``TokenEmbedding``.
 
+    ``position`` picks what is added: ``"learned"`` (``PositionalEmbedding``, the
+    seed's; ids at most ``max_length`` long), ``"sinusoidal"``
+    (``positions.SinusoidalPositionEmbedding``: fixed, any length) or ``"none"``
+    (token vectors alone, any length: for rotary, ALiBi or no positions, which
+    act inside attention or not at all).
+
     Raises:
       ValueError: ``vocab_size``, ``max_length``, ``features`` or
-        ``vocab_multiple`` is < 1 (``TypeError`` if not an integer).
+        ``vocab_multiple`` is < 1 (``TypeError`` if not an integer), or
+        ``position`` is not ``"learned"``, ``"sinusoidal"`` or ``"none"``.
 
     Example:
       >>> embed = InputEmbedding(vocab_size=50257, max_length=4, features=256)
@@ -362,10 +369,16 @@ class InputEmbedding(nn.Module):
     token_axes: Axes = None
     position_axes: Axes = None
     vocab_multiple: int = 1
+    position: str = "learned"
 
     def __post_init__(self):
         for name in ("vocab_size", "max_length", "features", "vocab_multiple"):
             require_size(type(self).__name__, name, getattr(self, name))
+        if self.position not in ("learned", "sinusoidal", "none"):
+            raise InvalidArgumentError(
+                f"InputEmbedding.position={self.position!r} is not allowed; choose learned, sinusoidal or none "
+                "(rotary and ALiBi act inside attention: InputEmbedding(position='none'))."
+            )
         super().__post_init__()
 
     def setup(self):
@@ -378,14 +391,20 @@ class InputEmbedding(nn.Module):
             self.token_axes,
             vocab_multiple=self.vocab_multiple,
         )
-        self.position = PositionalEmbedding(
-            self.max_length,
-            self.features,
-            self.dtype,
-            self.param_dtype,
-            self.position_init,
-            self.position_axes,
-        )
+        if self.position == "learned":
+            self.position_embedding = PositionalEmbedding(
+                self.max_length,
+                self.features,
+                self.dtype,
+                self.param_dtype,
+                self.position_init,
+                self.position_axes,
+                name="position",
+            )
+        elif self.position == "sinusoidal":
+            from jaxembed.nn.positions import SinusoidalPositionEmbedding
+
+            self.position_embedding = SinusoidalPositionEmbedding(self.features, self.dtype or self.param_dtype)
 
     def __call__(
         self,
@@ -420,12 +439,17 @@ class InputEmbedding(nn.Module):
         if ids.ndim not in (1, 2):
             raise InvalidArgumentError(f"ids must have shape [L] or [B, L], got shape {ids.shape}.")
         length = ids.shape[-1]
-        if length > self.max_length:
-            raise InvalidArgumentError(f"ids has sequence length {length}, longer than max_length={self.max_length}.")
+        if length > self.max_length and self.position == "learned":
+            raise InvalidArgumentError(
+                f"ids has sequence length {length}, longer than max_length={self.max_length}: a learned "
+                "positional table has no rows past it."
+            )
         if positions is not None and jnp.shape(positions)[-1] != length:
             raise InvalidArgumentError(f"positions has length {jnp.shape(positions)[-1]} but ids has length {length}.")
         tok_xLxD = self.token(ids)
-        pos_xLxD = self.position(length, positions=positions, start_index=start_index)
+        if self.position == "none":
+            return tok_xLxD
+        pos_xLxD = self.position_embedding(length, positions=positions, start_index=start_index)
         return tok_xLxD + pos_xLxD
 
     def attend(self, h: jax.Array) -> jax.Array:
@@ -435,6 +459,8 @@ class InputEmbedding(nn.Module):
     def check(self, ids: jax.Array, positions: jax.Array | None = None, start_index: int | jax.Array = 0) -> None:
         """``check_ids`` for token ids and the positions they will use."""
         check_ids(ids, self.vocab_size, "ids")
+        if self.position != "learned":
+            return  # any position >= 0 has an encoding
         if positions is None:
             positions = jnp.arange(jnp.shape(ids)[-1])
         check_ids(jnp.asarray(positions) + start_index, self.max_length, "positions")

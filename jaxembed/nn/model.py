@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -36,6 +37,7 @@ import numpy as np
 from jaxembed.errors import InvalidArgumentError
 from jaxembed.nn.embeddings import InputEmbedding, check_ids, padded_size, require_size, require_stddev
 from jaxembed.nn.losses import cross_entropy, tied_cross_entropy
+from jaxembed.nn.positions import ATTENTION_POSITIONS, causal_attention, check_position, sinusoidal_table
 
 #: Logical axis names of every parameter (map them to mesh axes with
 #: ``nn.logical_to_mesh_sharding``). Tensor parallelism splits "vocab" and
@@ -61,6 +63,15 @@ def _check_heads(owner: str, features: int, num_heads: int) -> None:
         )
 
 
+def _check_position(owner: str, position: str, features: int, num_heads: int) -> None:
+    check_position(position, f"{owner}.position")
+    if position == "rope" and (features // num_heads) % 2:
+        raise InvalidArgumentError(
+            f"{owner}.position='rope' needs an even head width: features={features} // num_heads={num_heads} "
+            f"= {features // num_heads} (rotary turns pairs of channels)."
+        )
+
+
 def _layer_norm(dtype: Any, param_dtype: Any, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(
         epsilon=1e-5,  # GPT-2's
@@ -76,7 +87,9 @@ class CausalSelfAttentionBlock(nn.Module):
     """One pre-LayerNorm causal self-attention block: ``h + Attn(LN(h))``.
 
     GPT-2's block without the MLP: position ``t`` attends to ``0 .. t`` only.
-    Flax's default initialisation: LeCun-normal kernels (variance 1/fan_in),
+    ``position="rope"`` rotates queries and keys, ``"alibi"`` biases the
+    logits by distance (``jaxembed.nn.positions.causal_attention``); any other
+    scheme attends plainly. Flax's default initialisation: LeCun-normal kernels (variance 1/fan_in),
     zero biases, LayerNorm scale one. (GPT-2's N(0, 0.02^2) kernels learned
     slower on the tiny run: validation loss 6.07 against 5.93.)
 
@@ -85,10 +98,13 @@ class CausalSelfAttentionBlock(nn.Module):
       num_heads: attention heads H; must divide D (head width K = D // H).
       dtype: computation dtype; softmax always runs in float32.
       param_dtype: storage dtype of the parameters.
+      position: a scheme of ``jaxembed.nn.positions.POSITIONS``; only
+        ``"rope"`` (needs an even K) and ``"alibi"`` change the block.
 
     Raises:
       ValueError: ``features`` < 1, or ``num_heads`` < 1 or not dividing
-        ``features`` (``TypeError`` if not an integer).
+        ``features`` (``TypeError`` if not an integer), an unknown
+        ``position``, or rotary with an odd head width.
 
     Example:
       >>> block = CausalSelfAttentionBlock(features=8, num_heads=2)
@@ -101,11 +117,13 @@ class CausalSelfAttentionBlock(nn.Module):
     num_heads: int = 1
     dtype: Any = None
     param_dtype: Any = jnp.float32
+    position: str = "learned"
 
     def __post_init__(self):
         owner = type(self).__name__
         require_size(owner, "features", self.features)
         _check_heads(owner, self.features, self.num_heads)
+        _check_position(owner, self.position, self.features, self.num_heads)
         super().__post_init__()
 
     @nn.compact
@@ -134,14 +152,13 @@ class CausalSelfAttentionBlock(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes["qkv_bias"]),
             out_kernel_init=nn.with_logical_partitioning(kernel_init, axes["out_kernel"]),
             out_bias_init=nn.with_logical_partitioning(nn.initializers.zeros, axes["out_bias"]),
-            force_fp32_for_softmax=True,  # bf16 softmax over long rows loses the small weights
+            # Causal, with rotary or ALiBi; softmax in float32 (bf16 loses the small weights).
+            attention_fn=functools.partial(causal_attention, position=self.position),
             deterministic=True,
             name="attention",
         )
-        # [L] stands in for the ids: make_causal_mask only reads its shape.
-        mask_1xLxL = nn.make_causal_mask(jnp.zeros(h_xLxD.shape[-2], jnp.int32))
         x_xLxD = _layer_norm(self.dtype, self.param_dtype, "norm")(h_xLxD)
-        return h_xLxD + attention(x_xLxD, mask=mask_1xLxL)
+        return h_xLxD + attention(x_xLxD)
 
 
 class EmbeddingLM(nn.Module):
@@ -151,6 +168,13 @@ class EmbeddingLM(nn.Module):
     ``num_layers=N``: ``h = E_tok[ids] + E_pos[:L]``, then ``N`` times
     ``h = h + Attn(LN(h))`` (``CausalSelfAttentionBlock``), then ``logits =
     h @ E_tok.T`` (or ``LN_f(h) @ E_tok.T`` with ``final_norm``).
+
+    ``position`` says how the model knows where a token sits
+    (``jaxembed.nn.positions``): ``"learned"`` ``E_pos`` (the default, the
+    seed's), a fixed ``"sinusoidal"`` table in its place, ``"rope"`` or
+    ``"alibi"`` inside attention (nothing added to the input), or ``"none"``.
+    Every scheme but ``"learned"`` can run on sequences longer than
+    ``max_length`` (the context it is trained on).
 
     Attributes:
       vocab_size: token ids ``0 .. vocab_size - 1``; columns of the logits.
@@ -174,11 +198,14 @@ class EmbeddingLM(nn.Module):
         head (GPT-2's ln_f). Off by default: on the tiny run it raised the
         validation loss and blurred the positional table (README); consider
         it for deep stacks, where the pre-LN residual stream grows with depth.
+      position: one of ``jaxembed.nn.positions.POSITIONS``.
 
     Raises:
       ValueError: a size attribute is out of range (sizes >= 1,
         ``num_layers >= 0``, ``num_heads`` dividing ``features``,
-        ``init_stddev`` finite and >= 0); ``TypeError`` for non-numbers.
+        ``init_stddev`` finite and >= 0); an unknown ``position``, rotary or
+        ALiBi with ``num_layers=0``, rotary with an odd head width;
+        ``TypeError`` for non-numbers.
     """
 
     vocab_size: int
@@ -191,6 +218,7 @@ class EmbeddingLM(nn.Module):
     num_layers: int = 0
     num_heads: int = 1
     final_norm: bool = False
+    position: str = "learned"
 
     def __post_init__(self):
         owner = type(self).__name__
@@ -199,6 +227,12 @@ class EmbeddingLM(nn.Module):
         require_size(owner, "num_layers", self.num_layers, minimum=0)
         _check_heads(owner, self.features, self.num_heads)
         require_stddev(owner, "init_stddev", self.init_stddev)
+        _check_position(owner, self.position, self.features, self.num_heads)
+        if self.position in ATTENTION_POSITIONS and self.num_layers == 0:
+            raise InvalidArgumentError(
+                f"{owner}.position={self.position!r} acts inside attention, but num_layers=0: "
+                "set num_layers >= 1 or another position."
+            )
         super().__post_init__()
 
     @property
@@ -219,6 +253,7 @@ class EmbeddingLM(nn.Module):
             token_axes=LOGICAL_AXES["token"],
             position_axes=LOGICAL_AXES["position"],
             vocab_multiple=self.vocab_multiple,
+            position=self.position if self.position in ("learned", "sinusoidal") else "none",
         )
         if self.num_layers:
             self.blocks = [
@@ -227,6 +262,7 @@ class EmbeddingLM(nn.Module):
                     num_heads=self.num_heads,
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
+                    position=self.position,
                     name=f"block_{i}",
                 )
                 for i in range(self.num_layers)
@@ -241,8 +277,8 @@ class EmbeddingLM(nn.Module):
         ``output_table`` (a tiled loss can use ``h`` and the padded table).
 
         Args:
-          ids_BxL: integer token ids ``[B, L]`` (or ``[L]``), ``L <=
-            max_length``, valid in ``[0, vocab_size)``.
+          ids_BxL: integer token ids ``[B, L]`` (or ``[L]``), valid in
+            ``[0, vocab_size)``; ``L <= max_length`` for ``position="learned"``.
 
         Returns:
           ``[B, L, D]`` (or ``[L, D]``) in the compute dtype. An out-of-range
@@ -251,8 +287,8 @@ class EmbeddingLM(nn.Module):
 
         Raises:
           TypeError: ``ids_BxL`` is not an integer array.
-          ValueError: ``ids_BxL`` has rank other than 1 or 2 or is longer
-            than ``max_length``.
+          ValueError: ``ids_BxL`` has rank other than 1 or 2, or is longer
+            than ``max_length`` with a learned positional table.
         """
         h_BxLxD = self.embed(ids_BxL)
         if self.num_layers:
@@ -338,14 +374,20 @@ class EmbeddingLM(nn.Module):
           jaxembed.errors.InvalidArgumentError: ids[0, 1]=12 is out of range; ids must lie in [0, 10).
         """
         check_ids(ids_BxL, self.vocab_size, "ids")
-        check_ids(jnp.arange(jnp.shape(ids_BxL)[-1]), self.max_length, "positions")
+        if self.position == "learned":
+            check_ids(jnp.arange(jnp.shape(ids_BxL)[-1]), self.max_length, "positions")
 
 
-def embedding_tables(params: Any, vocab_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def embedding_tables(
+    params: Any, vocab_size: int | None = None, position: str = "learned", max_length: int | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """``(token_VxD, position_LxD)`` of ``EmbeddingLM`` params as host numpy.
 
-    ``vocab_size`` drops the padding rows of a padded table. Gathers shards
-    from every process, so call it on all processes.
+    ``vocab_size`` drops the padding rows of a padded table. ``position``
+    (the model's scheme): ``"sinusoidal"`` gives its fixed table for
+    ``max_length`` positions (computed, not trained); rotary, ALiBi and none
+    have no table (``None``). Gathers shards from every process, so call it
+    on all processes.
 
     Example:
       >>> lm = EmbeddingLM(vocab_size=10, max_length=4, features=2)
@@ -356,11 +398,18 @@ def embedding_tables(params: Any, vocab_size: int | None = None) -> tuple[np.nda
     from jax.experimental import multihost_utils
 
     embed = nn.unbox(params)["params"]["embed"]
-    tables = (embed["token"]["embedding"], embed["position"]["embedding"])
+    tables = [embed["token"]["embedding"]] + ([embed["position"]["embedding"]] if position == "learned" else [])
     if jax.process_count() > 1:
         tables = multihost_utils.process_allgather(tables, tiled=True)
-    token_VxD, position_LxD = (np.asarray(t, dtype=np.float32) for t in tables)
-    return token_VxD[:vocab_size], position_LxD
+    token_VxD = np.asarray(tables[0], dtype=np.float32)[:vocab_size]
+    if position == "learned":
+        return token_VxD, np.asarray(tables[1], dtype=np.float32)
+    if position == "sinusoidal":
+        if max_length is None:
+            raise InvalidArgumentError("embedding_tables(position='sinusoidal') needs max_length (rows of the table).")
+        return token_VxD, np.asarray(sinusoidal_table(max_length, token_VxD.shape[1]), np.float32)
+    check_position(position)
+    return token_VxD, None
 
 
 def make_model(model_config: ml_collections.ConfigDict, *, vocab_size: int, max_length: int) -> EmbeddingLM:
@@ -387,6 +436,7 @@ def make_model(model_config: ml_collections.ConfigDict, *, vocab_size: int, max_
         vocab_multiple=model_config.vocab_multiple,
         num_layers=model_config.num_layers,
         num_heads=model_config.num_heads,
+        position=model_config.position,
     )
 
 

@@ -2,8 +2,8 @@
 
 The last stage of the data flow (text -> data -> nn -> train -> report). One module per concept:
 ``analysis`` (numpy only: neighbours, locality, PCA, frequencies, and which tokens to probe),
-``plots`` (matplotlib figures), ``captions`` (how to read each picture) and ``writer``
-(``write_run_report``).
+``plots`` (matplotlib figures), ``captions`` (how to read each picture), ``writer``
+(``write_run_report``) and ``comparison`` (``compare_positions``: the position schemes side by side).
 
 Example:
   >>> import numpy as np
@@ -12,11 +12,14 @@ Example:
   10.825
 """
 
-from jaxembed.report import analysis, captions, plots, writer
+from jaxembed.report import analysis, captions, comparison, plots, writer
+from jaxembed.report.comparison import compare_positions
 from jaxembed.report.plots import (
+    plot_loss_by_length,
     plot_loss_curves,
     plot_neighbors,
     plot_pca,
+    plot_position_maps,
     plot_position_pca,
     plot_position_similarity,
     uniform_guess_loss,
@@ -33,11 +36,15 @@ from jaxembed.report.writer import (
 __all__ = [
     "analysis",
     "captions",
+    "compare_positions",
+    "comparison",
     "export_projector",
     "export_tables",
+    "plot_loss_by_length",
     "plot_loss_curves",
     "plot_neighbors",
     "plot_pca",
+    "plot_position_maps",
     "plot_position_pca",
     "plot_position_similarity",
     "plots",

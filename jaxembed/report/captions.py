@@ -25,6 +25,43 @@ NEIGHBORS = "Nearest neighbours before and after training"
 PCA = "Token embeddings, first two principal components"
 POSITIONS = "Positional embeddings: cosine similarity"
 POSITION_PATH = "Positional embeddings: the path through positions"
+BY_LENGTH = "Validation loss by evaluation length"
+
+#: What each scheme of ``model.position`` is, in the report's words (``jaxembed.nn.positions``).
+POSITION_WORDS: dict[str, str] = {
+    "learned": "a learned table, one trained vector per position (GPT-2's)",
+    "sinusoidal": "a fixed sin/cos table added to the token vectors (Vaswani et al. 2017): computed, not trained",
+    "rope": "rotary: queries and keys turned by an angle proportional to their position (Su et al. 2021)",
+    "alibi": "ALiBi: a penalty on attention logits linear in the query-key distance (Press et al. 2022)",
+    "none": "none: causal attention alone (Haviv et al. 2022)",
+}
+
+
+def by_length_table(by_length: dict, position: str, length: int) -> str:
+    """The held-out loss at ``L``, ``2L`` and ``4L`` as a text table, with why a learned table stops at ``L``.
+
+    Example:
+      >>> print(by_length_table({"16": 5.43}, "learned", 16))
+      evaluation length   validation loss
+                     16             5.430
+                     32                 -
+                     64                 -
+      (a learned table has one row per trained position, 16, and none beyond: nothing to evaluate past it)
+    """
+    rows = ["evaluation length   validation loss"]
+    for factor in (1, 2, 4):
+        loss = by_length.get(str(factor * length))
+        rows.append(f"{factor * length:>17}   {'-' if loss is None else f'{loss:.3f}':>15}")
+    if position == "learned":
+        rows.append(
+            f"(a learned table has one row per trained position, {length}, and none beyond: nothing to evaluate "
+            "past it)"
+        )
+    else:
+        missing = [str(f * length) for f in (2, 4) if str(f * length) not in by_length]
+        if missing:
+            rows.append(f"(the held-out split is too short for a batch of windows of {' or '.join(missing)})")
+    return "\n".join(rows)
 
 
 def _position_caption(numbers: dict, num_layers: int | None, length: int) -> str:
@@ -35,6 +72,12 @@ def _position_caption(numbers: dict, num_layers: int | None, length: int) -> str
         f"*locality*: mean cosine of adjacent positions minus mean cosine of positions at least {length / 2:g} "
         f"apart (0 means no sense of order). Untrained: {initial:+.2f}; trained: {locality:+.2f}."
     )
+    if numbers.get("position") == "sinusoidal":
+        return how.split(" Untrained:")[0] + (
+            f" This run's table is sinusoidal ({locality:+.2f}): fixed by a formula, never trained, so the "
+            "band along the diagonal is there from step 0 and the same for any corpus; only the token vectors and "
+            "attention learn to use it."
+        )
     if num_layers == 0:
         return how + (
             " This model has no attention layer (`model.num_layers = 0`): each output depends only on its own "
@@ -132,10 +175,28 @@ def summary_lines(numbers: dict, length: int) -> list[str]:
             f"validation loss with the positional rows shuffled: {numbers['val_loss_positions_shuffled']:.3f} "
             f"({numbers['positions_shuffled_gap']:+.3f} nats: how much the model relies on where a token sits)"
         )
-    lines.append(
-        f"position locality (adjacent minus >= {length / 2:g} apart, mean cosine): "
-        f"{numbers['position_locality_initial']:+.3f} untrained -> {numbers['position_locality']:+.3f} trained"
-    )
+    position = numbers.get("position", "learned")
+    if position != "learned":
+        lines.append(f"positions: {POSITION_WORDS[position]}")
+    if numbers["position_locality"] is None:
+        lines.append(
+            "position locality: not defined (no positional table: position acts inside attention, or not at all)"
+        )
+    elif position == "sinusoidal":
+        lines.append(
+            f"position locality (adjacent minus >= {length / 2:g} apart, mean cosine): "
+            f"{numbers['position_locality']:+.3f}, fixed (the sinusoidal table is not trained)"
+        )
+    else:
+        lines.append(
+            f"position locality (adjacent minus >= {length / 2:g} apart, mean cosine): "
+            f"{numbers['position_locality_initial']:+.3f} untrained -> {numbers['position_locality']:+.3f} trained"
+        )
+    by_length = numbers.get("val_loss_by_length") or {}
+    longer = {int(k): v for k, v in by_length.items() if int(k) > length and v is not None}
+    if longer:
+        listed = ", ".join(f"{v:.3f} at {k}" for k, v in sorted(longer.items()))
+        lines.append(f"validation loss past the trained length {length}: {listed} (table below)")
     if numbers["median_tokens_per_sec"] is not None:
         lines.append(f"median throughput: {numbers['median_tokens_per_sec']:,.0f} tokens/s")
     lines.append(f"uniform-guess loss ln({numbers['num_classes']}) = {numbers['uniform_guess_loss']:.3f}")
@@ -197,10 +258,7 @@ def captions(numbers: dict, num_layers: int | None, length: int, pca_count: int)
             " Without attention every position learns the same vector: the trained positions lie close to their "
             "common mean compared with its length, and what PCA shows of the small remainder is noise."
         )
-    return {
-        LOSS: loss,
-        NEIGHBORS: neighbours,
-        PCA: pca_caption,
-        POSITIONS: _position_caption(numbers, num_layers, length),
-        POSITION_PATH: path,
-    }
+    words = {LOSS: loss, NEIGHBORS: neighbours, PCA: pca_caption}
+    if numbers["position_locality"] is not None:  # schemes with a table: the position pictures
+        words.update({POSITIONS: _position_caption(numbers, num_layers, length), POSITION_PATH: path})
+    return words

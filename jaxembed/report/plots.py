@@ -381,19 +381,72 @@ def plot_position_similarity(
       'pos.png'
     """
     panels = (
-        [("after training", pos_LxD)]
+        {"after training": pos_LxD}
         if before_LxD is None
-        else [("before training", before_LxD), ("after training", pos_LxD)]
+        else {"before training": before_LxD, "after training": pos_LxD}
     )
-    fig = Figure(figsize=(5.6 * len(panels) + 1.2, 5.4))
-    axes = [fig.add_subplot(1, len(panels), i + 1) for i in range(len(panels))]
-    for ax, (name, table) in zip(axes, panels):
+    return plot_position_maps(panels, path)
+
+
+def plot_position_maps(
+    tables: dict[str, np.ndarray],
+    path: str | os.PathLike,
+    *,
+    title: str = "Positional embeddings: cosine similarity between positions",
+) -> pathlib.Path:
+    """One cosine-similarity heatmap per ``[L, D]`` table, side by side, titled by its key and locality.
+
+    Example:
+      >>> import tempfile
+      >>> from jaxembed.nn.positions import sinusoidal_table
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     plot_position_maps({"sinusoidal": np.asarray(sinusoidal_table(16, 8))}, f"{d}/maps.png").name
+      'maps.png'
+    """
+    fig = Figure(figsize=(5.6 * len(tables) + 1.2, 5.4))
+    axes = [fig.add_subplot(1, len(tables), i + 1) for i in range(len(tables))]
+    for ax, (name, table) in zip(axes, tables.items()):
         image = ax.imshow(position_similarity(table), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
         ax.set(title=f"{name}\nlocality {analysis.position_locality(table):+.2f}", xlabel="position", ylabel="position")
-    fig.suptitle("Positional embeddings: cosine similarity between positions", fontweight="bold")
+    fig.suptitle(title, fontweight="bold")
     fig.tight_layout()
     fig.colorbar(image, ax=axes, label="cosine similarity", shrink=0.85)
     return _save(fig, path, tight=False)
+
+
+def plot_loss_by_length(
+    by_scheme: dict[str, dict[int, float]], path: str | os.PathLike, *, trained_length: int
+) -> pathlib.Path:
+    """Validation loss against evaluation length, one line per position scheme (the ALiBi paper's Figure 1).
+
+    ``by_scheme`` maps a scheme to ``{length: loss}``; a scheme with only the trained length
+    (a learned table) is drawn as a single point. A dashed line marks ``trained_length``.
+
+    Example:
+      >>> import tempfile
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     plot_loss_by_length({"learned": {16: 5.4}, "alibi": {16: 5.5, 32: 5.45, 64: 5.44}},
+      ...                         f"{d}/by_length.png", trained_length=16).name
+      'by_length.png'
+    """
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.add_subplot()
+    lengths = sorted({n for losses in by_scheme.values() for n in losses})
+    for name, losses in by_scheme.items():
+        xs = sorted(losses)
+        ax.plot(xs, [losses[n] for n in xs], marker="o", label=name)
+    ax.axvline(trained_length, color="0.5", linestyle="--", linewidth=1)
+    ax.annotate(" trained length", (trained_length, 1), xycoords=("data", "axes fraction"), va="top", color="0.4")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.set(
+        xlabel="evaluation length (tokens per window)",
+        ylabel="validation loss (nats per token)",
+        title="Held-out loss at and past the trained length",
+    )
+    ax.legend(title="model.position")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
 
 
 def plot_position_pca(

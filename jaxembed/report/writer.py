@@ -94,9 +94,11 @@ def export_projector(
 
 
 def export_tables(
-    token_VxD: np.ndarray, position_LxD: np.ndarray, outdir: str | os.PathLike
+    token_VxD: np.ndarray, position_LxD: np.ndarray | None, outdir: str | os.PathLike
 ) -> dict[str, pathlib.Path]:
     """Writes ``token_embeddings.npy`` [V, D] and ``position_embeddings.npy`` [L, D], float32, for numpy users.
+
+    ``position_LxD=None`` (rotary, ALiBi, no positions: no table) writes the token table alone.
 
     Example:
       >>> import tempfile
@@ -108,6 +110,8 @@ def export_tables(
     outdir = pathlib.Path(outdir)
     paths = {}
     for name, table in [("token_embeddings", token_VxD), ("position_embeddings", position_LxD)]:
+        if table is None:
+            continue
         paths[name] = outdir / f"{name}.npy"
         with atomic_open(paths[name], "wb") as f:
             np.save(f, np.asarray(table, dtype=np.float32))
@@ -182,12 +186,14 @@ def report_numbers(
     metrics: Sequence[dict],
     before_VxD: np.ndarray,
     after_VxD: np.ndarray,
-    pos_LxD: np.ndarray,
-    pos_before_LxD: np.ndarray,
+    pos_LxD: np.ndarray | None,
+    pos_before_LxD: np.ndarray | None,
     token_counts_V: np.ndarray,
     num_classes: int,
     val_loss_positions_shuffled: float | None = None,
     min_count: int = analysis.DEFAULT_MIN_COUNT,
+    position: str = "learned",
+    val_loss_by_length: dict[int, float] | None = None,
 ) -> dict:
     """The run's numbers as ``report.json`` stores them (JSON-safe: NaN becomes ``None``).
 
@@ -198,8 +204,11 @@ def report_numbers(
     ``overfit_margin_floor``, ``overfit_evals_above`` and ``overfit_min_evals``
     (``analysis.val_loss_summary``); ``val_loss_positions_shuffled`` and
     ``positions_shuffled_gap`` (shuffled minus final: what the model relies on
-    position); ``position_locality`` and ``position_locality_initial``
-    (``analysis.position_locality`` of the trained and untrained tables);
+    position); ``position`` (the scheme, ``model.position``); ``position_locality`` and
+    ``position_locality_initial`` (``analysis.position_locality`` of the trained and
+    untrained tables; ``None`` for schemes without a table); ``val_loss_by_length``
+    (``{"16": loss, "32": ..., "64": ...}``: held-out loss by evaluation length, only the
+    trained length for a learned table);
     ``neighbor_min_count`` and ``neighbor_candidates`` (how many tokens
     neighbours are ranked among); ``random_pair_cosine`` and
     ``random_pair_cosine_centred``, each ``{"mean", "std"}`` over the
@@ -229,8 +238,10 @@ def report_numbers(
         **summary,
         "val_loss_positions_shuffled": shuffled,
         "positions_shuffled_gap": None if shuffled is None or final is None else shuffled - final,
-        "position_locality": analysis.position_locality(pos_LxD),
-        "position_locality_initial": analysis.position_locality(pos_before_LxD),
+        "position": position,
+        "position_locality": None if pos_LxD is None else analysis.position_locality(pos_LxD),
+        "position_locality_initial": None if pos_before_LxD is None else analysis.position_locality(pos_before_LxD),
+        "val_loss_by_length": {str(k): _finite_or_none(float(v)) for k, v in (val_loss_by_length or {}).items()},
         "neighbor_min_count": int(min_count),
         "neighbor_candidates": int(len(candidates_C)),
         "random_pair_cosine": {"mean": _finite_or_none(raw[0]), "std": _finite_or_none(raw[1])},
@@ -247,7 +258,7 @@ def training_report(
     metrics: Sequence[dict],
     before_VxD: np.ndarray,
     after_VxD: np.ndarray,
-    pos_LxD: np.ndarray,
+    pos_LxD: np.ndarray | None,
     token_counts_V: np.ndarray,
     probe_tokens: Sequence[str],
     num_neighbors: int = 5,
@@ -261,6 +272,9 @@ def training_report(
     val_loss_positions_shuffled: float | None = None,
     tensorboard_step: int | None = None,
     validation_source: str | None = None,
+    position: str = "learned",
+    context_length: int | None = None,
+    val_loss_by_length: dict[int, float] | None = None,
 ) -> pathlib.Path:
     """Writes ``workdir/report.md`` and ``report.json`` with their PNGs and projector files.
 
@@ -284,6 +298,10 @@ def training_report(
       validation_source: where the held-out split came from, in words
         (``splits.describe_validation``): a summary line, and
         ``validation_source`` in ``report.json``.
+      position: ``model.position``; rotary, ALiBi and none have no table
+        (``pos_LxD=None``): the position pictures are left out and the report says why.
+      context_length: the trained context ``L`` (default: ``len(pos_LxD)``).
+      val_loss_by_length: ``TrainResult.val_loss_by_length``: a table in the report.
 
     Example:
       >>> import tempfile
@@ -302,6 +320,10 @@ def training_report(
     token_counts_V = np.asarray(token_counts_V)
     num_classes = int(num_classes or len(token_counts_V))
     pos_before_LxD = pos_LxD if pos_before_LxD is None else pos_before_LxD
+    if context_length is None:
+        if pos_LxD is None:
+            raise InvalidArgumentError("training_report needs context_length when pos_LxD is None.")
+        context_length = len(pos_LxD)
     probes, skipped = [], []
     for word in probe_tokens:
         try:
@@ -322,6 +344,8 @@ def training_report(
         num_classes=num_classes,
         val_loss_positions_shuffled=val_loss_positions_shuffled,
         min_count=min_count,
+        position=position,
+        val_loss_by_length=val_loss_by_length,
     )
     numbers["num_layers"] = num_layers
     numbers["validation_source"] = validation_source
@@ -362,7 +386,7 @@ def training_report(
         if centred["mean"] is not None and centred["std"]
         else ""
     )
-    length = len(pos_LxD)
+    length = context_length
     images = {
         captions.LOSS: plot_loss_curves(metrics, out / "loss.png", vocab_size=num_classes).name,
         captions.NEIGHBORS: plot_neighbors(
@@ -383,9 +407,16 @@ def training_report(
             before_VxD=before_VxD,
             title=f"PCA of the {len(frequent)} most frequent tokens",
         ).name,
-        captions.POSITIONS: plot_position_similarity(pos_LxD, out / "positions.png", before_LxD=pos_before_LxD).name,
-        captions.POSITION_PATH: plot_position_pca(pos_LxD, out / "positions_pca.png", before_LxD=pos_before_LxD).name,
     }
+    if pos_LxD is not None:
+        # A fixed (sinusoidal) table is the same before and after: draw it once.
+        pos_before = None if position == "sinusoidal" else pos_before_LxD
+        images[captions.POSITIONS] = plot_position_similarity(
+            pos_LxD, out / "positions.png", before_LxD=pos_before
+        ).name
+        images[captions.POSITION_PATH] = plot_position_pca(
+            pos_LxD, out / "positions_pca.png", before_LxD=pos_before
+        ).name
     projector = most_frequent(token_counts_V, projector_tokens)
     export_projector(enc, after_VxD, projector, out / "projector")
     export_tables(after_VxD, pos_LxD, out / "projector")
@@ -410,6 +441,8 @@ def training_report(
         sections = dict.fromkeys(sections, none)
     if skipped:
         sections["Skipped probes"] = "\n".join(skipped)
+    if numbers["val_loss_by_length"]:
+        sections[captions.BY_LENGTH] = captions.by_length_table(numbers["val_loss_by_length"], position, length)
     intro = (
         f"Neighbours are ranked by *centred* cosine among the {numbers['neighbor_candidates']:,} tokens seen at "
         f"least {min_count} times in training (`analysis.neighbor_candidates`, the same rule as "
@@ -493,6 +526,9 @@ def _training_report_of(result, report_config, before_VxD, after_VxD, pos_before
         num_classes=None if active_ids is None else len(active_ids),
         num_layers=result.config.model.num_layers,
         val_loss_positions_shuffled=result.val_loss_positions_shuffled,
+        position=result.model.position,
+        context_length=result.model.max_length,
+        val_loss_by_length=result.val_loss_by_length,
         # A rerun of a finished run trains nothing: its pictures are in TensorBoard already.
         tensorboard_step=result.metrics[-1]["step"]
         if result.config.train.tensorboard and result.start_step < result.metrics[-1]["step"]

@@ -38,7 +38,7 @@ import numpy as np
 from jaxembed import config as config_lib
 from jaxembed.data import pipeline
 from jaxembed.data.splits import Splits, expand_active
-from jaxembed.errors import JaxembedError
+from jaxembed.errors import InvalidArgumentError, JaxembedError
 from jaxembed.nn.model import EmbeddingLM, embedding_tables
 from jaxembed.train.checkpoint import Checkpointer
 from jaxembed.train.tensorboard import SummaryLog, profile
@@ -68,6 +68,9 @@ class TrainResult:
     val_loss_positions_shuffled: float | None = None
     #: The step training started from (0, or the restored checkpoint's step).
     start_step: int = 0
+    #: Held-out loss by evaluation length ``{L: loss, 2L: ..., 4L: ...}`` (``val_loss_by_length``);
+    #: a learned table has only ``L``.
+    val_loss_by_length: dict[int, float] | None = None
 
     def tables(self, initial: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(token_VxD, position_LxD)`` as float32 numpy, padding rows dropped.
@@ -78,7 +81,8 @@ class TrainResult:
         from every process, so call it on all processes.
         """
         params = self.initial_params if initial else self.state.params
-        token_KxD, position_LxD = embedding_tables(params, self.model.vocab_size)
+        model = self.model
+        token_KxD, position_LxD = embedding_tables(params, model.vocab_size, model.position, model.max_length)
         splits = self.splits
         return expand_active(token_KxD, splits.active_ids, splits.vocab_size), position_LxD
 
@@ -235,14 +239,17 @@ class _Run:
         self.stop.begin(None)  # in the loop: a signal stops after the current step, with a checkpoint
         state = self.loop(state, metrics, start_step, profiler)
         self.stop.phase = "evaluating the trained model"
-        shuffled = positions_shuffled_loss(trainer, state.params, self.eval_batches, seed=config.seed)
+        shuffled = None
+        if trainer.model.position == "learned":
+            shuffled = positions_shuffled_loss(trainer, state.params, self.eval_batches, seed=config.seed)
+        by_length = val_loss_by_length(trainer, state.params, self.eval_batches, splits.val_ids, config)
         if self.stop.signum is not None:  # trained and saved: only the report is left, for a rerun
             if self.checkpointer is not None:
                 self.checkpointer.wait()
             raise Preempted(self.stop.signum, int(state.step), saved=self.checkpointer is not None)
         path = workdir.path if workdir else None
         return TrainResult(
-            state, metrics.rows, trainer.model, splits, path, config, initial_params, shuffled, start_step
+            state, metrics.rows, trainer.model, splits, path, config, initial_params, shuffled, start_step, by_length
         )
 
     def loop(self, state, metrics: MetricsLog, start_step: int, profiler) -> TrainState:
@@ -332,6 +339,39 @@ def positions_shuffled_loss(trainer: Trainer, params: Any, eval_batches: list, *
     shuffled = jax.tree.map(lambda x: x, params)  # a new tree: the state's params stay untouched
     shuffled["params"]["embed"]["position"]["embedding"] = shuffled_LxD
     return trainer.evaluate(shuffled, eval_batches)
+
+
+#: Evaluation lengths as multiples of the trained context ``L`` (the ALiBi paper's question).
+EVAL_LENGTH_FACTORS: tuple[int, ...] = (1, 2, 4)
+
+
+def val_loss_by_length(
+    trainer: Trainer, params: Any, eval_batches: list, val_ids: np.ndarray, config: ml_collections.ConfigDict
+) -> dict[int, float]:
+    """Held-out loss on windows of ``L``, ``2L`` and ``4L`` tokens (``EVAL_LENGTH_FACTORS``), in nats per token.
+
+    At ``L`` it is the ordinary validation loss (the same ``eval_batches``); longer windows are cut
+    from the same held-out split, about as many tokens in all. A learned table has no rows past
+    ``L``, so it gets ``L`` alone; a length the split is too short for is left out.
+    """
+    length = trainer.model.max_length
+    losses = {length: trainer.evaluate(params, eval_batches)}
+    if trainer.model.position == "learned":
+        return losses
+    for factor in EVAL_LENGTH_FACTORS[1:]:
+        try:
+            batches = pipeline.make_eval_batches(
+                val_ids,
+                trainer.mesh,
+                batch_size=config.data.batch_size,
+                max_length=factor * length,
+                num_batches=max(1, -(-config.train.eval_batches // factor)),
+                tokenizer=config.data.tokenizer,
+            )
+        except InvalidArgumentError:  # the held-out split has fewer than batch_size windows this long
+            continue
+        losses[factor * length] = trainer.evaluate(params, batches)
+    return losses
 
 
 class Preempted(RuntimeError):

@@ -52,7 +52,8 @@ class Run:
       step: the step of the checkpoint the tables come from.
       enc: its tokenizer.
       token_VxD: float32 token table, one row per tokenizer id (padding dropped).
-      position_LxD: float32 positional table.
+      position_LxD: float32 positional table (the computed one for ``model.position =
+        "sinusoidal"``; ``None`` for rotary, ALiBi and none).
       token_counts_V: how often each token occurs in the training split.
       active_ids: with ``model.active_vocab``, the tokenizer ids the model
         has rows for (``K`` of them); else ``None``.
@@ -63,7 +64,7 @@ class Run:
     step: int
     enc: Any
     token_VxD: np.ndarray
-    position_LxD: np.ndarray
+    position_LxD: np.ndarray | None
     token_counts_V: np.ndarray
     active_ids: np.ndarray | None = None
 
@@ -126,6 +127,6 @@ def load_run(workdir: str | os.PathLike, step: str | int = "latest") -> Run:
         state, step = checkpointer.restore(abstract_state, read_only=True, step=None if step == "latest" else step)
     finally:
         checkpointer.close()
-    token_KxD, position_LxD = embedding_tables(state.params, model.vocab_size)
+    token_KxD, position_LxD = embedding_tables(state.params, model.vocab_size, model.position, model.max_length)
     token_VxD = expand_active(token_KxD, active_ids, enc.n_vocab)
     return Run(path, config, step, enc, token_VxD, position_LxD, np.load(run_dir.token_counts_file), active_ids)

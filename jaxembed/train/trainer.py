@@ -360,6 +360,12 @@ class Trainer:
             .lower(self.abstract_state.params, batch, batch)
             .compile()
         )
+        self.eval_shape_BxL = (batch_size, model.max_length)
+        # Other lengths (evaluation past the trained context) compile once per shape, when asked.
+        self._eval_any_length = jax.jit(
+            functools.partial(eval_step, model=model, loss_tile_tokens=loss_tile_tokens),
+            in_shardings=(self.state_shardings.params, self.batch_sharding, self.batch_sharding),
+        )
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, vocab_size: int, mesh: Mesh | None = None) -> Trainer:
@@ -382,5 +388,11 @@ class Trainer:
         return create_train_state(self.model, self.tx, self.mesh, key, self.rules)
 
     def evaluate(self, params: Any, batches: Sequence[tuple[jax.Array, jax.Array]]) -> float:
-        """Mean validation loss over ``batches`` (nats per token)."""
-        return float(np.mean([self.eval(params, x, y) for x, y in batches]))
+        """Mean validation loss over ``batches`` (nats per token).
+
+        Batches of another length than ``max_length`` (``[B, nL]``) run a program compiled for
+        their shape on first use; only schemes other than ``"learned"`` accept longer ones.
+        """
+        compiled = self.eval_shape_BxL
+        losses = [(self.eval if x.shape == compiled else self._eval_any_length)(params, x, y) for x, y in batches]
+        return float(np.mean(losses))

@@ -656,7 +656,9 @@ def _skip(resp: IO[bytes], n: int) -> None:
             chunk = b""
             got += len(e.partial)
         if not chunk:
-            raise _TransferError(f"the file ends after {got:,} bytes, before byte {n:,} (the server ignored Range)")
+            raise _TransferError(
+                f"connection closed after {got:,} bytes, before byte {n:,} (the server ignored Range: it sends the whole file)"
+            )
         got += len(chunk)
 
 

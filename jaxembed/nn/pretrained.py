@@ -291,6 +291,14 @@ def gpt2_download_plan(
     Raises:
       InvalidArgumentError: ``size`` is not one of ``GPT2_SHAPES``.
       PretrainedUnavailableError: the header cannot be fetched or parsed.
+
+    Example (offline: a local stand-in for model.safetensors):
+      >>> import pathlib, tempfile, safetensors.numpy
+      >>> path = pathlib.Path(tempfile.mkdtemp()) / "m.st"
+      >>> safetensors.numpy.save_file({"wpe.weight": np.zeros((1024, 768), np.float32)}, path)
+      >>> plan = gpt2_download_plan(positions_only=True, url=str(path))
+      >>> plan.header_length, plan.ranges[0].http_range(), plan.total_bytes
+      (80, 'bytes=88-3145815', 3145816)
     """
     _check_size(size)
     source = _source_url(url)
@@ -327,6 +335,15 @@ def fetch_tables(
 
     Raises:
       PretrainedUnavailableError: see ``gpt2_tables``.
+
+    Example (offline: a local file; an ``http://`` URL is read the same way, by range):
+      >>> import pathlib, tempfile, safetensors.numpy
+      >>> folder = pathlib.Path(tempfile.mkdtemp())
+      >>> wte = np.arange(12, dtype=np.float16).reshape(4, 3)
+      >>> safetensors.numpy.save_file({"transformer.wte.weight": wte}, folder / "m.st")
+      >>> tables = fetch_tables(str(folder / "m.st"), {"wte": folder / "wte.safetensors"}, shapes={"wte": (4, 3)})
+      >>> tables["wte"].dtype, tables["wte"][3].tolist()
+      (dtype('float32'), [9.0, 10.0, 11.0])
     """
     paths = {name: Path(path) for name, path in paths.items()}
     missing = [name for name, path in paths.items() if not path.is_file()]

@@ -3,7 +3,9 @@
 The third stage of the data flow (text -> data -> nn -> train -> report). One module per concept:
 ``embeddings`` (``TokenEmbedding``, ``PositionalEmbedding``, ``InputEmbedding``, ``check_ids``),
 ``model`` (``EmbeddingLM``: input embeddings, causal attention blocks, a tied head) and ``losses``
-(``cross_entropy``, the tiled ``tied_cross_entropy``). Nothing here reads a config.
+(``cross_entropy``, the tiled ``tied_cross_entropy``) and ``pretrained`` (``gpt2_tables``: GPT-2's
+``wte``/``wpe`` fetched by byte range and cached; ``load_tables`` puts them into params). Nothing
+here reads a config.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -14,7 +16,7 @@ Example:
   (1, 4, 3)
 """
 
-from jaxembed.nn import embeddings, losses, model
+from jaxembed.nn import embeddings, losses, model, pretrained
 from jaxembed.nn.embeddings import (
     InputEmbedding,
     PositionalEmbedding,
@@ -25,22 +27,35 @@ from jaxembed.nn.embeddings import (
 )
 from jaxembed.nn.losses import cross_entropy, tied_cross_entropy
 from jaxembed.nn.model import LOGICAL_AXES, CausalSelfAttentionBlock, EmbeddingLM, embedding_tables, make_model
+from jaxembed.nn.pretrained import (
+    GPT2_URL,
+    PretrainedUnavailableError,
+    gpt2_download_plan,
+    gpt2_tables,
+    load_tables,
+)
 
 __all__ = [
+    "GPT2_URL",
     "LOGICAL_AXES",
     "CausalSelfAttentionBlock",
     "EmbeddingLM",
     "InputEmbedding",
     "PositionalEmbedding",
+    "PretrainedUnavailableError",
     "TokenEmbedding",
     "check_ids",
     "cross_entropy",
     "embedding_tables",
     "embeddings",
+    "gpt2_download_plan",
+    "gpt2_tables",
+    "load_tables",
     "losses",
     "make_model",
     "model",
     "padded_size",
+    "pretrained",
     "tied_cross_entropy",
     "torch_embedding_init",
 ]

@@ -2,8 +2,9 @@
 
 The third stage of the data flow (text -> data -> nn -> train -> report). One module per concept:
 ``embeddings`` (``TokenEmbedding``, ``PositionalEmbedding``, ``InputEmbedding``, ``check_ids``),
-``model`` (``EmbeddingLM``: input embeddings, causal attention blocks, a tied head) and ``losses``
-(``cross_entropy``, the tiled ``tied_cross_entropy``). Nothing here reads a config.
+``model`` (``EmbeddingLM``: input embeddings, causal attention blocks, a tied head), ``losses``
+(``cross_entropy``, the tiled ``tied_cross_entropy``) and ``sampling`` (``generate``, ``sample_text``:
+text from a model, one compiled step per token). Nothing here reads a config.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -14,7 +15,7 @@ Example:
   (1, 4, 3)
 """
 
-from jaxembed.nn import embeddings, losses, model
+from jaxembed.nn import embeddings, losses, model, sampling
 from jaxembed.nn.embeddings import (
     InputEmbedding,
     PositionalEmbedding,
@@ -25,6 +26,7 @@ from jaxembed.nn.embeddings import (
 )
 from jaxembed.nn.losses import cross_entropy, tied_cross_entropy
 from jaxembed.nn.model import LOGICAL_AXES, CausalSelfAttentionBlock, EmbeddingLM, embedding_tables, make_model
+from jaxembed.nn.sampling import SamplingStep, generate, sample_text
 
 __all__ = [
     "LOGICAL_AXES",
@@ -32,15 +34,19 @@ __all__ = [
     "EmbeddingLM",
     "InputEmbedding",
     "PositionalEmbedding",
+    "SamplingStep",
     "TokenEmbedding",
     "check_ids",
     "cross_entropy",
     "embedding_tables",
     "embeddings",
+    "generate",
     "losses",
     "make_model",
     "model",
     "padded_size",
+    "sample_text",
+    "sampling",
     "tied_cross_entropy",
     "torch_embedding_init",
 ]

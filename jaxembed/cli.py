@@ -4,6 +4,7 @@ Commands:
   train        train the embeddings and write a report (the main job)
   neighbors    nearest tokens by cosine similarity, from a run's checkpoint
   export       the token table as .npy plus TensorBoard-projector TSVs
+  sample       text from a run's model: a prompt and its sampled continuation
   walkthrough  the seed notebook's walk-through: ids, decoded text, shapes
   tokenize     text files -> a memory-mapped token file to train on (--tokens)
   plan         what a config costs (parameters, memory, FLOPs) before it runs
@@ -16,6 +17,7 @@ lines on stdout and its warnings on stderr.
 Example:
   $ jaxembed train --workdir runs/tiny --config.train.steps=300
   $ jaxembed neighbors --workdir runs/tiny " the" " return"
+  $ jaxembed sample --workdir runs/tiny --prompt "Return the" --tokens 40 --top-k 40
 """
 
 from __future__ import annotations
@@ -260,6 +262,43 @@ def _export(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+# What sampling's error messages call each argument: the command's flags.
+SAMPLE_FLAGS = {
+    "prompt": "--prompt",
+    "num_tokens": "--tokens",
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "seed": "--seed",
+    "max_length": "data.max_length",
+}
+
+
+def _sample(args: argparse.Namespace, extra: list[str]) -> int:
+    with _interrupts.deferred():
+        from jaxembed.nn import sampling
+        from jaxembed.train.run import load_run
+
+    _no_extra(extra)
+    settings = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
+    # Before loading, to fail fast; --top-k's upper bound (the vocabulary) is known after.
+    sampling.check_sampling_args(num_tokens=args.tokens, **{**settings, "top_k": None}, names=SAMPLE_FLAGS)
+    run = load_run(args.workdir, step=args.step)
+    text = sampling.sample_text(
+        run.model,
+        run.params,
+        run.enc,
+        args.prompt,
+        args.tokens,
+        **settings,
+        active_ids=run.active_ids,
+        names=SAMPLE_FLAGS,
+    )
+    top_k = "no top-k" if args.top_k is None else f"top-k {args.top_k}"
+    print(f"Step {run.step} of {run.workdir}, temperature {args.temperature:g}, {top_k}, seed {args.seed}:")
+    print(text)
+    return 0
+
+
 def _step(text: str):
     from jaxembed.train.run import parse_step
 
@@ -327,7 +366,7 @@ def _version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (sub-commands: train, neighbors, export, tokenize, walkthrough)."""
+    """The argument parser (sub-commands: train, neighbors, export, sample, tokenize, walkthrough, plan)."""
     from jaxembed.config import CONFIGS
 
     parser = argparse.ArgumentParser(prog="jaxembed", description="Token and positional embeddings in JAX/Flax.")
@@ -410,6 +449,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="output folder (default: WORKDIR/projector)")
     export.add_argument("--step", type=_step, default="latest", help=step_help)
     export.set_defaults(run=_export)
+
+    sample = commands.add_parser(
+        "sample",
+        help="text from a run's model: the prompt and its sampled continuation",
+        description="Samples one token at a time from the checkpoint's model (one compiled step per token). Past "
+        "the context (data.max_length) the window slides: each token sees the last max_length tokens. The same "
+        "--seed gives the same text; --top-k 1 is greedy decoding.",
+    )
+    sample.add_argument("--workdir", required=True)
+    sample.add_argument("--prompt", required=True, help="the text to continue, at most data.max_length tokens")
+    sample.add_argument("--tokens", type=int, default=60, help="tokens to sample (default 60)")
+    sample.add_argument(
+        "--temperature", type=float, default=1.0, help="divide the logits by this (> 0; default 1: the model's own)"
+    )
+    sample.add_argument("--top-k", type=int, default=None, help="sample among the K most likely tokens (default: all)")
+    sample.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    sample.add_argument("--step", type=_step, default="latest", help=step_help)
+    sample.set_defaults(run=_sample)
 
     tok = commands.add_parser(
         "tokenize",

@@ -1,5 +1,5 @@
 """The ``jaxembed`` command end to end: train, resume after SIGKILL, damaged checkpoints,
-divergence, neighbors, export, walkthrough, and its error messages.
+divergence, neighbors, export, sample, walkthrough, and its error messages.
 
 One finished run (module scope, a real subprocess) serves most tests; tests that
 change a workdir copy it first. Training runs use a small slice of Romeo and
@@ -19,11 +19,12 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 from run_files import HANG_GUARD, corrupt, jaxembed, logged_steps, metrics_rows, snapshot
 
-from jaxembed import cli, data
+from jaxembed import cli, data, nn
 from jaxembed.config import CONFIG_DIR
 from jaxembed.report import analysis
 from jaxembed.text import corpus
@@ -503,3 +504,63 @@ def test_export_refuses_a_token_count_below_one(finished, tmp_path, capsys, coun
         f"jaxembed export: error: --tokens {count} is not allowed; it must be an integer >= 1."
     ]
     assert not out_dir.exists()
+
+
+# --- sample ----------------------------------------------------------------
+
+
+def sample_args(workdir, *extra):
+    return ["sample", "--workdir", workdir, "--prompt", "ROMEO:", "--tokens", "20", *extra]
+
+
+def test_sample_prints_the_prompt_and_its_continuation_the_same_for_a_seed(finished, env, capsys):
+    workdir, _ = finished
+    args = sample_args(workdir, "--temperature", "0.8", "--top-k", "40", "--seed", "3")
+    code, out, err = main_in_process(args, capsys)
+    assert code == 0, err
+    header, text = out.split("\n", 1)
+    assert header == f"Step {STEPS} of {workdir}, temperature 0.8, top-k 40, seed 3:"
+    assert text.startswith("ROMEO:") and len(text.rstrip("\n")) > len("ROMEO:")
+    proc = jaxembed([str(a) for a in args], env)  # another process: the same text
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == out
+    run = run_lib.load_run(workdir)
+    expected = nn.sample_text(run.model, run.params, run.enc, "ROMEO:", 20, temperature=0.8, top_k=40, seed=3)
+    assert text == expected + "\n"
+    code, other, _ = main_in_process(sample_args(workdir, "--temperature", "0.8", "--top-k", "40"), capsys)
+    assert code == 0 and other.split("\n", 1)[1] != text  # seed 0, not 3
+
+
+def test_sample_top_k_1_is_greedy_decoding_of_the_checkpoint(finished, capsys):
+    workdir, _ = finished
+    code, out, err = main_in_process(sample_args(workdir, "--top-k", "1", "--step", "30"), capsys)
+    assert code == 0, err
+    header, text = out.split("\n", 1)
+    assert header == f"Step 30 of {workdir}, temperature 1, top-k 1, seed 0:"
+    run = run_lib.load_run(workdir, step=30)
+    length = run.config.data.max_length
+    sequence = run.enc.encode("ROMEO:")
+    apply = jax.jit(run.model.apply)  # the model alone, at each real length (compiled once per length)
+    for _ in range(20):  # past the context of 8: the model sees the last 8 tokens
+        logits = apply(run.params, np.asarray(sequence[-length:], np.int32)[None])
+        sequence.append(int(np.argmax(logits[0, -1])))
+    assert text == run.enc.decode(sequence) + "\n"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--prompt", ""], "--prompt='' is not allowed: it must encode to at least one token."),
+        (["--prompt", " the" * 9], "--prompt is 9 tokens; the model's context is 8 (data.max_length): give at most 8."),
+        (["--tokens", "0"], "--tokens=0 is not allowed: it must be an integer >= 1."),
+        (["--temperature", "0"], "--temperature=0.0 is not allowed: it must be a finite number > 0."),
+        (["--temperature", "nan"], "--temperature=nan is not allowed: it must be a finite number > 0."),
+        (["--top-k", "0"], "--top-k=0 is not allowed: it must be an integer in [1, 50257]."),
+        (["--top-k", "50258"], "--top-k=50258 is not allowed: it must be an integer in [1, 50257]."),
+        (["--seed", "-1"], "--seed=-1 is not allowed: it must be an integer in [0, 4294967295]."),
+    ],
+)
+def test_sample_refuses_bad_settings_in_one_line(finished, capsys, extra, message):
+    code, out, err = main_in_process(sample_args(finished[0], *extra), capsys)
+    assert code == 2 and not out
+    assert err.splitlines() == [f"jaxembed sample: error: {message}"]

@@ -2,10 +2,12 @@
 
 The third stage of the data flow (text -> data -> nn -> train -> report). One module per concept:
 ``embeddings`` (``TokenEmbedding``, ``PositionalEmbedding``, ``InputEmbedding``, ``check_ids``),
-``model`` (``EmbeddingLM``: input embeddings, causal attention blocks, a tied head) and ``losses``
-(``cross_entropy``, the tiled ``tied_cross_entropy``) and ``pretrained`` (``gpt2_tables``: GPT-2's
-``wte``/``wpe`` fetched by byte range and cached; ``load_tables`` puts them into params). Nothing
-here reads a config.
+``positions`` (the position schemes: sinusoidal, rotary, ALiBi, none, beside the learned table),
+``model`` (``EmbeddingLM``: input embeddings, causal attention blocks, a tied head), ``losses``
+(``cross_entropy``, the tiled ``tied_cross_entropy``), ``pretrained`` (``gpt2_tables``: GPT-2's
+``wte``/``wpe`` fetched by byte range and cached; ``load_tables`` puts them into params) and
+``sampling`` (``generate``, ``sample_text``: text from a model, one compiled step per token).
+Nothing here reads a config.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -16,7 +18,7 @@ Example:
   (1, 4, 3)
 """
 
-from jaxembed.nn import embeddings, losses, model, pretrained
+from jaxembed.nn import embeddings, losses, model, positions, pretrained, sampling
 from jaxembed.nn.embeddings import (
     InputEmbedding,
     PositionalEmbedding,
@@ -27,6 +29,15 @@ from jaxembed.nn.embeddings import (
 )
 from jaxembed.nn.losses import cross_entropy, tied_cross_entropy
 from jaxembed.nn.model import LOGICAL_AXES, CausalSelfAttentionBlock, EmbeddingLM, embedding_tables, make_model
+from jaxembed.nn.positions import (
+    POSITIONS,
+    SinusoidalPositionEmbedding,
+    alibi_bias,
+    alibi_slopes,
+    causal_attention,
+    rotary_embedding,
+    sinusoidal_table,
+)
 from jaxembed.nn.pretrained import (
     GPT2_URL,
     PretrainedUnavailableError,
@@ -34,20 +45,28 @@ from jaxembed.nn.pretrained import (
     gpt2_tables,
     load_tables,
 )
+from jaxembed.nn.sampling import SamplingStep, generate, sample_text
 
 __all__ = [
     "GPT2_URL",
     "LOGICAL_AXES",
+    "POSITIONS",
     "CausalSelfAttentionBlock",
     "EmbeddingLM",
     "InputEmbedding",
     "PositionalEmbedding",
     "PretrainedUnavailableError",
+    "SamplingStep",
+    "SinusoidalPositionEmbedding",
     "TokenEmbedding",
+    "alibi_bias",
+    "alibi_slopes",
+    "causal_attention",
     "check_ids",
     "cross_entropy",
     "embedding_tables",
     "embeddings",
+    "generate",
     "gpt2_download_plan",
     "gpt2_tables",
     "load_tables",
@@ -55,7 +74,12 @@ __all__ = [
     "make_model",
     "model",
     "padded_size",
+    "positions",
     "pretrained",
+    "rotary_embedding",
+    "sample_text",
+    "sampling",
+    "sinusoidal_table",
     "tied_cross_entropy",
     "torch_embedding_init",
 ]

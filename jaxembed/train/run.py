@@ -1,10 +1,11 @@
-"""Reading a training run back from its workdir: config, tables, token counts.
+"""Reading a training run back from its workdir: config, tables, token counts, the model and its params.
 
 Read-only: nothing in the workdir is changed, so it is safe on a run that is
-still training. ``jaxembed neighbors`` and ``jaxembed export`` use it.
+still training. ``jaxembed neighbors``, ``export`` and ``sample`` use it.
 
 Example:
   >>> import tempfile
+  >>> import jax.numpy as jnp
   >>> from jaxembed.config import base_config
   >>> from jaxembed.train.loop import train_and_evaluate
   >>> config = base_config()
@@ -14,6 +15,8 @@ Example:
   >>> run = load_run(workdir)
   >>> run.step, run.token_VxD.shape, run.position_LxD.shape
   (2, (50257, 8), (8, 8))
+  >>> run.model.apply(run.params, jnp.zeros((1, 8), jnp.int32)).shape  # the checkpoint's model
+  (1, 8, 50257)
   >>> load_run(workdir, step="best").step  # the lowest validation loss among the kept checkpoints
   2
   >>> load_run(workdir, step=7)  # doctest: +ELLIPSIS
@@ -35,7 +38,7 @@ import numpy as np
 
 from jaxembed.data.splits import expand_active
 from jaxembed.errors import InvalidArgumentError
-from jaxembed.nn.model import embedding_tables, make_model
+from jaxembed.nn.model import EmbeddingLM, embedding_tables, make_model
 from jaxembed.text import tokenizer
 from jaxembed.train.checkpoint import Checkpointer, CheckpointError
 from jaxembed.train.trainer import make_mesh, make_optimizer, state_shardings
@@ -55,8 +58,12 @@ class Run:
       position_LxD: float32 positional table (the computed one for ``model.position =
         "sinusoidal"``; ``None`` for rotary, ALiBi and none).
       token_counts_V: how often each token occurs in the training split.
-      active_ids: with ``model.active_vocab``, the tokenizer ids the model
-        has rows for (``K`` of them); else ``None``.
+      active_ids: with ``model.active_vocab``, the sorted tokenizer ids the
+        model has rows for (``K`` of them); else ``None``.
+      model: the ``EmbeddingLM`` the config describes (``vocab_size`` is ``K``
+        with ``active_vocab``: its ids index ``active_ids``).
+      params: the checkpoint's parameters (unboxed, on one device):
+        ``model.apply(params, ids_BxL)`` gives the run's logits.
     """
 
     workdir: pathlib.Path
@@ -67,6 +74,8 @@ class Run:
     position_LxD: np.ndarray | None
     token_counts_V: np.ndarray
     active_ids: np.ndarray | None = None
+    model: EmbeddingLM | None = None
+    params: Any = None
 
 
 def parse_step(text: str | int) -> str | int:
@@ -88,7 +97,7 @@ def parse_step(text: str | int) -> str | int:
 
 
 def load_run(workdir: str | os.PathLike, step: str | int = "latest") -> Run:
-    """Reads a run's config, token counts and checkpointed tables.
+    """Reads a run's config, token counts, checkpointed tables, model and params.
 
     Args:
       workdir: the run's folder.
@@ -129,4 +138,5 @@ def load_run(workdir: str | os.PathLike, step: str | int = "latest") -> Run:
         checkpointer.close()
     token_KxD, position_LxD = embedding_tables(state.params, model.vocab_size, model.position, model.max_length)
     token_VxD = expand_active(token_KxD, active_ids, enc.n_vocab)
-    return Run(path, config, step, enc, token_VxD, position_LxD, np.load(run_dir.token_counts_file), active_ids)
+    counts_V = np.load(run_dir.token_counts_file)
+    return Run(path, config, step, enc, token_VxD, position_LxD, counts_V, active_ids, model, state.params)

@@ -630,7 +630,7 @@ print(f"Correlation of its scores with log token frequency (tokens in the play):
 #
 # Now let each position look at the tokens before it. `model.num_layers = 1` adds one
 # pre-LayerNorm causal self-attention block (`flax.linen.MultiHeadDotProductAttention`
-# with 4 heads and `nn.make_causal_mask`) between the input embeddings and the tied
+# with 4 heads and a causal `jax.nn.dot_product_attention`) between the input embeddings and the tied
 # head: `h = h + Attention(LayerNorm(h))`. Attention scores one token's query against
 # the keys of the tokens before it, and the queries and keys include the positional
 # vectors, so *where* a token sits can now change the prediction. Same data, same
@@ -684,6 +684,67 @@ display(Image(filename=report.plot_position_pca(attention_pos_LxD, fig_dir / "po
 #    locality and gap fall back to about 0.
 
 # %% [markdown]
+# ## Part 7: Other ways to encode position, and what happens past the trained length
+#
+# A learned table has one row per position and nothing beyond: this model knows 16
+# positions, as the seed's knew 4. Other schemes tell the model where a token sits
+# differently (`config.model.position`, `jaxembed.nn.positions`):
+#
+# - **sinusoidal** (Vaswani et al. 2017): a fixed sin/cos table added to the token
+#   vectors. Nothing is trained; any position has a row.
+# - **rope** (rotary, Su et al. 2021): nothing is added to the input; inside attention
+#   each query and key is turned by an angle proportional to its position, so their
+#   score depends only on how far apart they are.
+# - **alibi** (Press et al. 2022): nothing is added either; each head subtracts a
+#   penalty proportional to the query-key distance from its attention scores.
+# - **none**: no positional signal at all, only the causal mask.
+#
+# Same data, seed and 300 steps for each (Part 6's run is the learned one). Each model is
+# then evaluated on held-out windows of 16 tokens, as trained, and of 32 and 64.
+
+# %%
+by_scheme = {"learned": attention_result}
+for position in ("sinusoidal", "rope", "alibi", "none"):
+    config.model.position = position
+    start = time.perf_counter()
+    by_scheme[position] = train.train_and_evaluate(config, workdir=None, text=text, progress=False)
+    print(f"{position:>10}: trained in {time.perf_counter() - start:.0f} s")
+config.model.position = "learned"
+print(f"{'scheme':>10}  " + "  ".join(f"loss @ {n:>2}" for n in (16, 32, 64)))
+for position, res in by_scheme.items():
+    losses = res.val_loss_by_length
+    print(f"{position:>10}  " + "  ".join(f"{losses[n]:>9.3f}" if n in losses else f"{'-':>9}" for n in (16, 32, 64)))
+
+# %%
+loss_by_length = {name: res.val_loss_by_length for name, res in by_scheme.items()}
+display(Image(filename=report.plot_loss_by_length(loss_by_length, fig_dir / "loss_by_length.png", trained_length=16), width=640))
+_, sinusoidal_LxD = by_scheme["sinusoidal"].tables()
+display(Image(filename=report.plot_position_maps({"learned (trained)": attention_pos_LxD, "sinusoidal (fixed)": sinusoidal_LxD}, fig_dir / "position_maps.png"), width=720))
+
+# %% [markdown]
+# How to read it:
+#
+# - **The learned table stops at 16.** It is a single point: position 16 has no row, so
+#   there is nothing to evaluate (`jaxembed` refuses rather than clamp or return NaN).
+#   At 16 it has the lowest loss of all: a trained row per position fits this data best.
+# - **ALiBi extrapolates.** Its penalty depends only on distance, and attention already
+#   saw every distance up to 15 in training; on longer windows it still works, and its
+#   loss stays flat (or falls a little: later tokens have more context).
+# - **Sinusoidal and rotary climb.** Their rows and angles exist for any position, but
+#   the model never saw positions (sinusoidal) or distances (rotary) past 15 in
+#   training, and what it learned does not carry over. Rotary holds at 32 and breaks at
+#   64 here.
+# - **None learns order anyway.** With no positional signal it is worst at 16, but
+#   better than a model without attention (Part 5): the causal mask alone lets a position
+#   count how many tokens it can see. Nothing depends on absolute position, so it is flat
+#   too.
+# - **The tables side by side.** The sinusoidal map is banded by construction, the same
+#   for any corpus; the learned map is banded only because training made it so.
+#
+# `jaxembed compare --workdir runs/positions --text pg1513.txt` runs this comparison from
+# the command line (a few minutes on 2 cores) and writes one page with these pictures.
+
+# %% [markdown]
 # ## Summary
 #
 # **What we learned:**
@@ -697,6 +758,10 @@ display(Image(filename=report.plot_position_pca(attention_pos_LxD, fig_dir / "po
 # 4. **Training** shapes them: after 300 steps, tokens that predict each other sit close
 #    together. Without attention the positional table learns only a frequency prior; with
 #    one causal attention layer it learns distance (a banded similarity map).
+# 5. **Other position schemes** trade fit for reach: the learned table fits the trained
+#    length best and has nothing beyond it; ALiBi keeps its loss on windows 4x longer;
+#    sinusoidal and rotary climb there; with no positions, causal attention still learns
+#    some order.
 #
 # **Key dimensions for GPT-2:**
 # - Vocabulary size: 50,257 tokens

@@ -178,8 +178,23 @@ def test_notebook_executes_offline(committed, corpus_path, tmp_path, monkeypatch
     }
     assert found["one attention layer"][0] > 0.2 and found["one attention layer"][1] > 0.05, found
     assert abs(found["embeddings only"][0]) < 0.1 and abs(found["embeddings only"][1]) < 0.02, found
+    # Part 7: what the text says of each scheme past the trained length.
+    rows = {
+        name: [None if v == "-" else float(v) for v in values]
+        for name, *values in re.findall(
+            r"^\s*(learned|sinusoidal|rope|alibi|none)\s+(\S+)\s+(\S+)\s+(\S+)$", text, re.M
+        )
+    }
+    assert set(rows) == {"learned", "sinusoidal", "rope", "alibi", "none"}, rows
+    assert rows["learned"][1:] == [None, None]  # no rows past the trained length
+    assert rows["learned"][0] == min(r[0] for r in rows.values())  # lowest at 16
+    assert rows["alibi"][2] < rows["alibi"][0] + 0.05  # ALiBi stays flat at 4L
+    assert rows["sinusoidal"][2] > rows["sinusoidal"][0] + 0.3 and rows["rope"][2] > rows["rope"][0] + 0.3
+    assert rows["none"][0] == max(r[0] for r in rows.values()) and rows["none"][2] < rows["none"][0] + 0.05
+    assert rows["none"][0] < last  # causal attention alone beats Part 5's embeddings-only model
+    assert rows["rope"][1] < rows["rope"][0] + 0.1  # rotary holds at 2L
     images = sum("image/png" in o.get("data", {}) for cell in nb.cells for o in cell.get("outputs", []))
-    assert images >= 4
+    assert images >= 6
 
 
 def main() -> None:

@@ -304,3 +304,66 @@ def test_compare_page_holds_each_runs_numbers(compared):
     for name in POSITIONS:
         assert f"\n{name} " in page  # a row of the table per scheme
     assert "none beyond" in (compared / "learned" / "report.md").read_text()  # why it stops at L
+
+
+def test_report_samples_text_before_and_after_from_the_same_prompt_and_seed(compared):
+    from jaxembed.nn.sampling import generate
+    from jaxembed.train.run import load_run
+
+    run = load_run(compared / "rope")
+    samples = json.loads((compared / "rope" / "report.json").read_text())["samples"]
+    prompt_ids = samples["prompt_ids"]
+    assert run.enc.decode(prompt_ids) == samples["prompt"]
+    assert samples["before"].startswith(samples["prompt"]) and samples["after"].startswith(samples["prompt"])
+    assert samples["before"] != samples["after"]
+    # The trained sample, recomputed from the checkpoint (sampling settings as the report states them).
+    assert "temperature 0.8, top-k 40, seed 0" in samples["settings"]
+    ids = generate(run.model, run.params, prompt_ids, 30, temperature=0.8, top_k=40, seed=0)
+    assert samples["after"] == samples["prompt"] + run.enc.decode([int(i) for i in ids])
+    assert "before training:" in (compared / "rope" / "report.md").read_text()
+
+
+SHARDED_CHECK = """
+import jax, jax.numpy as jnp, numpy as np, flax.linen as nn
+from jaxembed.config import named_config
+from jaxembed.train.trainer import Trainer, make_mesh, eval_step
+for position in ("rope", "alibi"):
+    c = named_config("tiny")
+    c.model.position, c.mesh.model = position, 2
+    trainer = Trainer.from_config(c, 50257, make_mesh(1, 2))
+    state = trainer.init(jax.random.key(0))
+    spec = state.params["params"]["block_0"]["attention"]["query"]["kernel"].sharding.spec
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 50257, (16, 16)), jnp.int32)
+    sharded = float(trainer.eval(state.params, ids, ids))
+    host = jax.tree.map(np.asarray, nn.unbox(state.params))
+    single = float(eval_step(host, ids, ids, model=trainer.model))
+    print(position, tuple(spec), sharded, single)
+"""
+
+
+def test_rope_and_alibi_with_heads_split_over_the_model_axis_match_one_device():
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", SHARDED_CHECK], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(" ", 1) for line in proc.stdout.strip().splitlines()]
+    assert [name for name, _ in rows] == ["rope", "alibi"]
+    for _, rest in rows:
+        spec, sharded, single = rest.rsplit(" ", 2)
+        assert "'model'" in spec  # the heads axis is split
+        assert float(sharded) == pytest.approx(float(single), abs=1e-5)
+
+
+def test_compare_refuses_an_unknown_scheme_in_one_line(tmp_path, capsys):
+    from jaxembed.cli import main
+
+    assert main(["compare", "--workdir", str(tmp_path / "c"), "--positions", "learned,rotary"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line == (
+        "jaxembed compare: error: --positions='rotary' is not allowed; choose one of learned, sinusoidal, rope, "
+        "alibi, none."
+    )
+    assert not (tmp_path / "c").exists()

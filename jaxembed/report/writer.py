@@ -275,6 +275,7 @@ def training_report(
     position: str = "learned",
     context_length: int | None = None,
     val_loss_by_length: dict[int, float] | None = None,
+    samples: dict[str, str] | None = None,
 ) -> pathlib.Path:
     """Writes ``workdir/report.md`` and ``report.json`` with their PNGs and projector files.
 
@@ -302,6 +303,8 @@ def training_report(
         (``pos_LxD=None``): the position pictures are left out and the report says why.
       context_length: the trained context ``L`` (default: ``len(pos_LxD)``).
       val_loss_by_length: ``TrainResult.val_loss_by_length``: a table in the report.
+      samples: ``{"prompt", "before", "after", "settings"}``: text sampled from the
+        untrained and the trained model (``run_samples``), shown side by side.
 
     Example:
       >>> import tempfile
@@ -441,6 +444,11 @@ def training_report(
         sections = dict.fromkeys(sections, none)
     if skipped:
         sections["Skipped probes"] = "\n".join(skipped)
+    if samples:
+        numbers["samples"] = samples
+        sections[f"Text from the model ({samples['settings']})"] = (
+            f"before training: {samples['before']!r}\nafter training:  {samples['after']!r}"
+        )
     if numbers["val_loss_by_length"]:
         sections[captions.BY_LENGTH] = captions.by_length_table(numbers["val_loss_by_length"], position, length)
     intro = (
@@ -492,9 +500,12 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
     after_VxD, pos_LxD = result.tables()
     if jax.process_index() != 0:
         return None
+    samples = run_samples(result) if jax.process_count() == 1 else None
     active_ids = result.splits.active_ids
     try:
-        return _training_report_of(result, report_config, before_VxD, after_VxD, pos_before_LxD, pos_LxD, active_ids)
+        return _training_report_of(
+            result, report_config, before_VxD, after_VxD, pos_before_LxD, pos_LxD, active_ids, samples
+        )
     except OSError as e:
         last = int(result.state.step)
         free = shutil.disk_usage(result.workdir).free / 2**20
@@ -506,7 +517,51 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
         ) from None
 
 
-def _training_report_of(result, report_config, before_VxD, after_VxD, pos_before_LxD, pos_LxD, active_ids):
+#: The report's text samples: the prompt is the first tokens of the held-out split, so it is in
+#: the corpus's own words (and, with ``model.active_vocab``, in the model's vocabulary).
+SAMPLE_PROMPT_TOKENS, SAMPLE_TOKENS, SAMPLE_TEMPERATURE, SAMPLE_TOP_K = 4, 30, 0.8, 40
+
+
+def run_samples(result: TrainResult) -> dict[str, str] | None:
+    """Text sampled from the untrained and the trained model, from the same prompt and seed.
+
+    The prompt is the first ``SAMPLE_PROMPT_TOKENS`` held-out tokens; ``SAMPLE_TOKENS`` tokens
+    follow at temperature ``SAMPLE_TEMPERATURE`` with top-k ``SAMPLE_TOP_K`` and the run's
+    seed (``jaxembed.nn.sampling.generate``: one compiled step for both). ``None`` when the
+    held-out split is shorter than the prompt or the run kept no untrained params.
+    """
+    from jaxembed.nn.sampling import generate
+    from jaxembed.text.tokenizer import get_encoding
+
+    val_ids = np.asarray(result.splits.val_ids)
+    if result.initial_params is None or len(val_ids) < SAMPLE_PROMPT_TOKENS:
+        return None
+    prompt = val_ids[:SAMPLE_PROMPT_TOKENS]
+    active_ids = result.splits.active_ids
+    enc = get_encoding(result.config.data.tokenizer)
+
+    def text(ids):
+        ids = np.asarray(ids) if active_ids is None else np.asarray(active_ids)[ids]
+        return enc.decode([int(i) for i in ids])
+
+    settings = dict(temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K, seed=result.config.seed)
+    before, after = (
+        generate(result.model, params, prompt, SAMPLE_TOKENS, **settings)
+        for params in (result.initial_params, result.state.params)
+    )
+    return {
+        "prompt_ids": [int(i) for i in prompt],  # model ids (indices into active_ids with active_vocab)
+        "prompt": text(prompt),
+        "before": text(prompt) + text(before),
+        "after": text(prompt) + text(after),
+        "settings": f"prompt: the first {SAMPLE_PROMPT_TOKENS} held-out tokens; {SAMPLE_TOKENS} tokens at "
+        f"temperature {SAMPLE_TEMPERATURE}, top-k {SAMPLE_TOP_K}, seed {result.config.seed}",
+    }
+
+
+def _training_report_of(
+    result, report_config, before_VxD, after_VxD, pos_before_LxD, pos_LxD, active_ids, samples=None
+):
     from jaxembed.data.splits import describe_validation
     from jaxembed.text.tokenizer import get_encoding
 
@@ -529,6 +584,7 @@ def _training_report_of(result, report_config, before_VxD, after_VxD, pos_before
         position=result.model.position,
         context_length=result.model.max_length,
         val_loss_by_length=result.val_loss_by_length,
+        samples=samples,
         # A rerun of a finished run trains nothing: its pictures are in TensorBoard already.
         tensorboard_step=result.metrics[-1]["step"]
         if result.config.train.tensorboard and result.start_step < result.metrics[-1]["step"]

@@ -337,16 +337,16 @@ class InputEmbedding(nn.Module):
     the batch exactly as in the seed. ``vocab_multiple`` pads the token table
     as in ``TokenEmbedding``.
 
-    ``position`` picks what is added: ``"learned"`` (``PositionalEmbedding``, the
+    ``position_scheme`` picks what ``position`` adds: ``"learned"`` (``PositionalEmbedding``, the
     seed's; ids at most ``max_length`` long), ``"sinusoidal"``
     (``positions.SinusoidalPositionEmbedding``: fixed, any length) or ``"none"``
-    (token vectors alone, any length: for rotary, ALiBi or no positions, which
-    act inside attention or not at all).
+    (no ``position`` submodule: token vectors alone, any length; for rotary,
+    ALiBi or no positions, which act inside attention or not at all).
 
     Raises:
       ValueError: ``vocab_size``, ``max_length``, ``features`` or
         ``vocab_multiple`` is < 1 (``TypeError`` if not an integer), or
-        ``position`` is not ``"learned"``, ``"sinusoidal"`` or ``"none"``.
+        ``position_scheme`` is not ``"learned"``, ``"sinusoidal"`` or ``"none"``.
 
     Example:
       >>> embed = InputEmbedding(vocab_size=50257, max_length=4, features=256)
@@ -369,15 +369,15 @@ class InputEmbedding(nn.Module):
     token_axes: Axes = None
     position_axes: Axes = None
     vocab_multiple: int = 1
-    position: str = "learned"
+    position_scheme: str = "learned"
 
     def __post_init__(self):
         for name in ("vocab_size", "max_length", "features", "vocab_multiple"):
             require_size(type(self).__name__, name, getattr(self, name))
-        if self.position not in ("learned", "sinusoidal", "none"):
+        if self.position_scheme not in ("learned", "sinusoidal", "none"):
             raise InvalidArgumentError(
-                f"InputEmbedding.position={self.position!r} is not allowed; choose learned, sinusoidal or none "
-                "(rotary and ALiBi act inside attention: InputEmbedding(position='none'))."
+                f"InputEmbedding.position_scheme={self.position_scheme!r} is not allowed; choose learned, "
+                "sinusoidal or none (rotary and ALiBi act inside attention: position_scheme='none')."
             )
         super().__post_init__()
 
@@ -391,20 +391,19 @@ class InputEmbedding(nn.Module):
             self.token_axes,
             vocab_multiple=self.vocab_multiple,
         )
-        if self.position == "learned":
-            self.position_embedding = PositionalEmbedding(
+        if self.position_scheme == "learned":
+            self.position = PositionalEmbedding(
                 self.max_length,
                 self.features,
                 self.dtype,
                 self.param_dtype,
                 self.position_init,
                 self.position_axes,
-                name="position",
             )
-        elif self.position == "sinusoidal":
+        elif self.position_scheme == "sinusoidal":
             from jaxembed.nn.positions import SinusoidalPositionEmbedding
 
-            self.position_embedding = SinusoidalPositionEmbedding(self.features, self.dtype or self.param_dtype)
+            self.position = SinusoidalPositionEmbedding(self.features, self.dtype or self.param_dtype)
 
     def __call__(
         self,
@@ -439,7 +438,7 @@ class InputEmbedding(nn.Module):
         if ids.ndim not in (1, 2):
             raise InvalidArgumentError(f"ids must have shape [L] or [B, L], got shape {ids.shape}.")
         length = ids.shape[-1]
-        if length > self.max_length and self.position == "learned":
+        if length > self.max_length and self.position_scheme == "learned":
             raise InvalidArgumentError(
                 f"ids has sequence length {length}, longer than max_length={self.max_length}: a learned "
                 "positional table has no rows past it."
@@ -447,9 +446,9 @@ class InputEmbedding(nn.Module):
         if positions is not None and jnp.shape(positions)[-1] != length:
             raise InvalidArgumentError(f"positions has length {jnp.shape(positions)[-1]} but ids has length {length}.")
         tok_xLxD = self.token(ids)
-        if self.position == "none":
+        if self.position_scheme == "none":
             return tok_xLxD
-        pos_xLxD = self.position_embedding(length, positions=positions, start_index=start_index)
+        pos_xLxD = self.position(length, positions=positions, start_index=start_index)
         return tok_xLxD + pos_xLxD
 
     def attend(self, h: jax.Array) -> jax.Array:
@@ -459,7 +458,7 @@ class InputEmbedding(nn.Module):
     def check(self, ids: jax.Array, positions: jax.Array | None = None, start_index: int | jax.Array = 0) -> None:
         """``check_ids`` for token ids and the positions they will use."""
         check_ids(ids, self.vocab_size, "ids")
-        if self.position != "learned":
+        if self.position_scheme != "learned":
             return  # any position >= 0 has an encoding
         if positions is None:
             positions = jnp.arange(jnp.shape(ids)[-1])

@@ -253,7 +253,7 @@ class EmbeddingLM(nn.Module):
             token_axes=LOGICAL_AXES["token"],
             position_axes=LOGICAL_AXES["position"],
             vocab_multiple=self.vocab_multiple,
-            position=self.position if self.position in ("learned", "sinusoidal") else "none",
+            position_scheme=self.position if self.position in ("learned", "sinusoidal") else "none",
         )
         if self.num_layers:
             self.blocks = [

@@ -46,7 +46,6 @@ import http.client
 import json
 import math
 import os
-import socket
 import struct
 import urllib.error
 import urllib.parse
@@ -66,7 +65,7 @@ import safetensors.numpy
 
 from jaxembed.errors import InvalidArgumentError, InvalidTypeError, JaxembedError
 from jaxembed.fileio import atomic_open
-from jaxembed.text.corpus import cache_dir
+from jaxembed.text.corpus import cache_dir, describe_network_error
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -636,9 +635,9 @@ def _read_range(url: str, start: int, stop: int, timeout: float) -> bytes:
     except urllib.error.HTTPError as e:
         raise _TransferError(f"HTTP {e.code} {e.reason}") from None
     except urllib.error.URLError as e:
-        raise _TransferError(_describe(e.reason, timeout)) from None
+        raise _TransferError(describe_network_error(e.reason, timeout)) from None
     except (OSError, http.client.HTTPException) as e:
-        raise _TransferError(_describe(e, timeout)) from None
+        raise _TransferError(describe_network_error(e, timeout)) from None
 
 
 def _check_content_range(value: str | None, start: int, stop: int) -> None:
@@ -689,13 +688,3 @@ def _read_local(path: Path, start: int, stop: int) -> bytes:
     if len(data) != stop - start:
         raise _TransferError(f"{path} ends after {start + len(data):,} bytes, before byte {stop:,}")
     return data
-
-
-def _describe(reason: object, timeout: float) -> str:
-    if isinstance(reason, (TimeoutError, socket.timeout)):
-        return f"timed out after {timeout:g} s"
-    if isinstance(reason, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(reason, socket.gaierror):
-        return f"could not resolve the host ({reason.strerror or reason})"
-    return str(getattr(reason, "strerror", None) or reason)

@@ -44,6 +44,7 @@ __all__ = [
     "CorpusUnavailableError",
     "cache_dir",
     "cached_path",
+    "describe_network_error",
     "find_text_files",
     "gutenberg_note",
     "has_gutenberg_markers",
@@ -353,11 +354,11 @@ def _download(url: str, dest: Path, *, timeout: float) -> None:
     except TimeoutError:
         reason = f"timed out after {timeout:g} s"
     except urllib.error.URLError as e:
-        reason = _describe(e.reason, timeout)
+        reason = describe_network_error(e.reason, timeout)
     except UnicodeDecodeError:
         reason = "the response is not UTF-8 text"
     except (OSError, http.client.HTTPException) as e:
-        reason = _describe(e, timeout)
+        reason = describe_network_error(e, timeout)
     else:
         _write_atomic(dest, data)
         return
@@ -386,7 +387,13 @@ def _fetch(url: str, timeout: float) -> bytes:
     return data
 
 
-def _describe(reason: object, timeout: float) -> str:
+def describe_network_error(reason: object, timeout: float) -> str:
+    """A urllib failure's reason in a few words, for a one-line error (corpus and GPT-2 downloads).
+
+    Example:
+      >>> describe_network_error(ConnectionRefusedError(), 30)
+      'connection refused'
+    """
     if isinstance(reason, (TimeoutError, socket.timeout)):
         return f"timed out after {timeout:g} s"
     if isinstance(reason, ConnectionRefusedError):

@@ -39,6 +39,7 @@ import numpy as np
 from jax.experimental import checkify
 
 from jaxembed.errors import InvalidArgumentError, InvalidTypeError
+from jaxembed.nn.positions import SinusoidalPositionEmbedding
 
 Initializer = Callable[..., jax.Array]
 Axes = tuple[str | None, ...] | None
@@ -401,8 +402,6 @@ class InputEmbedding(nn.Module):
                 self.position_axes,
             )
         elif self.position_scheme == "sinusoidal":
-            from jaxembed.nn.positions import SinusoidalPositionEmbedding
-
             self.position = SinusoidalPositionEmbedding(self.features, self.dtype or self.param_dtype)
 
     def __call__(

@@ -33,7 +33,7 @@ import ml_collections
 from jaxembed.errors import InvalidArgumentError
 from jaxembed.fileio import atomic_open
 from jaxembed.nn.positions import POSITIONS, check_position
-from jaxembed.report import analysis, captions
+from jaxembed.report import captions
 from jaxembed.report.plots import plot_loss_by_length, plot_position_maps
 from jaxembed.report.writer import write_report, write_run_report
 
@@ -84,15 +84,17 @@ def compare_positions(
         log.info("Position scheme %d of %d: model.position=%s -> %s", number, len(positions), position, out / position)
         start = time.perf_counter()
         result = train_and_evaluate(run_config, out / position, text=text, progress=progress)
-        write_run_report(result, run_config.report)
+        report_md = write_run_report(result, run_config.report)
         _, position_LxD = result.tables()
-        val = [m["val_loss"] for m in result.metrics if "val_loss" in m]
-        gap = result.val_loss_positions_shuffled
+        if report_md is None:  # not process 0: it trains, process 0 writes
+            continue
+        # The run's report owns its numbers (report_numbers); the page quotes them.
+        numbers = json.loads(report_md.with_suffix(".json").read_text())
         schemes[position] = {
-            "val_loss": val[-1],
-            "val_loss_by_length": {str(k): v for k, v in (result.val_loss_by_length or {}).items()},
-            "position_locality": None if position_LxD is None else analysis.position_locality(position_LxD),
-            "positions_shuffled_gap": None if gap is None else gap - val[-1],
+            "val_loss": numbers["val_loss_final"],
+            "val_loss_by_length": numbers["val_loss_by_length"],
+            "position_locality": numbers["position_locality"],
+            "positions_shuffled_gap": numbers["positions_shuffled_gap"],
             "steps": int(result.state.step),
             "seconds": time.perf_counter() - start,
         }

@@ -242,7 +242,11 @@ class _Run:
         shuffled = None
         if trainer.model.position == "learned":
             shuffled = positions_shuffled_loss(trainer, state.params, self.eval_batches, seed=config.seed)
-        by_length = val_loss_by_length(trainer, state.params, self.eval_batches, splits.val_ids, config)
+        last = metrics.rows[-1] if metrics.rows else {}
+        final_val_loss = last.get("val_loss") if last.get("step") == int(state.step) else None
+        by_length = val_loss_by_length(
+            trainer, state.params, self.eval_batches, splits.val_ids, config, val_loss=final_val_loss
+        )
         if self.stop.signum is not None:  # trained and saved: only the report is left, for a rerun
             if self.checkpointer is not None:
                 self.checkpointer.wait()
@@ -346,16 +350,23 @@ EVAL_LENGTH_FACTORS: tuple[int, ...] = (1, 2, 4)
 
 
 def val_loss_by_length(
-    trainer: Trainer, params: Any, eval_batches: list, val_ids: np.ndarray, config: ml_collections.ConfigDict
+    trainer: Trainer,
+    params: Any,
+    eval_batches: list,
+    val_ids: np.ndarray,
+    config: ml_collections.ConfigDict,
+    *,
+    val_loss: float | None = None,
 ) -> dict[int, float]:
     """Held-out loss on windows of ``L``, ``2L`` and ``4L`` tokens (``EVAL_LENGTH_FACTORS``), in nats per token.
 
-    At ``L`` it is the ordinary validation loss (the same ``eval_batches``); longer windows are cut
+    At ``L`` it is the ordinary validation loss (the same ``eval_batches``; pass ``val_loss`` when
+    it is already known for these params, so it is not evaluated twice); longer windows are cut
     from the same held-out split, about as many tokens in all. A learned table has no rows past
     ``L``, so it gets ``L`` alone; a length the split is too short for is left out.
     """
     length = trainer.model.max_length
-    losses = {length: trainer.evaluate(params, eval_batches)}
+    losses = {length: val_loss if val_loss is not None else trainer.evaluate(params, eval_batches)}
     if trainer.model.position == "learned":
         return losses
     for factor in EVAL_LENGTH_FACTORS[1:]:

@@ -279,7 +279,9 @@ def _sample(args: argparse.Namespace, extra: list[str]) -> int:
         from jaxembed.train.run import load_run
 
     _no_extra(extra)
-    settings = {"temperature": args.temperature, "top_k": args.top_k, "seed": args.seed}
+    temperature = sampling.SUGGESTED_TEMPERATURE if args.temperature is None else args.temperature
+    top_k = sampling.SUGGESTED_TOP_K if args.top_k is None else args.top_k
+    settings = {"temperature": temperature, "top_k": top_k, "seed": args.seed}
     # Before loading, to fail fast; --top-k's upper bound (the vocabulary) is known after.
     sampling.check_sampling_args(num_tokens=args.tokens, **{**settings, "top_k": None}, names=SAMPLE_FLAGS)
     run = load_run(args.workdir, step=args.step)
@@ -293,8 +295,8 @@ def _sample(args: argparse.Namespace, extra: list[str]) -> int:
         active_ids=run.active_ids,
         names=SAMPLE_FLAGS,
     )
-    top_k = "no top-k" if args.top_k is None else f"top-k {args.top_k}"
-    print(f"Step {run.step} of {run.workdir}, temperature {args.temperature:g}, {top_k}, seed {args.seed}:")
+    top_k_words = "no top-k" if top_k is None else f"top-k {top_k}"
+    print(f"Step {run.step} of {run.workdir}, temperature {temperature:g}, {top_k_words}, seed {args.seed}:")
     print(text)
     return 0
 
@@ -460,10 +462,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--workdir", required=True)
     sample.add_argument("--prompt", required=True, help="the text to continue, at most data.max_length tokens")
     sample.add_argument("--tokens", type=int, default=60, help="tokens to sample (default 60)")
+    # Defaults: nn.sampling.SUGGESTED_* (the run report's), filled in by _sample so that --help
+    # does not import JAX.
     sample.add_argument(
-        "--temperature", type=float, default=1.0, help="divide the logits by this (> 0; default 1: the model's own)"
+        "--temperature", type=float, default=None, help="divide the logits by this (> 0; default 0.8, as the report)"
     )
-    sample.add_argument("--top-k", type=int, default=None, help="sample among the K most likely tokens (default: all)")
+    sample.add_argument(
+        "--top-k",
+        type=int,
+        default=None,
+        help="sample among the K most likely tokens (default 40, as the report; the vocabulary size: all)",
+    )
     sample.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     sample.add_argument("--step", type=_step, default="latest", help=step_help)
     sample.set_defaults(run=_sample)

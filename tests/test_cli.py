@@ -354,6 +354,11 @@ def test_neighbors_of_a_multi_token_word_exits_2_with_a_hint(finished, capsys, w
 def test_neighbors_of_a_non_run_directory_exits_2(tmp_path, capsys):
     code, _, err = main_in_process(["neighbors", "--workdir", tmp_path, " thou"], capsys)
     assert code == 2 and "is not a jaxembed run" in err
+    missing = tmp_path / "nope"
+    code, _, err = main_in_process(["sample", "--workdir", missing, "--prompt", "ROMEO:"], capsys)
+    assert code == 2 and err.splitlines() == [
+        f"jaxembed sample: error: {missing} does not exist: give the --workdir of a run you trained."
+    ]
 
 
 def test_export_writes_projector_files(finished, tmp_path, capsys):
@@ -481,8 +486,8 @@ def test_train_says_when_a_text_has_no_gutenberg_header(finished):
     workdir, proc = finished
     num_tokens = len(get_encoding("gpt2").encode(corpus.load_text(run_lib.load_run(workdir).config.data.text)))
     assert re.fullmatch(
-        rf"Corpus: no Project Gutenberg header and licence \(no START and END lines\): all 40,000 characters "
-        rf"kept -> {num_tokens:,} gpt2 tokens \([\d,]+ for training, [\d,]+ held out\)\.",
+        rf"Corpus: all 40,000 characters kept \(no Project Gutenberg START and END lines to strip\) "
+        rf"-> {num_tokens:,} gpt2 tokens \([\d,]+ for training, [\d,]+ held out\)\.",
         corpus_line(proc.stdout),
     )
 
@@ -527,8 +532,10 @@ def test_sample_prints_the_prompt_and_its_continuation_the_same_for_a_seed(finis
     run = run_lib.load_run(workdir)
     expected = nn.sample_text(run.model, run.params, run.enc, "ROMEO:", 20, temperature=0.8, top_k=40, seed=3)
     assert text == expected + "\n"
-    code, other, _ = main_in_process(sample_args(workdir, "--temperature", "0.8", "--top-k", "40"), capsys)
-    assert code == 0 and other.split("\n", 1)[1] != text  # seed 0, not 3
+    # The defaults are the README's and the run report's: temperature 0.8, top-k 40, seed 0.
+    code, other, _ = main_in_process(sample_args(workdir), capsys)
+    assert code == 0 and other.split("\n", 1)[0] == f"Step {STEPS} of {workdir}, temperature 0.8, top-k 40, seed 0:"
+    assert other.split("\n", 1)[1] != text  # seed 0, not 3
 
 
 def test_sample_top_k_1_is_greedy_decoding_of_the_checkpoint(finished, capsys):
@@ -536,7 +543,7 @@ def test_sample_top_k_1_is_greedy_decoding_of_the_checkpoint(finished, capsys):
     code, out, err = main_in_process(sample_args(workdir, "--top-k", "1", "--step", "30"), capsys)
     assert code == 0, err
     header, text = out.split("\n", 1)
-    assert header == f"Step 30 of {workdir}, temperature 1, top-k 1, seed 0:"
+    assert header == f"Step 30 of {workdir}, temperature 0.8, top-k 1, seed 0:"
     run = run_lib.load_run(workdir, step=30)
     length = run.config.data.max_length
     sequence = run.enc.encode("ROMEO:")

@@ -320,7 +320,12 @@ def test_report_samples_text_before_and_after_from_the_same_prompt_and_seed(comp
     assert "temperature 0.8, top-k 40, seed 0" in samples["settings"]
     ids = generate(run.model, run.params, prompt_ids, 30, temperature=0.8, top_k=40, seed=0)
     assert samples["after"] == samples["prompt"] + run.enc.decode([int(i) for i in ids])
-    assert "before training:" in (compared / "rope" / "report.md").read_text()
+    # report.md shows the prompt on its own, then prompt + continuation, always in double quotes.
+    page = (compared / "rope" / "report.md").read_text()
+    prompt = json.dumps(samples["prompt"], ensure_ascii=False)
+    continuation = json.dumps(samples["after"][len(samples["prompt"]) :], ensure_ascii=False)
+    assert f"prompt:          {prompt}\n" in page
+    assert f"after training:  {prompt} + {continuation}" in page
 
 
 SHARDED_CHECK = """

@@ -49,6 +49,11 @@ import numpy as np
 
 from jaxembed.errors import InvalidArgumentError, check_int
 
+#: Settings for a readable sample of a small model: ``jaxembed sample``'s defaults and the run
+#: report's. Top-k 40 follows the GPT-2 paper's samples (Radford et al. 2019, section 3.7); a
+#: temperature below 1 trims the long tail a few hundred steps leave in the softmax.
+SUGGESTED_TEMPERATURE, SUGGESTED_TOP_K = 0.8, 40
+
 #: What the error messages call each argument; the CLI passes its flags instead.
 ARGUMENT_NAMES: Mapping[str, str] = {
     "prompt": "prompt",

@@ -107,7 +107,7 @@ def sigma_sentence(centred: dict) -> str:
     if mean is None or not std:
         return ""
     return (
-        f"After training, the number in brackets after each neighbour, e.g. (2.5σ), is how many standard "
+        f"After training, the number in brackets after each neighbour, such as (1.2σ), is how many standard "
         f"deviations σ of that random-pair cosine (σ = {std:.2f} here) it lies above the random-pair mean; as a "
         f"cosine cannot exceed 1, no neighbour on this table can stand more than (1 - mean) / σ = "
         f"{(1 - mean) / std:.1f}σ above it, and one near that ceiling is as close as this table allows."

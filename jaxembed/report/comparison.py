@@ -144,7 +144,9 @@ def write_comparison(out: pathlib.Path, schemes: dict[str, dict], tables: dict, 
             f"here with its own report). The held-out loss is measured on windows of the trained length "
             f"{trained_length} and on windows two and four times as long, cut from the same held-out split; "
             "`-` marks what is not defined: a learned table has no rows past the trained length, and locality "
-            "(adjacent minus distant positions, mean cosine) and the shuffled-positions gap need a table."
+            "(adjacent minus distant positions, mean cosine) needs a table, and the shuffled-positions gap (the "
+            "loss with the table's rows permuted, minus the loss) a learned one: a fixed sinusoidal table is not "
+            "shuffled."
         ),
         summary_lines=summary,
         sections={"Validation loss by scheme": "\n".join(rows)},

@@ -140,7 +140,7 @@ def plot_loss_curves(
     ]
     summary = analysis.val_loss_summary(metrics)
     if train:
-        ax.plot(*zip(*train), label="train loss (mean since the last row)", color="tab:blue")
+        ax.plot(*zip(*train), label="train loss (mean of the steps since the previous point)", color="tab:blue")
     if val:
         ax.plot(*zip(*val), "o-", label="validation loss", color="tab:orange", markersize=4)
         best_step, best = summary["val_loss_best_step"], summary["val_loss_best"]

@@ -377,7 +377,7 @@ def training_report(
     ]
     frequent = most_frequent(token_counts_V, pca_tokens)
     baseline = (
-        f"random pair of candidates: centred {_signed(centred['mean'])} ± {centred['std']:.2f} "
+        f"random pair of candidates in the trained table: centred {_signed(centred['mean'])} ± {centred['std']:.2f} "
         f"(raw cosine {_signed(raw['mean'])} ± {raw['std']:.2f})"
         if centred["mean"] is not None
         else "fewer than two candidates"
@@ -446,8 +446,12 @@ def training_report(
         sections["Skipped probes"] = "\n".join(skipped)
     if samples:
         numbers["samples"] = samples
+        # JSON quoting: always double quotes, newlines shown as \n (repr switches quote style).
+        prompt, quoted = samples["prompt"], lambda s: json.dumps(s, ensure_ascii=False)
         sections[f"Text from the model ({samples['settings']})"] = (
-            f"before training: {samples['before']!r}\nafter training:  {samples['after']!r}"
+            f"prompt:          {quoted(prompt)}\n"
+            f"before training: {quoted(prompt)} + {quoted(samples['before'][len(prompt) :])}\n"
+            f"after training:  {quoted(prompt)} + {quoted(samples['after'][len(prompt) :])}"
         )
     if numbers["val_loss_by_length"]:
         sections[captions.BY_LENGTH] = captions.by_length_table(numbers["val_loss_by_length"], position, length)
@@ -519,18 +523,18 @@ def write_run_report(result: TrainResult, report_config: ml_collections.ConfigDi
 
 #: The report's text samples: the prompt is the first tokens of the held-out split, so it is in
 #: the corpus's own words (and, with ``model.active_vocab``, in the model's vocabulary).
-SAMPLE_PROMPT_TOKENS, SAMPLE_TOKENS, SAMPLE_TEMPERATURE, SAMPLE_TOP_K = 4, 30, 0.8, 40
+SAMPLE_PROMPT_TOKENS, SAMPLE_TOKENS = 4, 30
 
 
 def run_samples(result: TrainResult) -> dict[str, str] | None:
     """Text sampled from the untrained and the trained model, from the same prompt and seed.
 
     The prompt is the first ``SAMPLE_PROMPT_TOKENS`` held-out tokens; ``SAMPLE_TOKENS`` tokens
-    follow at temperature ``SAMPLE_TEMPERATURE`` with top-k ``SAMPLE_TOP_K`` and the run's
+    follow at ``nn.sampling``'s suggested temperature and top-k (``jaxembed sample``'s defaults) and the run's
     seed (``jaxembed.nn.sampling.generate``: one compiled step for both). ``None`` when the
     held-out split is shorter than the prompt or the run kept no untrained params.
     """
-    from jaxembed.nn.sampling import generate
+    from jaxembed.nn.sampling import SUGGESTED_TEMPERATURE, SUGGESTED_TOP_K, generate
     from jaxembed.text.tokenizer import get_encoding
 
     val_ids = np.asarray(result.splits.val_ids)
@@ -544,7 +548,7 @@ def run_samples(result: TrainResult) -> dict[str, str] | None:
         ids = np.asarray(ids) if active_ids is None else np.asarray(active_ids)[ids]
         return enc.decode([int(i) for i in ids])
 
-    settings = dict(temperature=SAMPLE_TEMPERATURE, top_k=SAMPLE_TOP_K, seed=result.config.seed)
+    settings = dict(temperature=SUGGESTED_TEMPERATURE, top_k=SUGGESTED_TOP_K, seed=result.config.seed)
     before, after = (
         generate(result.model, params, prompt, SAMPLE_TOKENS, **settings)
         for params in (result.initial_params, result.state.params)
@@ -555,7 +559,7 @@ def run_samples(result: TrainResult) -> dict[str, str] | None:
         "before": text(prompt) + text(before),
         "after": text(prompt) + text(after),
         "settings": f"prompt: the first {SAMPLE_PROMPT_TOKENS} held-out tokens; {SAMPLE_TOKENS} tokens at "
-        f"temperature {SAMPLE_TEMPERATURE}, top-k {SAMPLE_TOP_K}, seed {result.config.seed}",
+        f"temperature {SUGGESTED_TEMPERATURE}, top-k {SUGGESTED_TOP_K}, seed {result.config.seed}",
     }
 
 

@@ -261,13 +261,13 @@ def gutenberg_note(texts: str | Sequence[str], *, stripped: bool = True) -> str:
     >>> gutenberg_note([book, "To be"])
     'Project Gutenberg header and licence stripped from 1 of 2 files: 10 of 60 characters kept'
     >>> gutenberg_note("To be, or not to be")
-    'no Project Gutenberg header and licence (no START and END lines): all 19 characters kept'
+    'all 19 characters kept (no Project Gutenberg START and END lines to strip)'
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
     total = sum(map(len, texts))
     marked = [t for t in texts if has_gutenberg_markers(t)]
     if not marked:
-        return f"no Project Gutenberg header and licence (no START and END lines): all {total:,} characters kept"
+        return f"all {total:,} characters kept (no Project Gutenberg START and END lines to strip)"
     kept = total - sum(len(t) - len(strip_gutenberg(t)) for t in marked)
     where = "" if len(texts) == 1 else f" from {len(marked)} of {len(texts)} files"
     if stripped:

@@ -42,7 +42,7 @@ from jaxembed.nn.model import EmbeddingLM, embedding_tables, make_model
 from jaxembed.text import tokenizer
 from jaxembed.train.checkpoint import Checkpointer, CheckpointError
 from jaxembed.train.trainer import make_mesh, make_optimizer, state_shardings
-from jaxembed.train.workdir import Workdir
+from jaxembed.train.workdir import Workdir, WorkdirError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +114,10 @@ def load_run(workdir: str | os.PathLike, step: str | int = "latest") -> Run:
     step = parse_step(step)
     run_dir = Workdir(workdir)
     path = run_dir.path
-    if not run_dir.config_file.is_file():
-        raise CheckpointError(f"{path} is not a jaxembed run: {run_dir.config_file} is missing.")
-    config = ml_collections.ConfigDict(run_dir.read_config())
+    try:
+        config = ml_collections.ConfigDict(run_dir.read_config())
+    except WorkdirError as e:
+        raise CheckpointError(str(e)) from None
     enc = tokenizer.get_encoding(config.data.tokenizer)
     active_ids = np.load(run_dir.active_ids_file) if run_dir.active_ids_file.exists() else None
     vocab_size = enc.n_vocab if active_ids is None else len(active_ids)

@@ -160,6 +160,8 @@ class Workdir:
         Raises:
           WorkdirError: the folder holds no jaxembed run.
         """
+        if not self.path.exists():
+            raise WorkdirError(f"{self.path} does not exist: give the --workdir of a run you trained.")
         if not self.config_file.is_file():
             raise WorkdirError(f"{self.path} is not a jaxembed run: {self.config_file} is missing.")
         return upgrade_run_config(json.loads(self.config_file.read_text()))

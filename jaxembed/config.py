@@ -72,6 +72,9 @@ POSITIONS: tuple[str, ...] = ("learned", "sinusoidal", "rope", "alibi", "none")
 
 #: Where ``model.init_from`` starts the tables: ``none`` (random) or ``gpt2`` (GPT-2 124M's).
 INIT_FROM: tuple[str, ...] = ("none", "gpt2")
+#: GPT-2 124M's width and positions, which ``model.init_from = "gpt2"`` needs; the same as
+#: ``jaxembed.nn.pretrained.GPT2_SHAPES`` (a stage above this one: tests/test_init_from.py compares them).
+GPT2_WIDTH, GPT2_POSITIONS = 768, 1024
 
 
 #: Fields added after the first runs were written, with the value that reproduces what such a run
@@ -293,9 +296,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 def _check_gpt2_start(config: ml_collections.ConfigDict) -> None:
     """GPT-2's tables fit only a model of GPT-2's width, ids and (learned) context length."""
-    from jaxembed.nn.pretrained import GPT2_SHAPES  # the one record of the tables' shapes
-
-    (_, width), (positions, _) = GPT2_SHAPES["124M"]["wte"], GPT2_SHAPES["124M"]["wpe"]
+    width, positions = GPT2_WIDTH, GPT2_POSITIONS
     m, d = config.model, config.data
     if d.tokenizer != "gpt2":
         raise InvalidArgumentError(

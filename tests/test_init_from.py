@@ -21,9 +21,9 @@ import safetensors.numpy
 from safetensors_server import Server
 
 from jaxembed import cli
-from jaxembed.config import named_config
+from jaxembed.config import GPT2_POSITIONS, GPT2_WIDTH, named_config
 from jaxembed.nn import EmbeddingLM, init_from_gpt2, table_init
-from jaxembed.nn.pretrained import gpt2_cache_paths
+from jaxembed.nn.pretrained import GPT2_SHAPES, gpt2_cache_paths
 from jaxembed.train import train_and_evaluate
 
 V, P, D = 50257, 1024, 768
@@ -56,6 +56,11 @@ def gpt2_env(server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("JAXEMBED_GPT2_URL", server.url)
     monkeypatch.setenv("JAXEMBED_CACHE", str(cache))
     return cache
+
+
+def test_the_config_rules_know_gpt2s_shapes() -> None:
+    assert GPT2_SHAPES["124M"] == {"wte": (V, D), "wpe": (P, D)}
+    assert (GPT2_WIDTH, GPT2_POSITIONS) == (D, P)
 
 
 def gpt2_config(**model):

@@ -142,8 +142,7 @@ def train_and_evaluate(
             stop = stack.enter_context(_StopSignals())
             changes = workdir.open_for_run(stack, config.to_dict()) if workdir is not None else {}
             # Before the data and the compilation: a missing network fails in seconds, leaving nothing.
-            stop.begin("fetching GPT-2's tables")
-            pretrained = _fetch_pretrained(config, workdir, changes)
+            pretrained = _fetch_pretrained(config, workdir, changes, stop)
             mesh = make_mesh(config.mesh.data, config.mesh.model)
             stop.begin("loading the data")
             iterator, eval_batches, splits = pipeline.get_datasets(config, mesh, text=text)
@@ -342,7 +341,9 @@ class _Pretrained:
         )
 
 
-def _fetch_pretrained(config: ml_collections.ConfigDict, workdir: Workdir | None, changes: dict) -> _Pretrained | None:
+def _fetch_pretrained(
+    config: ml_collections.ConfigDict, workdir: Workdir | None, changes: dict, stop: _StopSignals
+) -> _Pretrained | None:
     """GPT-2's tables when the run starts (or started) from them (``model.init_from``), else None.
 
     A resumed run continues from its checkpoint: the tables it started from serve only as the
@@ -366,6 +367,7 @@ def _fetch_pretrained(config: ml_collections.ConfigDict, workdir: Workdir | None
             folder,
         )
         return None
+    stop.begin("fetching GPT-2's tables")
     wte_VxD, wpe_PxD = gpt2_tables()
     source = f"cached in {folder}" if cached else f"{gpt2_source()}, cached in {folder}"
     return _Pretrained(wte_VxD, wpe_PxD, source)

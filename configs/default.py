@@ -63,6 +63,12 @@ def get_config() -> ml_collections.ConfigDict:
     # seed's), sinusoidal (a fixed sin/cos table), rope (rotary queries and keys), alibi (a
     # distance bias on the attention logits) or none. rope and alibi need num_layers >= 1.
     c.model.position = "learned"
+    # Where the token and position tables start: none (N(0, init_stddev^2)) or gpt2 (GPT-2 124M's
+    # wte and wpe, fetched once by byte range: jaxembed.nn.init_from_gpt2). gpt2 needs
+    # model.features=768, data.max_length <= 1024 (learned positions), the gpt2 tokenizer and
+    # model.active_vocab=False; other position schemes take the token table only. Read on a
+    # fresh start only: a resumed run continues from its checkpoint.
+    c.model.init_from = "none"
     # Tokens per tile of the tied head's loss (0: the full [B, L, V] logits at once). Batches
     # of at most this many tokens run the dense program. None (the default) chooses by bytes:
     # on CPU tiles of at most 16 MiB of logits (64 tokens for GPT-2's vocabulary: no per-step

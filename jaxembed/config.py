@@ -70,6 +70,12 @@ _DTYPES = ("float32", "bfloat16", "float16")
 #: The position schemes ``model.position`` takes; ``jaxembed.nn.positions`` implements them.
 POSITIONS: tuple[str, ...] = ("learned", "sinusoidal", "rope", "alibi", "none")
 
+#: Where ``model.init_from`` starts the tables: ``none`` (random) or ``gpt2`` (GPT-2 124M's).
+INIT_FROM: tuple[str, ...] = ("none", "gpt2")
+#: GPT-2 124M's width and positions, which ``model.init_from = "gpt2"`` needs; the same as
+#: ``jaxembed.nn.pretrained.GPT2_SHAPES`` (a stage above this one: tests/test_init_from.py compares them).
+GPT2_WIDTH, GPT2_POSITIONS = 768, 1024
+
 
 #: Fields added after the first runs were written, with the value that reproduces what such a run
 #: did before the field existed (an old run had no attention layer, no loss tiles, no event files).
@@ -79,6 +85,7 @@ _ADDED_FIELDS: dict[str, Any] = {
     "model.loss_tile_tokens": 0,
     "model.active_vocab": False,
     "model.position": "learned",
+    "model.init_from": "none",
     "data.tokens": None,
     "data.val_tokens": None,
     "data.text": None,
@@ -212,6 +219,7 @@ FIELD_RULES: dict[str, Callable[[Any, str], None]] = {
     "model.num_layers": _int_rule(0),
     "model.num_heads": _int_rule(1),
     "model.position": _choice_rule(lambda: POSITIONS),
+    "model.init_from": _choice_rule(lambda: INIT_FROM),
     "model.loss_tile_tokens": _int_rule(0, none_ok=True),  # None: chosen by bytes; 0: dense
     "optim.learning_rate": _real_rule("a finite number > 0", lambda x: x > 0),
     "optim.warmup_steps": _int_rule(0),
@@ -281,6 +289,35 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise InvalidArgumentError(
             f"model.position='rope' needs an even head width, but model.features={m.features} // "
             f"model.num_heads={m.num_heads} = {m.features // m.num_heads}: change either."
+        )
+    if m.init_from == "gpt2":
+        _check_gpt2_start(config)
+
+
+def _check_gpt2_start(config: ml_collections.ConfigDict) -> None:
+    """GPT-2's tables fit only a model of GPT-2's width, ids and (learned) context length."""
+    width, positions = GPT2_WIDTH, GPT2_POSITIONS
+    m, d = config.model, config.data
+    if d.tokenizer != "gpt2":
+        raise InvalidArgumentError(
+            f"model.init_from='gpt2' needs data.tokenizer='gpt2' (the table's rows are GPT-2's token ids), "
+            f"but data.tokenizer={d.tokenizer!r}: use the gpt2 tokenizer, or model.init_from='none'."
+        )
+    if m.active_vocab:
+        raise InvalidArgumentError(
+            "model.init_from='gpt2' needs model.active_vocab=False (GPT-2's table rows are GPT-2 token ids, "
+            "active_vocab renumbers them), but model.active_vocab=True: set --config.model.active_vocab=False."
+        )
+    if m.features != width:
+        raise InvalidArgumentError(
+            f"model.init_from='gpt2' needs model.features={width} (GPT-2 124M's width), but "
+            f"model.features={m.features}: set --config.model.features={width}, or model.init_from='none'."
+        )
+    if m.position == "learned" and d.max_length > positions:
+        raise InvalidArgumentError(
+            f"model.init_from='gpt2' with model.position='learned' has GPT-2's {positions} positions, but "
+            f"data.max_length={d.max_length}: set --config.data.max_length={positions} or less, or another "
+            "model.position (sinusoidal, rope, alibi and none take GPT-2's token table only)."
         )
 
 

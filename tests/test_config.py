@@ -47,6 +47,7 @@ BAD = {
     "model.num_layers": [-1],
     "model.num_heads": [0],
     "model.position": ["rotary", "", None, 1],
+    "model.init_from": ["gpt-2", "GPT2", None, True],
     "model.loss_tile_tokens": [-5],
     "train.steps": [0],
     "train.log_every": [0],
@@ -119,3 +120,46 @@ def test_plan_refuses_what_train_refuses():
     config = with_value("data.val_fraction", 1.5)
     with pytest.raises(ValueError, match=r"^data\.val_fraction=1\.5 is not allowed"):
         plan(config, vocab_size=1000)
+
+
+def gpt2_start(**fields):
+    """The tiny config set up to start from GPT-2's tables, with ``fields`` ("section.name": value) changed."""
+    config = with_value("model.init_from", "gpt2")
+    config.model.features = 768
+    for path, value in fields.items():
+        section, name = path.split(".")
+        config[section][name] = value
+    return config
+
+
+def test_gpt2_start_passes_with_gpt2_shapes():
+    validate(gpt2_start())
+    validate(gpt2_start(**{"data.max_length": 1024}))
+    # Schemes without a position table take the token table only: any length.
+    validate(gpt2_start(**{"model.position": "sinusoidal", "data.max_length": 2048}))
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"model.features": 32}, r"^model\.init_from='gpt2' needs model\.features=768 .*but model\.features=32"),
+        ({"data.max_length": 1025}, r"^model\.init_from='gpt2' with model\.position='learned' .*data\.max_length=1025"),
+        ({"model.active_vocab": True}, r"^model\.init_from='gpt2' needs model\.active_vocab=False.*=True"),
+        ({"data.tokenizer": "cl100k_base"}, r"^model\.init_from='gpt2' needs data\.tokenizer='gpt2'.*'cl100k_base'"),
+    ],
+)  # fmt: skip
+def test_gpt2_start_refuses_what_gpt2_tables_cannot_fill(fields, expected):
+    with pytest.raises(ValueError, match=expected) as info:
+        validate(gpt2_start(**fields))
+    assert "\n" not in str(info.value)
+    # The same settings without GPT-2's tables are fine.
+    config = gpt2_start(**fields)
+    config.model.init_from = "none"
+    validate(config)
+
+
+def test_init_from_is_not_refused_on_resume():
+    from jaxembed.train.workdir import resume_rule
+
+    assert resume_rule("model.init_from") == "notice"  # read on a fresh start only; the change is recorded
+    assert resume_rule("model.features") == "refuse"

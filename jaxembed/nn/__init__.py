@@ -5,7 +5,8 @@ The third stage of the data flow (text -> data -> nn -> train -> report). One mo
 ``positions`` (the position schemes: sinusoidal, rotary, ALiBi, none, beside the learned table),
 ``model`` (``EmbeddingLM``: input embeddings, causal attention blocks, a tied head), ``losses``
 (``cross_entropy``, the tiled ``tied_cross_entropy``), ``pretrained`` (``gpt2_tables``: GPT-2's
-``wte``/``wpe`` fetched by byte range and cached; ``load_tables`` puts them into params) and
+``wte``/``wpe`` fetched by byte range and cached; ``load_tables`` / ``init_from_gpt2`` put them
+into params, ``table_init`` starts a module's table from given rows) and
 ``sampling`` (``generate``, ``sample_text``: text from a model, one compiled step per token).
 Nothing here reads a config.
 
@@ -42,8 +43,11 @@ from jaxembed.nn.pretrained import (
     GPT2_URL,
     PretrainedUnavailableError,
     gpt2_download_plan,
+    gpt2_source,
     gpt2_tables,
+    init_from_gpt2,
     load_tables,
+    table_init,
 )
 from jaxembed.nn.sampling import SamplingStep, generate, sample_text
 
@@ -68,7 +72,9 @@ __all__ = [
     "embeddings",
     "generate",
     "gpt2_download_plan",
+    "gpt2_source",
     "gpt2_tables",
+    "init_from_gpt2",
     "load_tables",
     "losses",
     "make_model",
@@ -80,6 +86,7 @@ __all__ = [
     "sample_text",
     "sampling",
     "sinusoidal_table",
+    "table_init",
     "tied_cross_entropy",
     "torch_embedding_init",
 ]

@@ -26,7 +26,9 @@ SHA-256 of the tensor's bytes, checked on every read, so a damaged file is an er
 never silently wrong numbers. ``$JAXEMBED_GPT2_URL`` (or ``url=``) points at a mirror
 or a local copy of ``model.safetensors``; the cache is keyed by size, not source.
 
-``load_tables`` puts tables into ``EmbeddingLM`` or ``InputEmbedding`` params.
+``load_tables`` puts tables into ``EmbeddingLM`` or ``InputEmbedding`` params;
+``init_from_gpt2`` fetches GPT-2's and puts them there (what ``model.init_from = "gpt2"``
+runs); ``table_init`` is a Flax initializer that starts a module's table from given rows.
 
 Example (offline: a header built in memory):
   >>> header = {
@@ -50,7 +52,7 @@ import struct
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -79,8 +81,11 @@ __all__ = [
     "fetch_tables",
     "gpt2_cache_paths",
     "gpt2_download_plan",
+    "gpt2_source",
     "gpt2_tables",
+    "init_from_gpt2",
     "load_tables",
+    "table_init",
 ]
 
 #: The commit of huggingface.co/openai-community/gpt2 the tables come from (pinned, so the
@@ -413,10 +418,15 @@ def load_tables(
     inner = params.get("params", {}) if isinstance(params, Mapping) else {}
     prefix = ("params", "embed") if "embed" in inner else ("params",)
     scope = inner.get("embed", inner) if isinstance(inner, Mapping) else {}
-    if not (isinstance(scope, Mapping) and "token" in scope and "position" in scope):
+    if not (isinstance(scope, Mapping) and "token" in scope):
         raise InvalidArgumentError(
             "params holds no embedding tables: expected EmbeddingLM params (params['params']['embed']"
             "['token'|'position']['embedding']) or InputEmbedding params (params['params']['token'|'position']...)."
+        )
+    if position_LxD is not None and "position" not in scope:
+        # Sinusoidal, rotary, ALiBi and no positions have no learned table to fill.
+        raise InvalidArgumentError(
+            "params holds no position table (a model with position other than 'learned'); pass position_LxD=None."
         )
     new = params
     if token_VxD is not None:
@@ -449,6 +459,145 @@ def load_tables(
             )
         new = _replace(new, (*prefix, "position", "embedding"), _like(old, table[:length]))
     return new
+
+
+def init_from_gpt2(
+    params: Any,
+    *,
+    vocab_size: int,
+    position: bool = True,
+    url: str | None = None,
+    cache: Path | None = None,
+    tables: tuple[np.ndarray | None, np.ndarray] | None = None,
+) -> Any:
+    """``params`` with GPT-2 124M's token table and, with ``position``, its first ``L`` positions.
+
+    What a fresh run with ``model.init_from = "gpt2"`` does after ``init``: the one owner of
+    which GPT-2 table goes where. The tables come from ``gpt2_tables`` (downloaded once,
+    then read from the cache) unless ``tables`` hands over ones already fetched.
+
+    Args:
+      params: ``EmbeddingLM`` or ``InputEmbedding`` variables, as ``init`` returns them: a
+        token table ``[padded V, 768]`` and, with ``position``, a learned position table
+        ``[L, 768]`` with ``L <= 1024``.
+      vocab_size: the model's ``vocab_size`` before padding (GPT-2: 50,257); the padding
+        rows (``vocab_multiple``) become zero.
+      position: also fill the position table with ``wpe[:L]``; ``False`` for a model
+        with no learned table (sinusoidal, rotary, ALiBi or no positions), which keeps
+        its token table only.
+      url: the ``model.safetensors`` to read (see ``gpt2_tables``).
+      cache: the cache folder (see ``gpt2_tables``).
+      tables: ``(wte_VxD, wpe_PxD)`` as ``gpt2_tables`` returned them (fetched earlier, to
+        fail before slow work), or any such pair (a stand-in); then nothing is fetched.
+
+    Returns:
+      A new tree (the input is unchanged); each table keeps the old one's box (axis
+      names), dtype (``param_dtype``) and sharding.
+
+    Raises:
+      PretrainedUnavailableError: the tables are neither cached nor downloadable (one
+        line naming the URL and the cache paths; see ``gpt2_tables``).
+      InvalidArgumentError: the widths differ (``features`` is not 768), ``vocab_size`` is
+        not the table's 50,257 rows, ``L`` exceeds 1,024, or ``position`` is true for
+        params with no position table (see ``load_tables``).
+
+    Example (offline: small stand-in tables; ``init_from_gpt2(params, vocab_size=50257)`` fetches GPT-2's):
+      >>> from jaxembed.nn.model import EmbeddingLM
+      >>> lm = EmbeddingLM(vocab_size=5, max_length=2, features=3, vocab_multiple=8)
+      >>> params = lm.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32))
+      >>> wte_VxD = np.arange(15, dtype=np.float32).reshape(5, 3)
+      >>> wpe_PxD = np.full((4, 3), 0.5, np.float32)
+      >>> new = init_from_gpt2(params, vocab_size=5, tables=(wte_VxD, wpe_PxD))
+      >>> embed = nn.unbox(new)["params"]["embed"]
+      >>> embed["token"]["embedding"][4].tolist(), embed["position"]["embedding"].shape
+      ([12.0, 13.0, 14.0], (2, 3))
+    """
+    if tables is None:
+        tables = gpt2_tables(url=url, cache=cache)
+    wte_VxD, wpe_PxD = tables
+    if wte_VxD is None:
+        raise InvalidArgumentError("init_from_gpt2 needs the token table: tables=(None, wpe) came from positions_only.")
+    return load_tables(params, wte_VxD, wpe_PxD if position else None, vocab_size=vocab_size)
+
+
+def table_init(table: Any, *, first_rows: bool = False) -> Callable[..., jax.Array]:
+    """A Flax initializer ``(key, shape, dtype) -> array`` that starts an embedding table from ``table``.
+
+    For ``TokenEmbedding(embedding_init=...)`` and ``PositionalEmbedding(embedding_init=...)``
+    (or ``InputEmbedding``'s ``token_init`` / ``position_init``). The key is not used: the
+    table is the start. Under ``jit`` (a sharded init) the table becomes a constant of the
+    compiled program, which is slow for GPT-2's 154 MB ``wte``: there, ``init`` as usual and
+    put the tables in with ``load_tables`` / ``init_from_gpt2``.
+
+    Args:
+      table: ``[N, D]`` numeric rows, e.g. GPT-2's ``wte_VxD`` or ``wpe_PxD``.
+      first_rows: ``False`` (token tables): ``N`` must be at most the table's rows; the
+        rows after ``N`` (the padding of ``vocab_multiple``) are zero. ``True`` (position
+        tables): ``N`` must be at least the table's rows ``L``; the first ``L`` are used.
+
+    Returns:
+      The initializer; it returns ``table`` in ``dtype`` with the requested ``shape``.
+
+    Raises:
+      InvalidTypeError: ``table`` is not a 2-D numeric array (at once).
+      InvalidArgumentError: when called, ``shape`` is not 2-D, its width is not ``D``, or
+        its rows do not fit ``N`` as ``first_rows`` says.
+
+    Example:
+      >>> from jaxembed.nn.embeddings import PositionalEmbedding, TokenEmbedding
+      >>> wte_VxD = np.arange(15, dtype=np.float32).reshape(5, 3)
+      >>> tok = TokenEmbedding(vocab_size=5, features=3, vocab_multiple=8, embedding_init=table_init(wte_VxD))
+      >>> table = tok.init(jax.random.key(0), jnp.array([0]))["params"]["embedding"]
+      >>> table.shape, table[4].tolist(), float(abs(table[5:]).sum())
+      ((8, 3), [12.0, 13.0, 14.0], 0.0)
+      >>> pos = PositionalEmbedding(max_length=2, features=3, embedding_init=table_init(wte_VxD, first_rows=True))
+      >>> pos.init(jax.random.key(0), 2)["params"]["embedding"].tolist()
+      [[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]]
+      >>> table_init(wte_VxD, first_rows=True)(jax.random.key(0), (8, 3))  # what PositionalEmbedding(8, 3) asks
+      Traceback (most recent call last):
+      ...
+      jaxembed.errors.InvalidArgumentError: table_init: the table has 5 rows, fewer than the 8 asked for (shape [8, 3]).
+    """
+    array = np.asarray(table)
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+        raise InvalidTypeError(f"table must be a 2-D numeric array, got shape {array.shape} and dtype {array.dtype}.")
+    rows_N, width = array.shape
+
+    def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
+        del key  # the table is the start, nothing is drawn
+        shape = tuple(shape)
+        if len(shape) != 2 or shape[1] != width:
+            raise InvalidArgumentError(
+                f"table_init: the table is [{rows_N}, {width}] but the parameter is {list(shape)}; "
+                f"the widths must match (features={width})."
+            )
+        rows = shape[0]
+        if first_rows:
+            if rows_N < rows:
+                raise InvalidArgumentError(
+                    f"table_init: the table has {rows_N:,} rows, fewer than the {rows:,} asked for (shape {list(shape)})."
+                )
+            return jnp.asarray(array[:rows], dtype)
+        if rows_N > rows:
+            raise InvalidArgumentError(
+                f"table_init: the table has {rows_N:,} rows, more than the {rows:,} of the parameter "
+                f"(shape {list(shape)}); a position table takes its first rows with first_rows=True."
+            )
+        full = np.zeros(shape, np.float32)
+        full[:rows_N] = array  # rows past N: the padding of a padded vocabulary, never looked up
+        return jnp.asarray(full, dtype)
+
+    return init
+
+
+def gpt2_source(url: str | None = None) -> str:
+    """The address ``gpt2_tables(url=url)`` reads: ``url``, else ``$JAXEMBED_GPT2_URL``, else ``GPT2_URL``.
+
+    Example:
+      >>> gpt2_source("/data/model.safetensors")
+      '/data/model.safetensors'
+    """
+    return _source_url(url)
 
 
 # --- loading into params ---------------------------------------------------------------------

@@ -40,6 +40,7 @@ from jaxembed.data import pipeline
 from jaxembed.data.splits import Splits, expand_active
 from jaxembed.errors import InvalidArgumentError, JaxembedError
 from jaxembed.nn.model import EmbeddingLM, embedding_tables
+from jaxembed.nn.pretrained import gpt2_cache_paths, gpt2_source, gpt2_tables, init_from_gpt2
 from jaxembed.train.checkpoint import Checkpointer
 from jaxembed.train.tensorboard import SummaryLog, profile
 from jaxembed.train.trainer import Trainer, TrainState, learning_rate_schedule, make_mesh
@@ -140,6 +141,8 @@ def train_and_evaluate(
             # start-up steps (Interrupted) or after the current training step (Preempted).
             stop = stack.enter_context(_StopSignals())
             changes = workdir.open_for_run(stack, config.to_dict()) if workdir is not None else {}
+            # Before the data and the compilation: a missing network fails in seconds, leaving nothing.
+            pretrained = _fetch_pretrained(config, workdir, changes, stop)
             mesh = make_mesh(config.mesh.data, config.mesh.model)
             stop.begin("loading the data")
             iterator, eval_batches, splits = pipeline.get_datasets(config, mesh, text=text)
@@ -160,7 +163,8 @@ def train_and_evaluate(
             stop.check()
             if workdir is not None:
                 workdir.create(stack, splits.corpus_fingerprint)
-            run = _Run(config, workdir, trainer, iterator, eval_batches, progress, stack, stop)
+            run = _Run(config, workdir, trainer, iterator, eval_batches, progress, stack, stop, pretrained)
+            del pretrained  # the run drops the tables (154 MB) once they are in the params
             return run.train(splits, changes)
     except Interrupted as e:
         # A run interrupted before its first checkpoint leaves no workdir it created itself.
@@ -183,11 +187,18 @@ class _Run:
     progress: bool
     stack: contextlib.ExitStack
     stop: _StopSignals
+    pretrained: _Pretrained | None = None
     checkpointer: Checkpointer | None = None
 
     def train(self, splits: Splits, changes: dict) -> TrainResult:
         config, workdir, trainer = self.config, self.workdir, self.trainer
         state = trainer.init(jax.random.key(config.seed))
+        if self.pretrained is not None:
+            # Before the copy below: the report's "before training" is what the run started from.
+            pretrained, self.pretrained = self.pretrained, None
+            state = state.replace(params=pretrained.load(state.params, trainer.model))
+            if workdir is None or not workdir.resuming:  # a resume's state comes from its checkpoint
+                log.info(pretrained.describe(trainer.model))
         # The step donates its input state; keep the untrained tables for the report.
         initial_params = jax.tree.map(jnp.copy, state.params)
         start_step = 0
@@ -310,6 +321,62 @@ class _Run:
         return state
 
 
+@dataclasses.dataclass(frozen=True)
+class _Pretrained:
+    """GPT-2's tables, fetched before the slow parts of start-up, and where they came from."""
+
+    wte_VxD: np.ndarray
+    wpe_PxD: np.ndarray
+    source: str
+
+    def load(self, params: Any, model: EmbeddingLM) -> Any:
+        """``params`` with the tables in (``nn.init_from_gpt2``): the state's dtypes and shardings kept."""
+        learned = model.position == "learned"  # the other schemes have no table to fill
+        return init_from_gpt2(
+            params, vocab_size=model.vocab_size, position=learned, tables=(self.wte_VxD, self.wpe_PxD)
+        )
+
+    def describe(self, model: EmbeddingLM) -> str:
+        if model.position == "learned":
+            return f"Token and position tables start from GPT-2 124M ({self.source})."
+        return (
+            f"The token table starts from GPT-2 124M ({self.source}); model.position={model.position!r} has no "
+            "position table to fill, so GPT-2's positions are not used."
+        )
+
+
+def _fetch_pretrained(
+    config: ml_collections.ConfigDict, workdir: Workdir | None, changes: dict, stop: _StopSignals
+) -> _Pretrained | None:
+    """GPT-2's tables when the run starts (or started) from them (``model.init_from``), else None.
+
+    A resumed run continues from its checkpoint: the tables it started from serve only as the
+    report's "before training", so they are read from the cache and never downloaded again.
+
+    Raises:
+      PretrainedUnavailableError: a fresh run cannot get the tables (one line: the URL, the cache paths).
+    """
+    resuming = workdir is not None and workdir.resuming
+    # What the run started from: on a resume with a changed init_from, the run's own value.
+    started_from = changes["model.init_from"][0] if "model.init_from" in changes else config.model.init_from
+    if started_from != "gpt2":
+        return None
+    paths = gpt2_cache_paths()
+    cached = all(path.is_file() for path in paths.values())
+    folder = paths["wte"].parent
+    if resuming and not cached:
+        log.warning(
+            "GPT-2's tables are no longer cached in %s: the report's 'before training' shows the seeded "
+            "initialisation, not the GPT-2 tables this run started from.",
+            folder,
+        )
+        return None
+    stop.begin("fetching GPT-2's tables")
+    wte_VxD, wpe_PxD = gpt2_tables()
+    source = f"cached in {folder}" if cached else f"{gpt2_source()}, cached in {folder}"
+    return _Pretrained(wte_VxD, wpe_PxD, source)
+
+
 def _announce(notices: dict, config: ml_collections.ConfigDict, step: int) -> None:
     """Says out loud what a resume with changed settings changes."""
     if not notices:
@@ -328,6 +395,8 @@ def _announce(notices: dict, config: ml_collections.ConfigDict, step: int) -> No
             f" The learning-rate schedule is re-planned for {config.train.steps} steps: "
             f"step {step + 1} uses {after:.6g} (the old plan: {before:.6g})."
         )
+    if "model.init_from" in notices:
+        message += " model.init_from acts on a fresh start only: the run goes on from its checkpoint."
     log.warning(message + " Recorded in config_changes.jsonl.")
 
 

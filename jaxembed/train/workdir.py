@@ -423,6 +423,9 @@ class WorkdirLock:
 #: Everything else is free (where files go, how often to log, devices, the report).
 RESUME_RULES: tuple[tuple[str, str], ...] = (
     ("model.loss_tile_tokens", "free"),  # the same loss (to ~1e-6), computed in other pieces
+    # Where the tables started: read on a fresh start only, a resume continues from the checkpoint.
+    # Allowed, and recorded, so the run's history still says what it started from.
+    ("model.init_from", "notice"),
     ("seed", "refuse"),
     ("model.*", "refuse"),
     ("data.tokenizer", "refuse"),

@@ -27,6 +27,10 @@
 # 3. **Positional embeddings**: one learned vector per position
 # 4. **Input embeddings**: token + positional, broadcast over the batch
 # 5. **Training**: a few hundred optimiser steps, and pictures of what changed
+# 6. **One attention layer**: the positions learn distance, and the model writes text
+# 7. **Other position schemes**: sinusoidal, rotary, ALiBi, none, and what happens past
+#    the trained length
+# 8. **What a trained table looks like**: GPT-2's own 1,024 positions beside yours
 #
 # It is a port of a PyTorch notebook. Where JAX works differently (random keys,
 # parameters, compilation, immutable arrays, out-of-range ids) the notebook says so
@@ -646,6 +650,35 @@ print(f"Validation loss with attention: {attention_val[0]:.3f} -> {attention_val
       f"(embeddings only: {val_losses[-1][1]:.3f})")
 
 # %% [markdown]
+# ### The loss, as text
+#
+# What does that fall in the loss look like? Let the model write. Both the
+# untrained and the trained parameters continue the same prompt, the first 4 tokens of
+# the held-out text, with 30 tokens sampled with the same seed (`nn.generate`: each new
+# token is drawn from the model's prediction after the tokens so far, at temperature 0.8
+# among the 40 most likely). Both runs share one compiled sampling step: same model,
+# same shapes, other parameters.
+
+# %%
+prompt_ids = np.asarray(attention_result.splits.val_ids[:4])
+sampling = dict(temperature=0.8, top_k=40, seed=config.seed)
+print(f"Prompt (the first 4 held-out tokens): {gpt2_tokenizer.decode(prompt_ids.tolist())!r}")
+samples = {}
+for name, params, loss in [("before", attention_result.initial_params, attention_val[0]),
+                           ("after", attention_result.state.params, attention_val[-1])]:
+    sample_ids = nn.generate(attention_result.model, params, prompt_ids, 30, **sampling)
+    samples[name] = gpt2_tokenizer.decode([*prompt_ids.tolist(), *sample_ids.tolist()])
+    print(f"\n--- {name} training (validation loss {loss:.3f}) ---\n{samples[name]}")
+
+# %% [markdown]
+# Before training every token is about equally likely, so the sample is word salad
+# drawn from all 50,257 tokens: modern words, names and fragments that never occur in
+# the play. After 300 steps the model writes in the play's shape: speakers' names in
+# capitals on lines of their own, line breaks, commas, and the short words of the
+# dialogue. It is not yet sense: at the loss printed above the model still chooses among
+# many plausible next tokens at every step, and it sees at most 16 tokens back.
+
+# %% [markdown]
 # Two numbers say whether the positional table learned something. **Locality**: the mean
 # cosine between adjacent positions minus the mean cosine between positions at least
 # L/2 apart (0 for a table with no order in it). **The shuffled-positions gap**: the
@@ -745,6 +778,75 @@ display(Image(filename=report.plot_position_maps({"learned (trained)": attention
 # the command line (a few minutes on 2 cores) and writes one page with these pictures.
 
 # %% [markdown]
+# ## Part 8: What a trained table looks like: GPT-2's positions
+#
+# Your positional table has 16 rows and trained for 300 steps. GPT-2 small's has 1,024
+# rows of 768 numbers, trained on far more text. `nn.gpt2_tables(positions_only=True)`
+# fetches just that table from GPT-2's checkpoint on Hugging Face (1,024 x 768 float32
+# numbers, 3 MB, by HTTP range requests) once and caches it. It needs a network; without one the cell says
+# so and describes what you would see. The copy of this notebook in the repository was
+# executed offline, so there it shows that note instead of GPT-2's pictures.
+
+# %%
+wpe_path = nn.pretrained.gpt2_cache_paths()["wpe"]  # where the table is cached, or can be placed by hand
+# Printed as ~/... so the notebook shows no one's home folder.
+shown_path = f"~/{wpe_path.relative_to(pathlib.Path.home())}" if wpe_path.is_relative_to(pathlib.Path.home()) else str(wpe_path)
+try:
+    _, gpt2_wpe_LxD = nn.gpt2_tables(positions_only=True)  # the token table stays unfetched (None)
+    print(f"GPT-2's position table: {gpt2_wpe_LxD.shape[0]:,} positions x {gpt2_wpe_LxD.shape[1]} features")
+except nn.PretrainedUnavailableError as error:  # offline: explain in words, on stdout, no traceback
+    gpt2_wpe_LxD, gpt2_error = None, error
+    print(f"""GPT-2's position table could not be fetched (this copy ran offline; print(gpt2_error) says why),
+so this part shows no GPT-2 pictures. With the table you would see:
+
+  - a similarity map with a smooth band along its diagonal, like the one your table
+    has after Part 6 but over 1,024 positions: each position is most like its
+    neighbours, and the likeness fades gradually with distance;
+  - its first principal components tracing a smooth curve through the positions in
+    order (the well-known "helix" of GPT-2's positions), where your 16 positions
+    trace a short path;
+  - a locality well above 0, like yours.
+
+To see it: run this cell with a network connection (3 MB, once; later runs read the
+cache), or place the table by hand at
+  {shown_path}
+(one tensor, safetensors.numpy.save_file({{'wpe.weight': array}}, path)), or set
+JAXEMBED_GPT2_URL to a mirror or a local copy of GPT-2's model.safetensors and rerun.""")
+
+# %% [markdown]
+# Both tables side by side on one colour scale (-1 to 1), and the first two principal
+# components of each, points joined in position order. What to compare:
+#
+# - **The band.** A smooth band along the diagonal means nearby positions have similar
+#   vectors. GPT-2's band runs the whole 1,024 positions; your 16-row table after 300
+#   steps shows the beginning of the same thing.
+# - **The path.** GPT-2's positions, in order, trace a smooth curve (in three components,
+#   the well-known helix): position is laid out along a continuous line in the table,
+#   which is what lets attention read distance from it. Yours is a short path.
+# - **Locality** (Part 6's number): for GPT-2 "far" means at least 512 positions apart,
+#   for yours at least 8.
+
+# %%
+print(f"Your table (Part 6, {len(attention_pos_LxD)} positions): locality {analysis.position_locality(attention_pos_LxD):+.3f}")
+if gpt2_wpe_LxD is None:
+    print("GPT-2's table: not available here (see the note above), so no pictures.")
+else:
+    print(f"GPT-2's table ({len(gpt2_wpe_LxD):,} positions): locality {analysis.position_locality(gpt2_wpe_LxD):+.3f}")
+    tables = {"GPT-2 small (trained, 1,024 x 768)": gpt2_wpe_LxD, "yours (Part 6, 16 x 32, 300 steps)": attention_pos_LxD}
+    display(Image(filename=report.plot_position_maps(tables, fig_dir / "gpt2_position_maps.png"), width=720))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
+    for ax, (name, pos_LxD) in zip(axes, tables.items()):
+        points_Lx2, explained_2 = analysis.pca(pos_LxD)
+        ax.plot(points_Lx2[:, 0], points_Lx2[:, 1], color="0.7", lw=0.8, zorder=1)
+        dots = ax.scatter(points_Lx2[:, 0], points_Lx2[:, 1], c=np.arange(len(pos_LxD)), cmap="viridis",
+                          s=6 if len(pos_LxD) > 100 else 30, zorder=2)
+        ax.set(title=name, xlabel=f"PC1 ({explained_2[0]:.0%} of variance)", ylabel=f"PC2 ({explained_2[1]:.0%})")
+        fig.colorbar(dots, ax=ax, label="position")
+    fig.suptitle("Positional tables, first two principal components, in position order")
+    fig.tight_layout()
+    plt.show()
+
+# %% [markdown]
 # ## Summary
 #
 # **What we learned:**
@@ -762,6 +864,8 @@ display(Image(filename=report.plot_position_maps({"learned (trained)": attention
 #    length best and has nothing beyond it; ALiBi keeps its loss on windows 4x longer;
 #    sinusoidal and rotary climb there; with no positions, causal attention still learns
 #    some order.
+# 6. **A fully trained table** (GPT-2's 1,024 positions) has the same banded map and a
+#    smooth path through its positions; your 16-row table shows the start of it.
 #
 # **Key dimensions for GPT-2:**
 # - Vocabulary size: 50,257 tokens

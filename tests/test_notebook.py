@@ -8,17 +8,21 @@ format, the reviewable source). Edit the ``.py``, then rebuild and execute the
   python tests/test_notebook.py
 
 The execution test runs a copy in memory, offline (``$JAXEMBED_CORPUS`` points
-at the shared corpus), and never rewrites the committed file.
+at the shared corpus, ``$JAXEMBED_GPT2_URL`` at a file that is not there, so Part 8
+prints its note instead of fetching GPT-2's table), and never rewrites the committed
+file. Part 8's branch with the table runs on a local stand-in for GPT-2's checkpoint.
 """
 
 from __future__ import annotations
 
+import ast
 import copy
 import math
 import os
 import pathlib
 import re
 import sys
+import tempfile
 import time
 
 import pytest
@@ -32,6 +36,9 @@ IPYNB = NOTEBOOKS / "token_embeddings.ipynb"
 PAIRED_PY = NOTEBOOKS / "token_embeddings.py"
 SHARED_CORPUS = pathlib.Path(__file__).resolve().parents[2] / "shared/data/romeo_juliet_gutenberg.txt"
 MAX_BYTES = 1_500_000
+# Where Part 8 looks for GPT-2's checkpoint when the notebook runs here: no file, so it takes the
+# offline branch on any machine and nothing is downloaded.
+NO_GPT2_SOURCE = pathlib.Path(tempfile.gettempdir()) / "jaxembed-no-gpt2" / "model.safetensors"
 CELL_TIMEOUT_S = 600
 INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # Appended to the executed copy: for each probe, the float64 centred cosine of the notebook's
@@ -119,6 +126,10 @@ def test_committed_notebook_is_executed_small_and_portable(committed):
     assert (
         sum("image/png" in o.get("data", {}) for cell in code for o in cell.outputs) >= 4
     )  # loss, neighbours, PCA, positions
+    # Part 8 says the committed copy was executed offline: its outputs show the note, not GPT-2's pictures.
+    shown = "\n".join(_code_outputs(committed))
+    assert "GPT-2's position table could not be fetched (this copy ran offline" in shown
+    assert "GPT-2's table: not available here" in shown
     for cell in committed.cells:  # no machine-specific paths in the code or what it printed
         shown = cell.source + (_text(cell.outputs) if cell.cell_type == "code" else "")
         assert not re.search(r"(/work/|/home/|/root/|/tmp/|/Users/|[A-Z]:\\)", shown), shown[:200]
@@ -129,6 +140,8 @@ def test_notebook_executes_offline(committed, corpus_path, tmp_path, monkeypatch
     monkeypatch.setenv("JAXEMBED_CORPUS", str(corpus_path))
     monkeypatch.setenv("JAXEMBED_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("MPLBACKEND", INLINE_BACKEND)
+    # Part 8 fetches GPT-2's position table; a source that is not there keeps the test offline.
+    monkeypatch.setenv("JAXEMBED_GPT2_URL", str(tmp_path / "no-gpt2" / "model.safetensors"))
     nb = copy.deepcopy(committed)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -178,6 +191,25 @@ def test_notebook_executes_offline(committed, corpus_path, tmp_path, monkeypatch
     }
     assert found["one attention layer"][0] > 0.2 and found["one attention layer"][1] > 0.05, found
     assert abs(found["embeddings only"][0]) < 0.1 and abs(found["embeddings only"][1]) < 0.02, found
+    # Part 6, the loss as text: the same prompt and seed before and after training.
+    match = re.search(r"Validation loss with attention: ([\d.]+) -> ([\d.]+)", text)
+    assert match, "Part 6 did not report its validation loss"
+    samples_out = next(out for out in outputs if "Prompt (the first 4 held-out tokens): " in out)
+    prompt = ast.literal_eval(re.search(r"Prompt \(the first 4 held-out tokens\): (.*)\n", samples_out).group(1))
+    heading = r"\n--- (?:before|after) training \(validation loss ([\d.]+)\) ---\n"
+    _, before_head, before, after_head, after = re.split(heading, samples_out)
+    assert (before_head, after_head) == match.groups(), "the samples' losses are not the printed ones"
+    before, after = before.removesuffix("\n"), after.removesuffix("\n")
+    assert before.startswith(prompt) and after.startswith(prompt) and before != after
+    before, after = before[len(prompt) :], after[len(prompt) :]
+    # What the text says: after training, a speaker's name in capitals on its own line, and
+    # commas; before, mostly words that never occur in the play.
+    speaker_line = re.compile(r"^[A-Z]{3,}[A-Z ]*\.$", re.M)
+    assert speaker_line.search(after) and "," in after, after
+    assert not speaker_line.search(before), before
+    play_words = set(re.findall(r"[A-Za-z]+", corpus_path.read_text(encoding="utf-8")))
+    unknown = [w for w in re.findall(r"[A-Za-z]+", before) if w not in play_words]
+    assert len(unknown) > len(re.findall(r"[A-Za-z]+", before)) / 2, (before, unknown)
     # Part 7: what the text says of each scheme past the trained length.
     rows = {
         name: [None if v == "-" else float(v) for v in values]
@@ -193,13 +225,72 @@ def test_notebook_executes_offline(committed, corpus_path, tmp_path, monkeypatch
     assert rows["none"][0] == max(r[0] for r in rows.values()) and rows["none"][2] < rows["none"][0] + 0.05
     assert rows["none"][0] < last  # causal attention alone beats Part 5's embeddings-only model
     assert rows["rope"][1] < rows["rope"][0] + 0.1  # rotary holds at 2L
+    # Part 8 offline: the note says what GPT-2's table would show and how to get it, on stdout.
+    assert "GPT-2's position table could not be fetched (this copy ran offline" in text
+    assert f"place the table by hand at\n  {tmp_path / 'cache' / 'gpt2-124M-wpe.safetensors'}\n" in text
+    assert "set\nJAXEMBED_GPT2_URL to a mirror or a local copy" in text
+    assert "GPT-2's table: not available here" in text
+    mine = re.search(r"Your table \(Part 6, 16 positions\): locality ([-+][\d.]+)", text)
+    assert mine and float(mine.group(1)) == found["one attention layer"][0]  # Part 6's number, again
     images = sum("image/png" in o.get("data", {}) for cell in nb.cells for o in cell.get("outputs", []))
     assert images >= 6
+
+
+def test_part8_with_gpt2s_table_shows_both_maps_and_paths(tmp_path, monkeypatch, capsys):
+    # The committed copy runs offline; this runs Part 8's cells on a local stand-in for GPT-2's
+    # checkpoint (a helix-shaped wpe), so the branch with the table is exercised too.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import safetensors.numpy
+
+    from jaxembed import nn, report
+    from jaxembed.report import analysis
+
+    rng = np.random.default_rng(0)
+    t_L = np.arange(1024) / 1023
+    helix_Lx3 = np.stack([np.cos(3 * np.pi * t_L), np.sin(3 * np.pi * t_L), 2 * t_L - 1], axis=1)
+    basis_Dx3, _ = np.linalg.qr(rng.normal(size=(768, 3)))
+    wpe_LxD = (helix_Lx3 @ basis_Dx3.T + 0.01 * rng.normal(size=(1024, 768))).astype(np.float32)
+    safetensors.numpy.save_file({"wpe.weight": wpe_LxD}, tmp_path / "model.safetensors")
+    monkeypatch.setenv("JAXEMBED_GPT2_URL", str(tmp_path / "model.safetensors"))
+    monkeypatch.setenv("JAXEMBED_CACHE", str(tmp_path / "cache"))
+
+    cells = jupytext.read(PAIRED_PY).cells
+    start = next(i for i, c in enumerate(cells) if c.source.startswith("## Part 8"))
+    end = next(i for i, c in enumerate(cells) if c.source.startswith("## Summary"))
+    code = [c.source for c in cells[start:end] if c.cell_type == "code"]
+    shown = []  # what the cells display, in order: PNG paths, and "plt.show" for an inline figure
+
+    def show():
+        shown.append(f"plt.show: {len(plt.gcf().axes)} axes")
+        plt.close("all")
+
+    monkeypatch.setattr(plt, "show", show)
+    namespace = dict(
+        nn=nn, report=report, analysis=analysis, np=np, plt=plt, pathlib=pathlib, fig_dir=tmp_path,
+        attention_pos_LxD=rng.normal(size=(16, 32)).cumsum(axis=0).astype(np.float32),
+        Image=lambda filename, width: pathlib.Path(filename), display=shown.append,
+    )  # fmt: skip
+    for source in code:
+        exec(source, namespace)
+
+    out = capsys.readouterr().out
+    assert "GPT-2's position table: 1,024 positions x 768 features" in out
+    gpt2 = re.search(r"GPT-2's table \(1,024 positions\): locality ([-+][\d.]+)", out)
+    assert gpt2 and float(gpt2.group(1)) == round(analysis.position_locality(wpe_LxD), 3)
+    # The maps (GPT-2 | yours), then the PCA paths: two panels, each with its colour bar.
+    assert shown == [tmp_path / "gpt2_position_maps.png", "plt.show: 4 axes"], shown
+    assert shown[0].stat().st_size > 10_000
 
 
 def main() -> None:
     """Rebuilds the .ipynb from the paired .py and executes it (offline by default)."""
     os.environ.setdefault("JAXEMBED_CORPUS", str(SHARED_CORPUS))
+    # Part 8 offline, as committed: a source that is not there, never huggingface.co.
+    os.environ.setdefault("JAXEMBED_GPT2_URL", str(NO_GPT2_SOURCE))
     os.environ["MPLBACKEND"] = INLINE_BACKEND  # figures become outputs even if the shell says Agg
     nb = jupytext.read(PAIRED_PY)
     nb.metadata["jupytext"] = {"formats": "ipynb,py:percent"}  # pairing only, as jupytext writes it

@@ -104,6 +104,31 @@ def test_the_step_compiles_once_for_any_length_seed_and_temperature(lm):
         generate(model, params, PROMPT, 2, top_k=5, step=step)
 
 
+def test_params_on_a_mesh_lower_the_step_once(lm):
+    # A trained run's params live on the trainer's mesh; the step's outputs (window, length) go
+    # back in as inputs, so a step whose outputs came back sharded otherwise than the first call's
+    # inputs would be lowered and compiled a second time on its second call.
+    model, params = lm
+    mesh = jax.make_mesh((1, 1), ("data", "model"))
+    placed = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    lowered = []
+
+    def listen(event, seconds, **kwargs):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration" and "_step" in str(kwargs.get("fun_name")):
+            lowered.append(kwargs["fun_name"])
+
+    step = SamplingStep(model, top_k=4)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        ids = generate(model, placed, PROMPT, 12, top_k=4, step=step)
+        again = generate(model, placed, [2], 5, top_k=4, seed=4, step=step)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert len(lowered) == 1, lowered
+    np.testing.assert_array_equal(ids, generate(model, params, PROMPT, 12, top_k=4))  # same tokens as unplaced
+    assert again.shape == (5,)
+
+
 def test_calls_without_a_step_share_one_compiled_step(lm):
     model, params = lm
     generate(model, params, PROMPT, 3, top_k=7)

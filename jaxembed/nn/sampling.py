@@ -187,7 +187,18 @@ class SamplingStep:
         self.model = model
         self.top_k = top_k
         self.traces = 0
-        self._jitted = jax.jit(self._step)
+        self._jitted: dict[Any, Any] = {}  # params' mesh (or None) -> the jitted step
+
+    def _jitted_for(self, params: Any) -> Any:
+        # The window and length it returns go back in as the next call's inputs. Pinned to one
+        # sharding (replicated over the params' mesh), every call has the same input shardings,
+        # so the step compiles once; left to XLA, the outputs come back sharded differently from
+        # the first call's host arrays and the second call compiles the step again.
+        mesh = params_mesh(params)
+        if mesh not in self._jitted:
+            replicated = None if mesh is None else jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            self._jitted[mesh] = jax.jit(self._step, out_shardings=replicated)
+        return self._jitted[mesh]
 
     def _step(
         self,
@@ -224,7 +235,21 @@ class SamplingStep:
         index: jax.Array,
         temperature: jax.Array,
     ) -> tuple[jax.Array, jax.Array, jax.Array]:
-        return self._jitted(params, window_1xL, length, key, index, temperature)
+        return self._jitted_for(params)(params, window_1xL, length, key, index, temperature)
+
+
+def params_mesh(params: Any) -> jax.sharding.Mesh | None:
+    """The mesh ``params`` are laid out on (their first ``NamedSharding`` leaf's), or ``None``.
+
+    Example:
+      >>> params_mesh({"w": jnp.zeros(3)}) is None
+      True
+    """
+    for leaf in jax.tree.leaves(params):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, jax.sharding.NamedSharding):
+            return sharding.mesh
+    return None
 
 
 @functools.lru_cache(maxsize=8)
@@ -296,8 +321,13 @@ def generate(
             f"step was made for another model or top_k ({step.top_k}); this call has top_k={top_k}."
         )
     params = nn.unbox(params)
-    window_1xL = jnp.asarray(np.pad(ids, (0, L - ids.size))[None])
-    length = jnp.int32(ids.size)
+    window_1xL, length = np.pad(ids, (0, L - ids.size))[None].astype(np.int32), np.int32(ids.size)
+    mesh = params_mesh(params)
+    if mesh is not None:  # placed as the step returns them (replicated): one compiled program
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        window_1xL, length = jax.device_put((window_1xL, length), replicated)
+    else:
+        window_1xL, length = jnp.asarray(window_1xL), jnp.asarray(length)
     key, temp = jax.random.key(seed), jnp.float32(temperature)
     tokens = []
     for i in range(num_tokens):  # dispatch is asynchronous: the host waits once, at the end

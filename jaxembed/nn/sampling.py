@@ -415,9 +415,12 @@ def sample_text(
 
 __all__ = [
     "ARGUMENT_NAMES",
+    "SUGGESTED_TEMPERATURE",
+    "SUGGESTED_TOP_K",
     "SamplingStep",
     "check_prompt_ids",
     "check_sampling_args",
     "generate",
+    "params_mesh",
     "sample_text",
 ]

@@ -536,6 +536,7 @@ def plot_position_paths(
         ax = fig.add_subplot(1, len(tables), i + 1, **({"projection": "3d"} if dims == 3 else {}))
         table = np.asarray(table, dtype=np.float64)
         points_LxK, explained_K = (projections or {}).get(name) or pca(table, k=dims)
+        points_LxK = np.asarray(points_LxK)[:, :dims]  # a given projection may hold more components
         coords = points_LxK.T
         order_L = np.arange(len(table))
         ax.plot(*coords, "-", color="0.6", lw=1 if len(table) <= 64 else 0.6, zorder=1)

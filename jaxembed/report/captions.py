@@ -266,6 +266,17 @@ def captions(numbers: dict, num_layers: int | None, length: int, pca_count: int)
 
 # --- the GPT-2 reference page (jaxembed.report.reference) ------------------------------------
 
+
+def signed(x: float, digits: int = 2) -> str:
+    """``x`` with its sign and ``digits`` decimals, never ``-0.00`` (a mean of about zero reads as ``+0.00``).
+
+    Example:
+      >>> signed(-0.0001), signed(0.5712, 3)
+      ('+0.00', '+0.571')
+    """
+    return f"{round(x, digits) + 0.0:+.{digits}f}"
+
+
 REFERENCE_POSITIONS = "Position tables: this run next to GPT-2"
 REFERENCE_PATH = "The path through positions: GPT-2's helix and this run's path"
 REFERENCE_NEIGHBORS = "Nearest neighbours: this run next to GPT-2"
@@ -335,7 +346,7 @@ def reference_captions(numbers: dict) -> dict[str, str]:
         f"vectors vary most) and joined in position order, coloured from position 0 (dark) to the last (yellow). "
         f"GPT-2's {total:,} positions trace one continuous curve that winds as it goes: on the first three "
         f"components ({explained[0]:.0%}, {explained[1]:.0%} and {explained[2]:.0%} of the variance) a helix, "
-        "flattened to an arc on two. Why a helix: the principal components of vectors that change smoothly "
+        "which the first two components alone show from one end, as an arc or loops. Why a helix: the principal components of vectors that change smoothly "
         "along a sequence are roughly slow waves over position (the first half a period across the whole range, "
         "the next a full period, and so on), like the sine and cosine columns of the sinusoidal table; a point "
         "driven by two or three such waves at once spirals. So the helix says that GPT-2 lays its positions "
@@ -357,7 +368,7 @@ def reference_captions(numbers: dict) -> dict[str, str]:
         f"tables ({gpt2['features']:,} dimensions against this run's {run['features']:,}), so each cosine is "
         "followed by how many standard "
         f"deviations σ of its own table's random-pair cosine it lies above that table's mean (this run: "
-        f"{ours['mean']:+.2f} ± {ours['std']:.2f}; GPT-2: {theirs['mean']:+.2f} ± {theirs['std']:.2f}). GPT-2 "
+        f"{signed(ours['mean'])} ± {ours['std']:.2f}; GPT-2: {signed(theirs['mean'])} ± {theirs['std']:.2f}). GPT-2 "
         "learned its table from some 40 GB of web text. A neighbour in both columns is a similarity this run "
         "found from its text alone that GPT-2 found too: usually grammar (a pronoun next to pronouns, a verb form "
         "next to verb forms), which any English teaches. Neighbours only in this run's column tell what this "

@@ -370,7 +370,8 @@ def _summary(numbers: dict) -> list[str]:
     if ours["mean"] is not None:
         lines.append(
             f"random pair of the {numbers['neighbor_candidates']:,} candidates, centred cosine: this run "
-            f"{ours['mean']:+.3f} ± {ours['std']:.3f}, GPT-2 {theirs['mean']:+.3f} ± {theirs['std']:.3f}"
+            f"{captions.signed(ours['mean'], 3)} ± {ours['std']:.3f}, GPT-2 {captions.signed(theirs['mean'], 3)} "
+            f"± {theirs['std']:.3f}"
         )
     lines.append(
         f"neighbours shared with GPT-2: {numbers['shared_neighbors']} of the {numbers['listed_neighbors']} "
@@ -400,15 +401,21 @@ def _draw(run: Run, numbers: dict, wpe_PxD: np.ndarray, out: pathlib.Path) -> di
         f"{numbers['neighbor_min_count']} times in this run's text),\neach table centred by its own mean; "
         "σ: standard deviations above that table's random-pair mean\n*: a neighbour in both columns"
     )
+    # A title must not promise a panel that is not there.
+    whose = (
+        "this run and GPT-2"
+        if run.position_LxD is not None
+        else f"GPT-2 only (this run has no position table: model.position = {run.model.position})"
+    )
     shared = [{n["id"] for n in e["run"]} & {n["id"] for n in e["gpt2"]} for e in numbers["neighbors"]]
     return {
         captions.REFERENCE_POSITIONS: plot_position_maps(
-            maps, out / "reference_positions.png", title="Cosine similarity between positions: this run and GPT-2"
+            maps, out / "reference_positions.png", title=f"Cosine similarity between positions: {whose}"
         ).name,
         captions.REFERENCE_PATH: plot_position_paths(
             paths,
             out / "reference_position_pca.png",
-            title="Positions on their own principal components, joined in order: GPT-2 and this run",
+            title=f"Positions on their own principal components, joined in order: {whose}",
             three_d=[three],
             # reference.json's projection (3 components), for both GPT-2 panels: one SVD, not three.
             projections=dict.fromkeys(

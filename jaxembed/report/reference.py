@@ -297,7 +297,7 @@ def write_reference(
       ...
       jaxembed.train.checkpoint.CheckpointError: ... is not a jaxembed run: .../config.json is missing.
     """
-    from jaxembed.train.run import load_run
+    from jaxembed.train.run import load_run  # orbax and the model load only when a run is read
 
     run = load_run(workdir, step=step)
     if run.config.data.tokenizer != "gpt2":

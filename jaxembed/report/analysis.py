@@ -488,7 +488,13 @@ def pca(vectors_NxD: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
     check_positive_int(k, "k")
     x_NxD = np.asarray(vectors_NxD, dtype=np.float64)
     x_NxD = x_NxD - x_NxD.mean(axis=0)
-    _, s_R, vt_RxD = np.linalg.svd(x_NxD, full_matrices=False)
+    if x_NxD.shape[0] > x_NxD.shape[1]:
+        # More rows than features (GPT-2's 1,024 x 768 positions): the eigenvectors of the D x D
+        # scatter matrix are the principal axes, several times faster than an SVD of the rows.
+        eig_R, v_DxR = np.linalg.eigh(x_NxD.T @ x_NxD)
+        s_R, vt_RxD = np.sqrt(np.clip(eig_R[::-1], 0, None)), v_DxR[:, ::-1].T
+    else:
+        _, s_R, vt_RxD = np.linalg.svd(x_NxD, full_matrices=False)
     # SVD signs are arbitrary; pin each axis so its largest-|loading| entry is
     # positive, which also makes the result independent of row order.
     signs_R = np.sign(vt_RxD[np.arange(len(vt_RxD)), np.abs(vt_RxD).argmax(axis=1)])

@@ -297,7 +297,8 @@ def test_offline_is_one_line_exit_2_and_writes_nothing(run_dir, gpt2_file, tmp_p
     assert not any((workdir / name).exists() for name in REFERENCE_FILES)
 
 
-def test_a_run_without_a_position_table_or_report_shows_gpt2_alone(text, server, cache, tmp_path):
+def test_a_run_without_a_position_table_or_report_shows_gpt2_alone(referenced, text, server, cache, tmp_path):
+    # `referenced` first: the tables are cached, so this call must not download.
     config = short_config("rope", steps=2)
     config.train.eval_every, config.train.checkpoint_every = 2, 2
     train_and_evaluate(config, tmp_path / "rope", text=text, progress=False)  # no report.json: probes are chosen

@@ -325,3 +325,24 @@ def test_a_non_run_folder_is_one_line_before_any_download(tmp_path, server, caps
     _, err = capsys.readouterr()
     assert code == 2 and "is not a jaxembed run" in err and len(err.strip().splitlines()) == 1
     assert len(server.ranges) == before
+
+
+def test_a_rewritten_run_report_keeps_its_link_to_the_page(tmp_path):
+    # A rerun of `jaxembed train` rewrites report.md from scratch: the link must survive it.
+    (tmp_path / "reference.md").write_text("# This run next to GPT-2's own tables\n")
+    rng = np.random.default_rng(0)
+    counts_V = np.zeros(ENC.n_vocab, int)
+    counts_V[:500] = 10
+    path = report.training_report(
+        tmp_path,
+        enc=ENC,
+        metrics=[{"step": 0, "val_loss": 10.8}],
+        before_VxD=rng.normal(size=(ENC.n_vocab, 4)),
+        after_VxD=rng.normal(size=(ENC.n_vocab, 4)),
+        pos_LxD=rng.normal(size=(4, 4)),
+        token_counts_V=counts_V,
+        probe_tokens=[" the"],
+        projector_tokens=10,
+    )
+    bullets = [line for line in path.read_text().splitlines() if line.startswith("- ")]
+    assert bullets[-1].startswith("- compared with GPT-2: [reference.md](reference.md)")

@@ -9,6 +9,7 @@ Commands:
   tokenize     text files -> a memory-mapped token file to train on (--tokens)
   plan         what a config costs (parameters, memory, FLOPs) before it runs
   compare      the position schemes side by side: one run per model.position, one page
+  reference    a run's tables next to GPT-2's own (downloaded once): reference.md
 
 Every user error ends in one line, ``jaxembed <command>: error: ...``, and
 exit status 2. The library logs through ``logging``; the CLI shows its info
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import pathlib
@@ -262,6 +264,25 @@ def _export(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _reference(args: argparse.Namespace, extra: list[str]) -> int:
+    with _interrupts.deferred():
+        from jaxembed import report
+
+    _no_extra(extra)
+    page = report.write_reference(args.workdir, url=args.url, step=args.step)
+    numbers = json.loads((page.parent / "reference.json").read_text(encoding="utf-8"))
+    run, gpt2 = numbers["run"], numbers["gpt2"]
+    length = min(run["context_length"], gpt2["positions"])
+    ours = "none here" if run["position_locality"] is None else f"{run['position_locality']:+.2f}"
+    print(
+        f"Step {run['step']} of {run['workdir']} next to GPT-2 124M: position locality over {length} positions: "
+        f"this run {ours}, GPT-2 {gpt2['position_locality']:+.2f}; "
+        f"{numbers['shared_neighbors']} of {numbers['listed_neighbors']} neighbours shared with GPT-2."
+    )
+    print(f"Page: {page}")
+    return 0
+
+
 # What sampling's error messages call each argument: the command's flags.
 SAMPLE_FLAGS = {
     "prompt": "--prompt",
@@ -451,6 +472,27 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="output folder (default: WORKDIR/projector)")
     export.add_argument("--step", type=_step, default="latest", help=step_help)
     export.set_defaults(run=_export)
+
+    reference = commands.add_parser(
+        "reference",
+        help="a run's tables next to GPT-2's own: WORKDIR/reference.md",
+        description="Compares a run's token and position tables with GPT-2 124M's (wte and wpe, 157.5 MB "
+        "downloaded once by byte range into $JAXEMBED_CACHE, then read from there): the position tables' "
+        "similarity maps and principal-component paths (GPT-2's helix), and the nearest neighbours of the run "
+        "report's probes in both tables by the same rule. Writes reference.md, reference.json and three "
+        "pictures into WORKDIR, and links the page from its report.md. Offline with nothing cached: one line, "
+        "exit status 2, nothing written.",
+    )
+    reference.add_argument("--workdir", required=True)
+    reference.add_argument(
+        "--url",
+        help="GPT-2's model.safetensors: a mirror's address or a local copy (default: $JAXEMBED_GPT2_URL, else the "
+        "pinned Hugging Face file)",
+    )
+    reference.add_argument(
+        "--step", type=_step, default="best", help="which checkpoint: best (default), latest or a step number"
+    )
+    reference.set_defaults(run=_reference)
 
     sample = commands.add_parser(
         "sample",

@@ -464,31 +464,48 @@ def probe_note(count: int, min_count: int = DEFAULT_MIN_COUNT) -> str:
     )
 
 
-def pca(vectors_NxD: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Projects rows onto their top two principal axes, with the variance each explains.
+def pca(vectors_NxD: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Projects rows onto their top ``k`` principal axes, with the variance each explains.
+
+    Args:
+      vectors_NxD: the rows to project.
+      k: how many axes (>= 1); 3 shows GPT-2's position helix, which two axes flatten.
 
     Returns:
-      ``(points_Nx2, explained_2)``: the projection and the fraction of the
-      total variance along each axis.
+      ``(points_NxK, explained_K)``: the projection and the fraction of the
+      total variance along each axis (zero columns past the data's rank).
+
+    Raises:
+      ValueError: ``k`` is not a positive integer.
 
     Example:
       >>> points_Nx2, explained_2 = pca(np.array([[0.0, 0], [2, 0], [1, 0.1], [1, -0.1]]))
       >>> explained_2.round(3).tolist()
       [0.99, 0.01]
+      >>> pca(np.eye(4), k=3)[0].shape
+      (4, 3)
     """
+    check_positive_int(k, "k")
     x_NxD = np.asarray(vectors_NxD, dtype=np.float64)
     x_NxD = x_NxD - x_NxD.mean(axis=0)
-    _, s_K, vt_KxD = np.linalg.svd(x_NxD, full_matrices=False)
+    if x_NxD.shape[0] > x_NxD.shape[1]:
+        # More rows than features (GPT-2's 1,024 x 768 positions): the eigenvectors of the D x D
+        # scatter matrix are the principal axes, several times faster than an SVD of the rows.
+        eig_R, v_DxR = np.linalg.eigh(x_NxD.T @ x_NxD)
+        s_R, vt_RxD = np.sqrt(np.clip(eig_R[::-1], 0, None)), v_DxR[:, ::-1].T
+    else:
+        _, s_R, vt_RxD = np.linalg.svd(x_NxD, full_matrices=False)
     # SVD signs are arbitrary; pin each axis so its largest-|loading| entry is
     # positive, which also makes the result independent of row order.
-    signs_K = np.sign(vt_KxD[np.arange(len(vt_KxD)), np.abs(vt_KxD).argmax(axis=1)])
-    points_NxK = x_NxD @ (vt_KxD * np.where(signs_K == 0, 1, signs_K)[:, None]).T
-    points_Nx2 = np.zeros((len(x_NxD), 2))
-    points_Nx2[:, : min(2, points_NxK.shape[1])] = points_NxK[:, :2]
-    var_K = s_K**2
-    explained_2 = np.zeros(2)
-    explained_2[: min(2, len(var_K))] = var_K[:2] / var_K.sum() if var_K.sum() > 0 else 0
-    return points_Nx2, explained_2
+    signs_R = np.sign(vt_RxD[np.arange(len(vt_RxD)), np.abs(vt_RxD).argmax(axis=1)])
+    points_NxR = x_NxD @ (vt_RxD * np.where(signs_R == 0, 1, signs_R)[:, None]).T
+    kept = min(k, points_NxR.shape[1])
+    points_NxK = np.zeros((len(x_NxD), k))
+    points_NxK[:, :kept] = points_NxR[:, :kept]
+    var_R = s_R**2
+    explained_K = np.zeros(k)
+    explained_K[: min(k, len(var_R))] = var_R[:k] / var_R.sum() if var_R.sum() > 0 else 0
+    return points_NxK, explained_K
 
 
 def pca_2d(vectors_NxD: np.ndarray) -> np.ndarray:

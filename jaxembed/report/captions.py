@@ -262,3 +262,118 @@ def captions(numbers: dict, num_layers: int | None, length: int, pca_count: int)
     if numbers["position_locality"] is not None:  # schemes with a table: the position pictures
         words.update({POSITIONS: _position_caption(numbers, num_layers, length), POSITION_PATH: path})
     return words
+
+
+# --- the GPT-2 reference page (jaxembed.report.reference) ------------------------------------
+
+
+def signed(x: float, digits: int = 2) -> str:
+    """``x`` with its sign and ``digits`` decimals, never ``-0.00`` (a mean of about zero reads as ``+0.00``).
+
+    Example:
+      >>> signed(-0.0001), signed(0.5712, 3)
+      ('+0.00', '+0.571')
+    """
+    return f"{round(x, digits) + 0.0:+.{digits}f}"
+
+
+REFERENCE_POSITIONS = "Position tables: this run next to GPT-2"
+REFERENCE_PATH = "The path through positions: GPT-2's helix and this run's path"
+REFERENCE_NEIGHBORS = "Nearest neighbours: this run next to GPT-2"
+#: The bullet the run's report.md gains once reference.md exists (``reference.write_reference``).
+REFERENCE_LINK = (
+    "compared with GPT-2: [reference.md](reference.md), GPT-2's own trained token and position tables next to "
+    "this run's (`jaxembed reference`)"
+)
+
+
+def no_position_table(position: str) -> str:
+    """Why the reference page shows GPT-2's position pictures alone for ``position`` (rope, alibi, none).
+
+    Example:
+      >>> no_position_table("rope").split(":")[0]
+      'This run has no position table to compare (model.position = rope'
+    """
+    return (
+        f"This run has no position table to compare (model.position = {position}: "
+        f"{POSITION_WORDS[position].split(': ', 1)[-1]}): position acts inside attention, or not at all, so only "
+        "GPT-2's learned table is drawn."
+    )
+
+
+def reference_captions(numbers: dict) -> dict[str, str]:
+    """A caption per picture of the GPT-2 reference page, from ``reference.json``'s numbers.
+
+    Written for a learner comparing two tables: what each picture shows, what to compare, and
+    what GPT-2's own shapes mean (the smooth band, the helix, shared neighbours).
+
+    Example:
+      >>> numbers = {"run": {"position": "learned", "context_length": 16, "position_locality": 0.57,
+      ...     "step": 300, "features": 32, "random_pair_cosine_centred": {"mean": 0.0, "std": 0.1}},
+      ...     "gpt2": {"positions": 1024, "features": 768, "position_locality": 0.3, "position_locality_all": 0.8,
+      ...     "random_pair_cosine_centred": {"mean": 0.0, "std": 0.08}, "position_pca_explained": [0.3, 0.2, 0.1]},
+      ...     "neighbor_candidates": 900, "neighbor_min_count": 3, "shared_neighbors": 4, "listed_neighbors": 30}
+      >>> sorted(reference_captions(numbers)) == sorted([REFERENCE_POSITIONS, REFERENCE_PATH, REFERENCE_NEIGHBORS])
+      True
+    """
+    run, gpt2 = numbers["run"], numbers["gpt2"]
+    length, total = run["context_length"], gpt2["positions"]
+    shown = min(length, total)
+    has_table = run["position_locality"] is not None
+    kind = "computed by a formula, never trained" if run["position"] == "sinusoidal" else f"at step {run['step']}"
+    compare = (
+        f"The left map is this run's table ({shown} positions, {kind}; locality {run['position_locality']:+.2f}); "
+        f"the middle one is GPT-2's first {shown} positions, the same window (locality "
+        f"{gpt2['position_locality']:+.2f}): compare these two."
+        if has_table
+        else f"{no_position_table(run['position'])} The first map is GPT-2's first {shown} positions (locality "
+        f"{gpt2['position_locality']:+.2f}), the window this run trained on."
+    )
+    positions = (
+        "Each cell (i, j) is the cosine similarity between the vectors of positions i and j, on one colour scale "
+        "for every map (red: alike, blue: opposite, white: unrelated; the diagonal is 1 by definition). "
+        f"{compare} The last map is all {total:,} of GPT-2's positions (locality {gpt2['position_locality_all']:+.2f}"
+        f", counting positions at least {total // 2} apart as distant). GPT-2's map is a smooth band along the "
+        "diagonal that fades with distance: neighbouring positions got nearly the same vector and far ones "
+        "unrelated vectors. Nothing in GPT-2 told it that 3 comes next to 4; each position's vector started as "
+        "noise and was trained on a great many 1,024-token windows of web text, and being similar to its "
+        "neighbours is what made the attention layers' job easy. Locality is the mean cosine of adjacent positions "
+        "minus that of positions at least half the window apart: near 0 for noise, larger for a sharper order."
+    )
+    explained = gpt2["position_pca_explained"]
+    path = (
+        f"Each table's positions projected onto its own principal components (the directions along which its "
+        f"vectors vary most) and joined in position order, coloured from position 0 (dark) to the last (yellow). "
+        f"GPT-2's {total:,} positions trace one continuous curve that winds as it goes: on the first three "
+        f"components ({explained[0]:.0%}, {explained[1]:.0%} and {explained[2]:.0%} of the variance) a helix, "
+        "which the first two components alone show from one end, as an arc or loops. Why a helix: the principal components of vectors that change smoothly "
+        "along a sequence are roughly slow waves over position (the first half a period across the whole range, "
+        "the next a full period, and so on), like the sine and cosine columns of the sinusoidal table; a point "
+        "driven by two or three such waves at once spirals. So the helix says that GPT-2 lays its positions "
+        "out along one smooth path, each next to its neighbours: what the sinusoidal table builds in by formula, "
+        "GPT-2 learned."
+    )
+    path += (
+        f" The last panel is this run's {length} positions on its own first two components: a smooth path in "
+        "order means this run learned an order too; a zigzag means its table is still mostly its random start."
+        if has_table
+        else f" {no_position_table(run['position'])}"
+    )
+    ours, theirs = run["random_pair_cosine_centred"], gpt2["random_pair_cosine_centred"]
+    neighbours = (
+        f"For each probe (the ones the run's report shows), its nearest tokens in each table by the same rule: "
+        f"cosine after subtracting that table's own mean over the same candidates, the "
+        f"{numbers['neighbor_candidates']:,} tokens seen at least {numbers['neighbor_min_count']} times in this "
+        "run's training text, so both columns rank among the same tokens. Raw cosines are not comparable across "
+        f"tables ({gpt2['features']:,} dimensions against this run's {run['features']:,}), so each cosine is "
+        "followed by how many standard "
+        f"deviations σ of its own table's random-pair cosine it lies above that table's mean (this run: "
+        f"{signed(ours['mean'])} ± {ours['std']:.2f}; GPT-2: {signed(theirs['mean'])} ± {theirs['std']:.2f}). GPT-2 "
+        "learned its table from some 40 GB of web text. A neighbour in both columns is a similarity this run "
+        "found from its text alone that GPT-2 found too: usually grammar (a pronoun next to pronouns, a verb form "
+        "next to verb forms), which any English teaches. Neighbours only in this run's column tell what this "
+        "corpus is about (characters who share scenes); only in GPT-2's, what a short run on little text has not "
+        f"learned. {numbers['shared_neighbors']} of the {numbers['listed_neighbors']} neighbours listed for this "
+        "run are among GPT-2's for the same probe."
+    )
+    return {REFERENCE_POSITIONS: positions, REFERENCE_PATH: path, REFERENCE_NEIGHBORS: neighbours}

@@ -20,7 +20,7 @@ import functools
 import math
 import os
 import pathlib
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -198,6 +198,9 @@ def plot_neighbors(
     subtitle: str = "",
     measure: str = "centred cosine similarity",
     baseline: tuple[float, float] | None = None,
+    columns: tuple[str, str] = ("before training", "after training"),
+    before_baseline: tuple[float, float] | None = None,
+    shared: Sequence[Collection[int]] | None = None,
 ) -> pathlib.Path:
     """Renders a probe | before training | after training table of neighbours.
 
@@ -209,6 +212,11 @@ def plot_neighbors(
     (the trained table's random-pair cosine ``(mean, std)``), each
     after-training cosine is followed by ``analysis.sigmas_above`` it. At most
     ``MAX_NEIGHBOR_ROWS`` probes are drawn; the subtitle says so.
+
+    ``columns`` names the two neighbour columns, for tables other than before and
+    after training (e.g. this run | GPT-2); ``before_baseline`` gives the first column
+    σ numbers too, against its own table's random-pair cosine. ``shared`` (one set of ids per
+    probe) marks those neighbours with ``*`` in both columns: the ones the two tables agree on.
 
     Example:
       >>> from jaxembed.text.tokenizer import get_encoding
@@ -222,6 +230,7 @@ def plot_neighbors(
         note = f"the first {MAX_NEIGHBOR_ROWS} of {len(query_ids)} probes (all of them in report.md)"
         subtitle = f"{subtitle}\n{note}" if subtitle else note
         query_ids, before, after = query_ids[:MAX_NEIGHBOR_ROWS], before[:MAX_NEIGHBOR_ROWS], after[:MAX_NEIGHBOR_ROWS]
+        shared = None if shared is None else shared[:MAX_NEIGHBOR_ROWS]
     k = max((len(row) for row in [*before, *after]), default=1) or 1
     fig = Figure(figsize=(9, 1.1 + len(query_ids) * (0.22 * k + 0.25)))
     ax = fig.add_subplot()
@@ -229,7 +238,7 @@ def plot_neighbors(
     title = f"Nearest neighbours by {measure}"
     ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontweight="bold", fontsize=10)
 
-    def cell(row, query, baseline=None):
+    def cell(row, query, baseline=None, marked=()):
         if counts_V is not None and counts_V[query] == 0:
             return "(never in the training text:\n no meaningful neighbours)"
         if not row:  # rank_neighbors leaves probes seen fewer than min_count times unranked
@@ -238,19 +247,21 @@ def plot_neighbors(
         for i, cos in row:
             sigma = None if baseline is None else analysis.sigmas_above(cos, baseline)
             lines.append(
-                f"{_plot_label(enc, i, monospace=True)}  {cos:+.2f}" + ("" if sigma is None else f" ({sigma:.1f}σ)")
+                f"{_plot_label(enc, i, monospace=True)}  {cos:+.2f}"
+                + ("" if sigma is None else f" ({sigma:.1f}σ)")
+                + (" *" if i in marked else "")
             )
         return "\n".join(lines)
 
     cells = [
-        [_plot_label(enc, q, monospace=True), cell(b, q), cell(a, q, baseline)]
-        for q, b, a in zip(query_ids, before, after, strict=True)
+        [_plot_label(enc, q, monospace=True), cell(b, q, before_baseline, m), cell(a, q, baseline, m)]
+        for q, b, a, m in zip(query_ids, before, after, shared or [()] * len(query_ids), strict=True)
     ]
     if not cells:  # a tiny corpus: no word occurs often enough to probe (report.md says so)
         cells = [["(no probe)", "no token occurs often enough", "in the training text to probe"]]
     table = ax.table(
         cellText=cells,
-        colLabels=["probe token", "before training", "after training"],
+        colLabels=["probe token", *columns],
         colWidths=[0.2, 0.4, 0.4],
         cellLoc="left",
         loc="upper center",
@@ -396,6 +407,9 @@ def plot_position_maps(
 ) -> pathlib.Path:
     """One cosine-similarity heatmap per ``[L, D]`` table, side by side, titled by its key and locality.
 
+    Every panel shares one colour scale (-1 to 1), so the same colour is the same cosine in
+    each; the tables may have different lengths (each panel spans its own positions).
+
     Example:
       >>> import tempfile
       >>> from jaxembed.nn.positions import sinusoidal_table
@@ -406,7 +420,16 @@ def plot_position_maps(
     fig = Figure(figsize=(5.6 * len(tables) + 1.2, 5.4))
     axes = [fig.add_subplot(1, len(tables), i + 1) for i in range(len(tables))]
     for ax, (name, table) in zip(axes, tables.items()):
-        image = ax.imshow(position_similarity(table), cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
+        # Up to a few hundred positions each cell is a visible square; a 1,024-position map has more
+        # cells than the panel has pixels, and nearest-cell sampling would draw a moire, not the table.
+        smooth = len(table) > 256
+        image = ax.imshow(
+            position_similarity(table),
+            cmap="RdBu_r",
+            vmin=-1,
+            vmax=1,
+            interpolation="antialiased" if smooth else "nearest",
+        )
         ax.set(title=f"{name}\nlocality {analysis.position_locality(table):+.2f}", xlabel="position", ylabel="position")
     fig.suptitle(title, fontweight="bold")
     fig.tight_layout()
@@ -464,39 +487,90 @@ def plot_position_pca(
       'pos_pca.png'
     """
     panels = (
-        [("after training", pos_LxD)]
+        {"after training": pos_LxD}
         if before_LxD is None
-        else [("before training", before_LxD), ("after training", pos_LxD)]
+        else {"before training": before_LxD, "after training": pos_LxD}
     )
-    fig = Figure(figsize=(5.8 * len(panels), 5.6))
-    every = max(1, math.ceil(len(pos_LxD) / 32))
-    for i, (name, table) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
-        points_Lx2, explained_2 = pca(table)
-        order_L = np.arange(len(points_Lx2))
-        ax.plot(points_Lx2[:, 0], points_Lx2[:, 1], "-", color="0.6", lw=1, zorder=1)
-        ax.scatter(
-            points_Lx2[:, 0],
-            points_Lx2[:, 1],
+    return plot_position_paths(
+        panels,
+        path,
+        title="Positional embeddings, first two principal components, in position order",
+        colorbar=False,
+    )
+
+
+def plot_position_paths(
+    tables: dict[str, np.ndarray],
+    path: str | os.PathLike,
+    *,
+    title: str,
+    three_d: Sequence[str] = (),
+    colorbar: bool = True,
+    projections: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> pathlib.Path:
+    """One PCA path per ``[L, D]`` table, side by side: each table's principal components, joined in position order.
+
+    Each panel has its own principal axes (``analysis.pca``). Points are coloured by position
+    (dark first, yellow last; with ``colorbar``, a bar gives the scale) and every
+    ``ceil(L / 32)``-th is labelled. The panels named in ``three_d`` draw the first three
+    components in 3-D: GPT-2's 1,024 positions trace a helix there, which two axes flatten
+    into an arc. Each title gives the table's locality and its mean vector's length against
+    the positions' spread from it (PCA removes the mean, so a table collapsed to one vector
+    looks no different from a spread one without these numbers).
+
+    ``projections`` gives panels' PCA already computed, ``{name: (points_LxK, explained_K)}``
+    from ``analysis.pca`` with ``K`` >= the panel's dimensions: an SVD of GPT-2's 1,024 x 768
+    table takes seconds, so a caller that has one need not pay for it again.
+
+    Example:
+      >>> import tempfile
+      >>> p_L = np.arange(64)[:, None]
+      >>> helix_LxD = np.hstack([np.cos(p_L / 8), np.sin(p_L / 8), p_L / 64])
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     plot_position_paths({"helix": helix_LxD}, f"{d}/paths.png", title="t", three_d=["helix"]).name
+      'paths.png'
+    """
+    fig = Figure(figsize=(5.8 * len(tables) + (0.6 if colorbar else 0), 5.6))
+    for i, (name, table) in enumerate(tables.items()):
+        dims = 3 if name in three_d else 2
+        ax = fig.add_subplot(1, len(tables), i + 1, **({"projection": "3d"} if dims == 3 else {}))
+        table = np.asarray(table, dtype=np.float64)
+        points_LxK, explained_K = (projections or {}).get(name) or pca(table, k=dims)
+        points_LxK = np.asarray(points_LxK)[:, :dims]  # a given projection may hold more components
+        coords = points_LxK.T
+        order_L = np.arange(len(table))
+        ax.plot(*coords, "-", color="0.6", lw=1 if len(table) <= 64 else 0.6, zorder=1)
+        dots = ax.scatter(
+            *coords,
             c=order_L,
             cmap="viridis",
-            s=36,
+            s=36 if len(table) <= 64 else 8,
             zorder=2,
-            edgecolors="black",
+            edgecolors="black" if len(table) <= 64 else "none",
             linewidths=0.4,
         )
+        # Up to 64 positions every point can carry its number; a longer path would be buried under
+        # them, so it gets 8 labels and the colour (bar) for the rest.
+        every = max(1, math.ceil(len(table) / 32)) if len(table) <= 64 else math.ceil(len(table) / 8)
         for pos in order_L[::every]:
-            ax.annotate(str(pos), points_Lx2[pos], xytext=(4, 4), textcoords="offset points", fontsize=8)
-        # PCA removes the mean; its length against the spread shows a table that collapsed to one vector.
-        table = np.asarray(table, dtype=np.float64)
+            if dims == 3:
+                ax.text(*points_LxK[pos], f" {pos}", fontsize=7)
+            else:
+                ax.annotate(str(pos), points_LxK[pos], xytext=(4, 4), textcoords="offset points", fontsize=8)
         mean_length = np.linalg.norm(table.mean(axis=0))
         spread = np.sqrt(((table - table.mean(axis=0)) ** 2).sum(axis=1).mean())
-        ax.set(
-            title=f"{name}: locality {analysis.position_locality(table):+.2f}\n"
+        ax.set_title(
+            f"{name}: locality {analysis.position_locality(table):+.2f}\n"
             f"mean vector length {mean_length:.2f}, rms distance from it {spread:.2f}",
-            xlabel=f"PC1 ({explained_2[0]:.0%} of variance)",
-            ylabel=f"PC2 ({explained_2[1]:.0%} of variance)",
+            fontsize=10,
         )
-        ax.grid(alpha=0.3)
-    fig.suptitle("Positional embeddings, first two principal components, in position order", fontweight="bold")
+        ax.set_xlabel(f"PC1 ({explained_K[0]:.0%} of variance)")
+        ax.set_ylabel(f"PC2 ({explained_K[1]:.0%} of variance)")
+        if dims == 3:
+            ax.set_zlabel(f"PC3 ({explained_K[2]:.0%} of variance)")
+        else:
+            ax.grid(alpha=0.3)
+        if colorbar:
+            fig.colorbar(dots, ax=ax, label="position", shrink=0.8, pad=0.12 if dims == 3 else 0.03)
+    fig.suptitle(title, fontweight="bold")
     return _save(fig, path)

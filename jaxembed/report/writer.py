@@ -431,6 +431,8 @@ def training_report(
             tb.write_images(tensorboard_step, {f"report/{pathlib.Path(n).stem}": out / n for n in images.values()})
     picture_captions = captions.captions(numbers, num_layers, length, len(frequent))
     summary = captions.summary_lines(numbers, length)
+    if (out / "reference.md").is_file():  # a rewritten report keeps its link to `jaxembed reference`'s page
+        summary.append(captions.REFERENCE_LINK)
     sections = {
         "Nearest neighbours before training": format_neighbors(
             enc, probes, before, token_counts_V, min_count=min_count

@@ -278,7 +278,7 @@ def gpt2_tables(
     paths = gpt2_cache_paths(size, cache=cache)
     names = ("wpe",) if positions_only else ("wte", "wpe")
     tables = fetch_tables(
-        _source_url(url), {name: paths[name] for name in names}, shapes=GPT2_SHAPES[size], timeout=timeout
+        gpt2_source(url), {name: paths[name] for name in names}, shapes=GPT2_SHAPES[size], timeout=timeout
     )
     return tables.get("wte"), tables["wpe"]
 
@@ -305,7 +305,7 @@ def gpt2_download_plan(
       (80, 'bytes=88-3145815', 3145816)
     """
     _check_size(size)
-    source = _source_url(url)
+    source = gpt2_source(url)
     names = ("wpe",) if positions_only else ("wte", "wpe")
     try:
         header_length, header = _read_header(source, timeout)
@@ -597,7 +597,7 @@ def gpt2_source(url: str | None = None) -> str:
       >>> gpt2_source("/data/model.safetensors")
       '/data/model.safetensors'
     """
-    return _source_url(url)
+    return url or os.environ.get("JAXEMBED_GPT2_URL") or GPT2_URL
 
 
 # --- loading into params ---------------------------------------------------------------------
@@ -728,10 +728,6 @@ def _write_table(path: Path, byte_range: ByteRange, data: bytes, url: str, heade
 
 class _TransferError(Exception):
     """A download failed; the message says why in a few words (the caller adds what to do)."""
-
-
-def _source_url(url: str | None) -> str:
-    return url or os.environ.get("JAXEMBED_GPT2_URL") or GPT2_URL
 
 
 def _check_size(size: str) -> None:

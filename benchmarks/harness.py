@@ -373,13 +373,14 @@ def make_config(batch: int, length: int, features: int, overrides: dict[str, Any
     return apply_overrides(config, overrides)
 
 
-def resolved_tile_tokens(config) -> int:
-    """The loss tile a CPU run of ``config`` uses (``model.loss_tile_tokens``, None chosen by bytes)."""
+def resolved_tile_tokens(config, vocab: int = GPT2_VOCAB) -> int:
+    """The loss tile a CPU run of ``config`` uses (``model.loss_tile_tokens``; None: ``auto_tile_tokens``)."""
     from jaxembed.nn.embeddings import padded_size
     from jaxembed.nn.losses import auto_tile_tokens
 
     tile = config.model.loss_tile_tokens
-    return auto_tile_tokens(padded_size(50257, config.model.vocab_multiple), "cpu") if tile is None else tile
+    padded = padded_size(vocab, config.model.vocab_multiple)
+    return auto_tile_tokens(padded, "cpu", features=config.model.features) if tile is None else tile
 
 
 def apply_overrides(config, overrides: dict[str, Any] | None):

@@ -98,7 +98,7 @@ def train_section(settings: Settings, hw: dict, which: tuple[str, ...], ready: d
         row = harness.run_case(case, settings, hw)
         if variants:
             row["loss_tile_tokens"] = {
-                "jaxembed": harness.resolved_tile_tokens(harness.make_config(b, length, d)),
+                "jaxembed": harness.resolved_tile_tokens(harness.make_config(b, length, d), v),
                 **{name: o["model.loss_tile_tokens"] for name, o in variants.items()},
             }
             add_tile_ratios(row)

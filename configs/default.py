@@ -70,10 +70,10 @@ def get_config() -> ml_collections.ConfigDict:
     # fresh start only: a resumed run continues from its checkpoint.
     c.model.init_from = "none"
     # Tokens per tile of the tied head's loss (0: the full [B, L, V] logits at once). Batches
-    # of at most this many tokens run the dense program. None (the default) chooses by bytes:
-    # on CPU tiles of at most 16 MiB of logits (64 tokens for GPT-2's vocabulary: no per-step
-    # mmap/munmap churn), on GPU/TPU 2048 (gpt2_small's step then needs 1.5 GiB of temporaries
-    # instead of 15.7 GiB: jaxembed plan --config gpt2_small).
+    # of at most this many tokens run the dense program. None (the default): on GPU/TPU 2048
+    # (gpt2_small's step then needs 1.4 GiB of temporaries instead of 15.7 GiB: jaxembed plan
+    # --config gpt2_small); on CPU twice the table's width for tables wider than 32, else the
+    # most tokens whose logits fit 8 MiB (jaxembed.nn.losses.auto_tile_tokens: 512 here, 32 for tiny).
     c.model.loss_tile_tokens = config_dict.placeholder(int)
 
     c.optim = ml_collections.ConfigDict()

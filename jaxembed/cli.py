@@ -655,8 +655,12 @@ class _Interrupts:
 _interrupts = _Interrupts()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``jaxembed`` console script."""
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
+    """Entry point of the ``jaxembed`` console script.
+
+    ``own_process=True`` (the console script) says the process exists for this command, so settings
+    of the whole process are made before JAX starts: ``jaxembed.train.tune_cpu_allocator``.
+    """
     command = "jaxembed"
     try:
         # First of all: a Ctrl-C during the imports below (seconds) must be neither lost nor fatal.
@@ -664,8 +668,11 @@ def main(argv: list[str] | None = None) -> int:
             with _interrupts.deferred():  # tiktoken, jax, flax, orbax, grain
                 args, extra = build_parser().parse_known_args(argv)
                 command = f"jaxembed {args.command}"
+                from jaxembed.train.allocator import tune_cpu_allocator
                 from jaxembed.train.loop import Interrupted, Preempted
                 from jaxembed.train.trainer import check_platforms
+            if own_process:
+                tune_cpu_allocator()  # before JAX's CPU client starts its threads (check_platforms, the run)
             # What a user can fix ends in one line: jaxembed's own errors, and OSError (a disk that is
             # full or a folder that is not writable: the environment, not a bug). Anything else is a
             # bug and keeps its traceback.
@@ -697,7 +704,7 @@ def console_main() -> None:
     interpreter's shutdown (background threads of orbax, Grain, TensorBoard finishing) must not
     turn a finished command into death by SIGINT.
     """
-    code = main()
+    code = main(own_process=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code)

@@ -150,7 +150,7 @@ def test_tiled_and_dense_steps_agree_and_are_timed_side_by_side(quick):
     results, _, _ = quick
     (row,) = results["train"]
     impls = ("jaxembed", "jaxembed_dense", "jaxembed_tiled")
-    cpu_default = auto_tile_tokens(50304, "cpu")  # the default on CPU: tiles chosen by bytes
+    cpu_default = auto_tile_tokens(V, "cpu", features=D)  # the default on CPU
     assert row["loss_tile_tokens"] == {"jaxembed": cpu_default, "jaxembed_dense": 0, "jaxembed_tiled": B * L // 4}
     losses = [row["first_loss"][name] for name in impls]
     # The first step from the same initial state and batch: the same loss whatever the tiling ...

@@ -246,6 +246,39 @@ def test_tied_all_masked_is_nan_with_zero_gradient(tile_tokens):
     assert np.isnan(float(loss)) and all(np.all(np.asarray(g) == 0) for g in grads)
 
 
+def _vocab_products(jaxpr, rows: int) -> int:
+    """How many dot_generals in ``jaxpr`` (loop bodies included, each counted once) touch a ``rows``-long axis."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            count += any(rows in v.aval.shape for v in eqn.invars)
+        for param in eqn.params.values():  # scan, pjit and custom_vjp bodies
+            for sub in param if isinstance(param, tuple | list) else (param,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    count += _vocab_products(inner, rows)
+    return count
+
+
+@pytest.mark.parametrize("layout", ["VxN", "NxV"])
+def test_tiled_gradient_reuses_the_forward_logits(layout):
+    """Loss and gradients take three V-wide products per tile (logits, d_h, d_table), the loss alone one.
+
+    Recomputing the logits for the backward pass, as the tiled loss first did, would make it four.
+    """
+    h_NxD, table_VxD, targets_N, where_N = tied_inputs()
+
+    def loss_fn(h, table):
+        return tied_cross_entropy(
+            h, table, targets_N, num_classes=CLASSES, tile_tokens=8, where=where_N, logits_layout=layout
+        )
+
+    forward = jax.make_jaxpr(loss_fn)(h_NxD, table_VxD).jaxpr
+    with_grads = jax.make_jaxpr(jax.value_and_grad(loss_fn, (0, 1)))(h_NxD, table_VxD).jaxpr
+    assert _vocab_products(forward, ROWS) == 1
+    assert _vocab_products(with_grads, ROWS) == 3
+
+
 def test_tied_rejects_bad_arguments():
     h_NxD, table_VxD, targets_N, _ = tied_inputs()
     kw = dict(num_classes=CLASSES, tile_tokens=8)

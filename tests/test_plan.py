@@ -124,8 +124,9 @@ def test_loop_bodies_count_once_per_iteration():
     assert loop_corrected_flops(looped, jax.devices()[0]) == pytest.approx(matmul_flops, rel=0.01)
 
 
-def test_tiled_loss_adds_one_logits_product_of_flops():
-    # The tiled backward recomputes each tile's logits: one extra N x D x V product (2 N D V FLOPs).
+def test_tiled_loss_adds_no_logits_product_of_flops():
+    # The tiled loss takes its gradients from the forward's logits: the dense program's three N x D x V
+    # products, no fourth (recomputing the logits in the backward pass would add 2 N D V FLOPs).
     c = small_config(layers=0)
     c.model.loss_tile_tokens = 2048
     dense = plan(c, vocab_size=1000)
@@ -135,7 +136,7 @@ def test_tiled_loss_adds_one_logits_product_of_flops():
     assert dense["loss_tile_tokens"] == 2048 and tiled["loss_tile_tokens"] == 64
     assert dense["flops_per_step"] == dense["xla_flops"]  # 256 tokens fit one tile: the dense program
     assert tiled["xla_flops"] < dense["flops_per_step"]  # XLA alone sees one of the 4 tiles
-    assert (tiled["flops_per_step"] - dense["flops_per_step"]) / (2 * n * d * v) == pytest.approx(1.0, abs=0.03)
+    assert abs(tiled["flops_per_step"] - dense["flops_per_step"]) / (2 * n * d * v) < 0.1
     # The head's three products (logits, d_h, d_table) are 6 N D V = 6 D per logit; the softmax and its
     # gradient add about 15 elementwise FLOPs per logit, 8% at D = 32 (0.3% at gpt2_small's D = 768).
     assert 6 * n * d * v <= dense["flops_per_step"] <= 1.15 * 6 * n * d * v
@@ -162,7 +163,8 @@ def test_gpt2_small_tiled_loss_drops_the_logits_temporaries(gpt2_small_plans):
     for layers in (0, 1):
         dense, tiled = gpt2_small_plans[layers, 0], gpt2_small_plans[layers, 2048]
         assert dense["temp_bytes"] - tiled["temp_bytes"] >= logits_f32
-        assert (tiled["flops_per_step"] - dense["flops_per_step"]) / (2 * n * d * v) == pytest.approx(1.0, abs=0.02)
+        # The same three N x D x V products either way: the tiles' gradients reuse their forward logits.
+        assert abs(tiled["flops_per_step"] - dense["flops_per_step"]) / (2 * n * d * v) < 0.02
     # Without attention the loss was the bulk: tiled, the whole step needs under 2 GiB of temporaries.
     assert gpt2_small_plans[0, 2048]["temp_bytes"] <= 2 * GiB
     no_attention = gpt2_small_plans[0, 0]

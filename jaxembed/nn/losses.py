@@ -2,10 +2,12 @@
 
 ``cross_entropy`` scores given logits. ``tied_cross_entropy`` scores
 ``h @ table.T`` without ever holding the ``[N, V]`` logits: a ``lax.scan``
-over tiles of tokens keeps only each token's logsumexp and target logit, and
-a ``jax.custom_vjp`` backward recomputes each tile's logits to accumulate the
-gradients (softmax - onehot) into ``d_h`` and ``d_table`` (the idea of
-MaxText's vocabulary tiling and of "Cut Your Losses", Wijmans et al. 2024).
+over tiles of tokens keeps only each token's loss, and when gradients are
+asked for (a ``jax.custom_vjp``) the same scan turns each tile's logits into
+their gradient (softmax - onehot) and accumulates ``d_h`` and ``d_table``
+at once, so no logits are computed twice (the ideas of MaxText's vocabulary
+tiling, "Cut Your Losses", Wijmans et al. 2024, and Liger-Kernel's fused
+linear cross-entropy, Hsu et al. 2024).
 
 Conventions shared by both functions:
 
@@ -44,35 +46,47 @@ __all__ = [
     "tied_cross_entropy",
 ]
 
-#: On CPU a tile's float32 logits stay within this many bytes. glibc serves every allocation above
-#: 32 MiB (the ceiling of its mmap threshold) with a fresh ``mmap`` and returns it with ``munmap``,
-#: so a larger per-step buffer is page-faulted in again on every step (the dense loss of the tiny
-#: config spent 78 ms of a 167 ms step in the kernel); 16 MiB stays well under that and near the
-#: size of a server CPU's L2+L3 share (benchmarks/README.md, "Main job").
-CPU_TILE_BYTES = 16 << 20
+#: On CPU a tile's float32 logits fill at most this many bytes, unless the table is wide (see
+#: ``auto_tile_tokens``): small tiles stay in the caches, and a step's buffers stay under glibc's
+#: 32 MiB mmap ceiling, above which every step page-faults them in afresh (the dense loss of the
+#: tiny config spent 78 ms of a 167 ms step in the kernel: benchmarks/README.md, "Main job").
+CPU_TILE_BYTES = 8 << 20
 #: On GPUs and TPUs: batches of at most this many tokens run the dense program (fastest there).
 ACCELERATOR_TILE_TOKENS = 2048
 
 
-def auto_tile_tokens(padded_vocab_size: int, backend: str) -> int:
-    """Tokens per loss tile when ``model.loss_tile_tokens`` is None (the default): by bytes on CPU.
+def auto_tile_tokens(padded_vocab_size: int, backend: str, *, features: int) -> int:
+    """Tokens per loss tile when ``model.loss_tile_tokens`` is None (the default).
+
+    On CPU each tile adds its ``[V, D]`` gradient to the table's, one pass over ``V * D`` floats,
+    while its logits are ``V * T``: for tables wider than 32 a tile takes ``2 * D`` tokens (rounded up
+    to a power of two), so that pass costs no more than the logits; narrower ones take the most
+    tokens whose logits fit ``CPU_TILE_BYTES``. Measured on 2 cores with GPT-2's vocabulary, one
+    attention layer, 1,024 tokens a step, tiles of 32 to 512 (benchmarks/README.md, "Loss tiles"):
+    the fastest were 32 tokens at D = 32, 128 at D = 64, 256 at D = 128 and 512 at D = 256.
 
     Args:
       padded_vocab_size: rows of the tied table, ``V`` (padded).
       backend: ``jax.default_backend()`` (``"cpu"``, ``"gpu"``, ``"tpu"``).
+      features: the table's width ``D``.
 
     Returns:
-      On CPU the largest power of two ``T >= 8`` with ``T * V * 4 <= CPU_TILE_BYTES``;
-      elsewhere ``ACCELERATOR_TILE_TOKENS``.
+      On CPU the larger of ``next_power_of_two(2 * D)`` (``D > 32`` only) and the largest power of two
+      ``T >= 8`` with ``T * V * 4 <= CPU_TILE_BYTES``; elsewhere ``ACCELERATOR_TILE_TOKENS``.
 
     Example:
-      >>> auto_tile_tokens(50304, "cpu"), auto_tile_tokens(4480, "cpu"), auto_tile_tokens(50304, "gpu")
-      (64, 512, 2048)
+      >>> auto_tile_tokens(50304, "cpu", features=32), auto_tile_tokens(50304, "cpu", features=256)
+      (32, 512)
+      >>> auto_tile_tokens(4480, "cpu", features=32), auto_tile_tokens(50304, "gpu", features=768)
+      (256, 2048)
     """
     if backend != "cpu":
         return ACCELERATOR_TILE_TOKENS
     fit = max(1, CPU_TILE_BYTES // (4 * int(padded_vocab_size)))
-    return max(8, 1 << (fit.bit_length() - 1))
+    by_bytes = max(8, 1 << (fit.bit_length() - 1))
+    if features <= 32:
+        return by_bytes
+    return max(by_bytes, 1 << (2 * int(features) - 1).bit_length())
 
 
 #: ``tied_cross_entropy``'s ``logits_layout`` values: vocabulary-major ``logits_VxN`` or token-major ``logits_NxV``.
@@ -130,6 +144,34 @@ def _lse_and_target_logit(
     picked_N = jnp.sum(jnp.where(classes == jnp.expand_dims(targets_N, axis), logits, 0.0), axis=axis)
     valid_N = (targets_N >= 0) & (targets_N < num_classes)
     return lse_N, jnp.where(valid_N, picked_N, jnp.nan)
+
+
+def _logsumexp(logits: jax.Array, num_classes: int, class_axis: int) -> jax.Array:
+    """Logsumexp over the first ``num_classes`` entries of ``class_axis`` (the rest are sharding padding).
+
+    Vocabulary-major logits (``class_axis=0``, the CPU program) drop the padding rows with a slice, a
+    prefix of the array that costs less than a masked copy of it; token-major ones (accelerators) mask
+    them, which needs no data moved between vocabulary shards.
+    """
+    axis = class_axis % logits.ndim
+    if num_classes < logits.shape[axis]:
+        if axis == 0:
+            logits = jax.lax.slice_in_dim(logits, 0, num_classes, axis=0)
+        else:
+            classes = jax.lax.broadcasted_iota(jnp.int32, logits.shape, axis)
+            logits = jnp.where(classes < num_classes, logits, -jnp.inf)
+    return jax.nn.logsumexp(logits, axis=axis)
+
+
+def _target_logits(h_TxD: jax.Array, table_c: jax.Array, targets_T: jax.Array, num_classes: int) -> jax.Array:
+    """``(h @ table.T)[t, targets[t]]`` in float32 (NaN for a target outside ``[0, num_classes)``).
+
+    One row of the table per token and a ``D``-long dot, rather than a masked sum over all ``V`` logits
+    (a whole extra pass over the tile on CPU); a vocabulary-sharded table is gathered row by row.
+    """
+    rows_TxD = table_c.at[jnp.clip(targets_T, 0, num_classes - 1)].get(mode="clip")
+    picked_T = jnp.einsum("td,td->t", h_TxD.astype(table_c.dtype), rows_TxD, preferred_element_type=jnp.float32)
+    return jnp.where((targets_T >= 0) & (targets_T < num_classes), picked_T, jnp.nan)
 
 
 def _masked_mean(losses_N: jax.Array, where_N: jax.Array | None) -> jax.Array:
@@ -200,52 +242,67 @@ def _from_tiles(x_KxT: jax.Array) -> jax.Array:
     return x.reshape((-1,) + x.shape[2:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _tiled_sum(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype, vocab_major):
-    """Sum over kept tokens of the token's cross-entropy (NaN if a kept target is out of range)."""
-    return _tiled_sum_fwd(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype, vocab_major)[0]
+def _tile_scan(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype, vocab_major, grad_scale):
+    """Scans the token tiles for the sum of the kept tokens' losses; with ``grad_scale``, also its gradients.
 
-
-def _tiled_sum_fwd(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype, vocab_major):
-    def tile_stats(_, tile):
-        h_TxD, targets_T = tile
-        logits = _tile_logits(h_TxD, table_VxD, dtype, vocab_major)
-        return None, _lse_and_target_logit(logits, targets_T, num_classes, class_axis=0 if vocab_major else -1)
-
-    _, (lse_KxT, picked_KxT) = jax.lax.scan(
-        tile_stats, None, (_to_tiles(h_NxD, num_tiles), _to_tiles(targets_N, num_tiles))
-    )
-    lse_N, picked_N = _from_tiles(lse_KxT), _from_tiles(picked_KxT)
-    total = jnp.sum(jnp.where(where_N, lse_N - picked_N, 0.0))
-    return total, (h_NxD, table_VxD, targets_N, where_N, lse_N)
-
-
-def _tiled_sum_bwd(num_classes, num_tiles, dtype, vocab_major, residuals, g):
-    h_NxD, table_VxD, targets_N, where_N, lse_N = residuals
-    # d total / d logits[i, v] = softmax[i, v] - onehot[i, v] at kept tokens; as in the dense path the
-    # float32 logit gradient is rounded to `dtype` before the two products, which accumulate in float32.
-    coef_N = jnp.where(where_N, g, 0.0).astype(jnp.float32)
+    The gradients come from the same logits as the loss (each tile holds its tokens' full rows of ``V``
+    logits, so their softmax is exact): one ``N x D x V`` product less than recomputing the logits in a
+    backward pass (Liger-Kernel's fused linear cross-entropy). ``d loss / d logits[i, v] = (softmax[i, v]
+    - onehot[i, v]) * grad_scale`` at kept tokens, zero elsewhere; as in the dense path that float32 logit
+    gradient is rounded to ``dtype`` before its two products, which accumulate in float32.
+    """
     rows_Vx1 = jnp.arange(table_VxD.shape[0])[:, None]
     table_c = table_VxD.astype(dtype)
+    with_grads = grad_scale is not None
 
-    def tile_grads(d_table_VxD, tile):
-        h_TxD, targets_T, lse_T, coef_T = tile
+    def tile_body(d_table_VxD, tile):
+        h_TxD, targets_T, where_T = tile
         logits = _tile_logits(h_TxD, table_VxD, dtype, vocab_major)
+        lse_T = _logsumexp(logits, num_classes, class_axis=0 if vocab_major else -1)
+        losses_T = jnp.where(where_T, lse_T - _target_logits(h_TxD, table_c, targets_T, num_classes), 0.0)
+        if not with_grads:
+            return d_table_VxD, (losses_T, None)
         logits_VxT = logits if vocab_major else logits.T  # XLA folds the transposes into the products
         probs_VxT = jnp.where(rows_Vx1 < num_classes, jnp.exp(logits_VxT - lse_T[None, :]), 0.0)
         onehot_VxT = (rows_Vx1 == targets_T[None, :]).astype(jnp.float32)
+        coef_T = jnp.where(where_T, grad_scale, 0.0)
         d_logits_VxT = ((probs_VxT - onehot_VxT) * coef_T[None, :]).astype(dtype)
         d_h_TxD = jnp.dot(d_logits_VxT.T, table_c, preferred_element_type=jnp.float32)
         d_table_VxD = d_table_VxD + jnp.dot(d_logits_VxT, h_TxD.astype(dtype), preferred_element_type=jnp.float32)
-        return d_table_VxD, d_h_TxD
+        return d_table_VxD, (losses_T, d_h_TxD)
 
-    tiles = tuple(_to_tiles(x, num_tiles) for x in (h_NxD, targets_N, lse_N, coef_N))
-    d_table_VxD, d_h_KxTxD = jax.lax.scan(tile_grads, jnp.zeros(table_VxD.shape, jnp.float32), tiles)
-    d_h_NxD = _from_tiles(d_h_KxTxD)
-    return d_h_NxD.astype(h_NxD.dtype), d_table_VxD.astype(table_VxD.dtype), None, None
+    tiles = tuple(_to_tiles(x, num_tiles) for x in (h_NxD, targets_N, where_N))
+    d_table = jnp.zeros(table_VxD.shape, jnp.float32) if with_grads else None
+    d_table_VxD, (losses_KxT, d_h_KxTxD) = jax.lax.scan(tile_body, d_table, tiles)
+    return jnp.sum(losses_KxT), (None if d_h_KxTxD is None else _from_tiles(d_h_KxTxD)), d_table_VxD
 
 
-_tiled_sum.defvjp(_tiled_sum_fwd, _tiled_sum_bwd)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def _tiled_mean(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype, vocab_major):
+    """Mean over kept tokens of the token's cross-entropy (NaN if a kept target is out of range or none is kept).
+
+    Evaluated alone (no gradient asked for), it scans the tiles for the losses only.
+    """
+    args = (h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype, vocab_major)
+    return _tile_scan(*args, grad_scale=None)[0] / jnp.sum(where_N, dtype=jnp.float32)
+
+
+def _tiled_mean_fwd(h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype, vocab_major):
+    count = jnp.sum(where_N, dtype=jnp.float32)
+    # 1 / count is what the mean's cotangent 1 becomes at each kept token (none kept: no gradient).
+    scale = jnp.where(count > 0, 1.0 / count, 0.0)
+    args = (h_NxD, table_VxD, targets_N, where_N, num_classes, num_tiles, dtype, vocab_major)
+    total, d_h_NxD, d_table_VxD = _tile_scan(*args, grad_scale=scale)
+    return total / count, (d_h_NxD.astype(h_NxD.dtype), d_table_VxD.astype(table_VxD.dtype))
+
+
+def _tiled_mean_bwd(num_classes, num_tiles, dtype, vocab_major, residuals, g):
+    d_h_NxD, d_table_VxD = residuals
+    # The usual cotangent is 1 (the loss is what is differentiated): then the gradients pass unchanged.
+    return (g * d_h_NxD).astype(d_h_NxD.dtype), (g * d_table_VxD).astype(d_table_VxD.dtype), None, None
+
+
+_tiled_mean.defvjp(_tiled_mean_fwd, _tiled_mean_bwd)
 
 
 def tied_cross_entropy(
@@ -262,10 +319,11 @@ def tied_cross_entropy(
     """``cross_entropy((h @ table.T)[:, :num_classes], targets, where=where)`` without the ``[N, V]`` logits.
 
     With ``0 < tile_tokens < N`` the tokens are split into ``ceil(N / tile_tokens)`` tiles of at most
-    ``tile_tokens`` each (padded with masked tokens; at most one padding token per tile); forward and
-    backward each scan over the tiles, so temporaries scale with ``tile_tokens * V``, not ``N * V``, for
-    one extra ``N x D x V`` product (the backward recomputes the logits). With ``N <= tile_tokens`` the
-    logits fit the budget and the dense path (no recompute) is used.
+    ``tile_tokens`` each (padded with masked tokens; at most one padding token per tile); one scan over
+    the tiles computes the loss and, under ``jax.grad``, the gradients from the same logits, so
+    temporaries scale with ``tile_tokens * V``, not ``N * V``, for no extra product (the gradients,
+    ``[N, D]`` and ``[V, D]``, are kept for the backward pass instead of ``h`` and ``table``). With
+    ``N <= tile_tokens`` the logits fit the budget and the dense path is used.
     Rows ``num_classes ..`` of the table (sharding padding) are excluded from the softmax and get zero
     gradient. Works under ``jax.jit`` with the table sharded along V and ``h`` along N: XLA's SPMD
     partitioner combines the per-shard max/sum of the logsumexp.
@@ -324,7 +382,7 @@ def tied_cross_entropy(
     _check_where(where, (n,))
     dtype = jnp.promote_types(jnp.result_type(h), jnp.result_type(table)) if dtype is None else jnp.dtype(dtype)
 
-    # One tile would hold all N x V logits anyway: the dense path, which skips the recompute, is then as
+    # One tile would hold all N x V logits anyway: the dense path, which skips the scan, is then as
     # small and faster. So tile_tokens is a memory budget that small batches never pay for in time.
     if not tile_tokens or n <= tile_tokens:
         if not vocab_major:
@@ -340,5 +398,4 @@ def tied_cross_entropy(
     h_NxD = jnp.pad(h, ((0, pad), (0, 0)))
     targets_N = jnp.pad(jnp.asarray(targets), (0, pad))
     where_N = jnp.pad(where_N, (0, pad))
-    total = _tiled_sum(h_NxD, table, targets_N, where_N, int(num_classes), num_tiles, dtype, vocab_major)
-    return total / jnp.sum(where_N, dtype=jnp.float32)
+    return _tiled_mean(h_NxD, table, targets_N, where_N, int(num_classes), num_tiles, dtype, vocab_major)

@@ -5,8 +5,8 @@ The fourth stage of the data flow (text -> data -> nn -> train -> report). One m
 mesh), ``loop`` (``train_and_evaluate``), ``checkpoint`` (orbax: train state + Grain iterator
 state), ``workdir`` (every file a run keeps, the lock and the resume rules), ``tensorboard``
 (event files, projector, profiler), ``plan`` (memory and FLOPs before a run), ``compilation_cache``
-(compiled programs kept on disk for re-runs) and ``run``
-(``load_run``: a finished run, read-only).
+(compiled programs kept on disk for re-runs), ``allocator`` (host memory for XLA:CPU's per-step
+buffers, set once at process start) and ``run`` (``load_run``: a finished run, read-only).
 
 Example:
   >>> from jaxembed import train
@@ -16,7 +16,8 @@ Example:
   (0.0, 0.01)
 """
 
-from jaxembed.train import checkpoint, compilation_cache, loop, plan, run, tensorboard, trainer, workdir
+from jaxembed.train import allocator, checkpoint, compilation_cache, loop, plan, run, tensorboard, trainer, workdir
+from jaxembed.train.allocator import tune_cpu_allocator
 from jaxembed.train.checkpoint import Checkpointer, CheckpointError, CheckpointWriteError
 from jaxembed.train.compilation_cache import enable_compilation_cache
 from jaxembed.train.loop import Preempted, TrainingError, TrainResult, positions_shuffled_loss, train_and_evaluate
@@ -45,6 +46,7 @@ __all__ = [
     "Trainer",
     "TrainingError",
     "WorkdirError",
+    "allocator",
     "checkpoint",
     "compilation_cache",
     "create_train_state",
@@ -65,5 +67,6 @@ __all__ = [
     "train_and_evaluate",
     "train_step",
     "trainer",
+    "tune_cpu_allocator",
     "workdir",
 ]

@@ -8,7 +8,7 @@ temporary buffers, ``cost_analysis()`` for the FLOPs. ``jaxembed plan``
 prints the result; ``format_plan`` is its table.
 
 XLA's ``cost_analysis()`` counts the body of a loop once, whatever its trip
-count; the tiled loss is two ``lax.scan`` loops of ``B * L /
+count; the tiled loss is a ``lax.scan`` loop of ``B * L /
 loss_tile_tokens`` iterations, so the raw figure would miss most of the tied
 head's FLOPs. ``plan`` adds ``(trip count - 1)`` times each loop body's cost
 (XLA's cost model of that body, on the same backend); ``xla_flops`` keeps the

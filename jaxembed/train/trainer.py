@@ -380,7 +380,7 @@ class Trainer:
         rules = config.mesh.logical_axis_rules
         tile = config.model.loss_tile_tokens
         if tile is None:
-            tile = auto_tile_tokens(model.padded_vocab_size, jax.default_backend())
+            tile = auto_tile_tokens(model.padded_vocab_size, jax.default_backend(), features=model.features)
         return cls(model, tx, mesh, batch_size=config.data.batch_size, rules=rules, loss_tile_tokens=tile)
 
     def init(self, key: jax.Array) -> TrainState:

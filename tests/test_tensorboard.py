@@ -96,6 +96,36 @@ def test_rows_config_and_images_read_back(tmp_path):
         assert image.encoded_image_string == data
 
 
+def test_the_writer_does_not_import_torch(tmp_path):
+    """With PyTorch installed, tensorboardX's writer would import it (seconds of every run's start-up).
+
+    A stand-in ``torch`` package on the path records whether anything imports it: writing a run's
+    events must not, and a user's own ``import torch`` afterwards must still work.
+    """
+    (tmp_path / "torch").mkdir()
+    marker = tmp_path / "imported"
+    (tmp_path / "torch" / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'a').write('x')\n__version__ = 'stand-in'\n"
+    )
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from jaxembed.train.tensorboard import SummaryLog
+        with SummaryLog({str(tmp_path / "run")!r}) as tb:
+            tb.write_row({{"step": 1, "train_loss": 2.0}})
+        assert "torch" not in sys.modules
+        import torch
+        print(torch.__version__)
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "stand-in"  # the user's import: the stand-in, imported once, by the user
+    assert marker.read_text() == "x"
+    assert list((tmp_path / "run").glob("events.out.tfevents.*"))
+
+
 def test_write_images_rejects_a_file_that_is_not_png(tmp_path):
     (tmp_path / "plot.png").write_bytes(b"GIF89a" + bytes(30))
     with SummaryLog(tmp_path / "run") as tb, pytest.raises(ValueError, match=r"images\['loss'\]=.*plot.png.*not a PNG"):

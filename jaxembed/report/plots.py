@@ -279,30 +279,30 @@ def _place_labels(ax, points_Nx2: np.ndarray, labels: Sequence[str], max_labels:
     """Labels points in the given (priority) order where a label fits without covering another label or point.
 
     Each label tries eight spots around its point; a label that fits nowhere
-    is left out, so dense clusters get fewer labels instead of a blob.
+    is left out, so dense clusters get fewer labels instead of a blob. A label's
+    size is measured once; the spots are tried on its box, and only the labels
+    placed become artists.
     Returns the indices of the labelled points.
     """
     renderer = ax.figure.canvas.get_renderer()
     axes_box = ax.get_window_extent(renderer)
     xy_Nx2 = ax.transData.transform(points_Nx2)
     radius = 3.0  # display pixels around a marker that a label must not cover
+    points_to_pixels = ax.figure.dpi / 72
     placed, labelled = [], []
     offsets = [(5, 3), (5, -11), (-5, 3), (-5, -11), (7, -4), (-7, -4), (0, 8), (0, -16)]
+    style = {"fontsize": 8.5, "family": list(font_families()), "color": "black", "textcoords": "offset points"}
     for n, ((x, y), label) in enumerate(zip(points_Nx2, labels)):
         if len(labelled) >= max_labels:
             break
+        probe = ax.annotate(label, (x, y), xytext=(0, 0), ha="left", **style)
+        size = probe.get_window_extent(renderer)  # left-aligned at the point: where it sits relative to it
+        probe.remove()
+        width = size.width
         for dx, dy in offsets:
-            text = ax.annotate(
-                label,
-                (x, y),
-                xytext=(dx, dy),
-                textcoords="offset points",
-                fontsize=8.5,
-                family=list(font_families()),
-                ha="left" if dx > 0 else "right" if dx < 0 else "center",
-                color="black",
-            )
-            box = text.get_window_extent(renderer).expanded(1.04, 1.08)
+            ha = "left" if dx > 0 else "right" if dx < 0 else "center"
+            shift_x = dx * points_to_pixels - {"left": 0.0, "right": width, "center": width / 2}[ha]
+            box = size.translated(shift_x, dy * points_to_pixels).expanded(1.04, 1.08)
             inside = axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1
             covers_point = (
                 (xy_Nx2[:, 0] > box.x0 - radius)
@@ -311,10 +311,10 @@ def _place_labels(ax, points_Nx2: np.ndarray, labels: Sequence[str], max_labels:
                 & (xy_Nx2[:, 1] < box.y1 + radius)
             ).any()
             if inside and not covers_point and not any(box.overlaps(other) for other in placed):
+                ax.annotate(label, (x, y), xytext=(dx, dy), ha=ha, **style)
                 placed.append(box)
                 labelled.append(n)
                 break
-            text.remove()
     return labelled
 
 

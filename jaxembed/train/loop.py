@@ -239,11 +239,10 @@ class _Run:
         self.stack.callback(profiler.close)
         if start_step == 0:
             self.stop.begin("evaluating the untrained model")
-            schedule = learning_rate_schedule(config.optim, config.train.steps)
             metrics.append(
                 {
                     "step": 0,
-                    "learning_rate": float(schedule(0)),
+                    "learning_rate": float(_learning_rates(config)[0]),
                     "val_loss": trainer.evaluate(state.params, self.eval_batches),
                 }
             )
@@ -269,7 +268,7 @@ class _Run:
 
     def loop(self, state, metrics: MetricsLog, start_step: int, profiler) -> TrainState:
         config, trainer, ckpt, iterator = self.config, self.trainer, self.checkpointer, self.iterator
-        schedule = learning_rate_schedule(config.optim, config.train.steps)
+        learning_rates = _learning_rates(config)
         bar = _progress(start_step, config.train.steps, enabled=self.progress)
         tokens_per_step = config.data.batch_size * config.data.max_length
         window, window_start = [], time.perf_counter()
@@ -300,7 +299,7 @@ class _Run:
                     "step": step,
                     "train_loss": train_loss,
                     "grad_norm": float(np.mean(norms)),
-                    "learning_rate": float(schedule(step - 1)),
+                    "learning_rate": float(learning_rates[step - 1]),
                     "tokens_per_sec": len(window) * tokens_per_step / (time.perf_counter() - window_start),
                 }
                 if evaluate and math.isfinite(train_loss):
@@ -375,6 +374,15 @@ def _fetch_pretrained(
     wte_VxD, wpe_PxD = gpt2_tables()
     source = f"cached in {folder}" if cached else f"{gpt2_source()}, cached in {folder}"
     return _Pretrained(wte_VxD, wpe_PxD, source)
+
+
+def _learning_rates(config: ml_collections.ConfigDict) -> np.ndarray:
+    """The learning rate of every step, ``[train.steps + 1]`` (index ``s``: the rate step ``s + 1`` uses).
+
+    One vectorised call of the schedule, instead of a few eager JAX operations per metrics row.
+    """
+    schedule = learning_rate_schedule(config.optim, config.train.steps)
+    return np.asarray(schedule(np.arange(config.train.steps + 1)))
 
 
 def _announce(notices: dict, config: ml_collections.ConfigDict, step: int) -> None:

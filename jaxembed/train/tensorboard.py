@@ -48,6 +48,28 @@ _PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # PNG colour type -> channels (p
 _TAG = re.compile(r"[A-Za-z0-9_.\-]+")
 
 
+def _summary_writer_class() -> type:
+    """``tensorboardX.SummaryWriter``, imported without importing PyTorch.
+
+    tensorboardX's writer tries ``import torch`` only so as to accept torch tensors; jaxembed writes
+    numpy. Where torch is installed but not yet imported, that import costs a second or more of every
+    run's start-up, so it is made to fail for the duration of tensorboardX's own import (a ``None``
+    entry in ``sys.modules``, which Python reads as "not importable"), then put back as it was.
+    """
+    import sys
+
+    if "tensorboardX.writer" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class SummaryLog:
     """TensorBoard event files for one run, written by process 0 (a no-op elsewhere).
 
@@ -84,7 +106,7 @@ class SummaryLog:
         self._writer = None
         if jax.process_index() != 0:
             return
-        from tensorboardX import SummaryWriter
+        SummaryWriter = _summary_writer_class()  # noqa: N806 - a class
 
         self.logdir.mkdir(parents=True, exist_ok=True)
         # tensorboardX names files by the second and opens them with "wb": a restart within the same

@@ -154,6 +154,13 @@ def embed_case(
 # --- (3) Train step -----------------------------------------------------------
 
 
+#: The PyTorch implementations of the train step: name -> (AdamW ``fused``, ``torch.compile`` the loss).
+#: ``reference``: the seed's users' PyTorch (defaults); ``reference_fused``: PyTorch's fastest CPU
+#: AdamW; ``reference_compiled``: what a PyTorch user after speed picks, the loss through
+#: ``torch.compile`` (inductor) and fused AdamW.
+REFERENCES = {"reference": (None, False), "reference_fused": (True, False), "reference_compiled": (True, True)}
+
+
 def train_case(
     batch: int,
     length: int,
@@ -163,14 +170,16 @@ def train_case(
     jax_step: Callable[[], object] | None = None,
     overrides: dict | None = None,
     variants: dict[str, dict] | None = None,
+    num_layers: int = 0,
+    num_heads: int = 1,
 ) -> Case:
     """One optimiser step (forward, backward, clipping, AdamW) of the tied model.
 
     jaxembed: ``Trainer.from_config(base_config() at these sizes).step``:
     compiled ahead of time with the state's shardings and donated, the batch
-    placed once, blocking on the new state. Reference: the seed-style
-    PyTorch step with ``torch.optim.AdamW`` as PyTorch defaults it
-    (``reference``) and with ``fused=True`` (``reference_fused``).
+    placed once, blocking on the new state. Reference: the same model in PyTorch
+    (``torch_reference.make_embedding_lm``, ``num_layers`` attention blocks of
+    ``num_heads`` heads), one implementation per name of ``REFERENCES`` in ``which``.
     ``jax_step`` is a ready ``harness.jax_step`` for this case (built elsewhere);
     ``overrides`` are ``{"section.field": value}`` config changes for jaxembed.
     ``variants`` (``{"jaxembed_NAME": overrides}``) adds jaxembed's step with
@@ -178,38 +187,41 @@ def train_case(
     rest; each variant's first loss (from the same initial state and batch)
     is in ``extra["first_loss"]``.
     """
+    overrides = {**(overrides or {}), **_layer_overrides(num_layers, num_heads)}
     config = harness.make_config(batch, length, features, overrides)
     impls = {}
-    extra: dict = {}
+    extra: dict = {"num_layers": num_layers, "num_heads": num_heads}
     if "jaxembed" in which:
         impls["jaxembed"] = jax_step or harness.jax_step(batch, length, features, vocab, overrides)
         for name, variant in (variants or {}).items():
             if not name.startswith("jaxembed_"):
                 raise ValueError(f"variants: {name!r} must start with 'jaxembed_' (a jaxembed implementation).")
-            impls[name] = harness.jax_step(batch, length, features, vocab, {**(overrides or {}), **variant})
+            impls[name] = harness.jax_step(batch, length, features, vocab, {**overrides, **variant})
         extra["first_loss"] = {name: getattr(fn, "first_loss", None) for name, fn in impls.items()}
-        extra["overrides"] = {
-            "jaxembed": overrides or {},
-            **{n: {**(overrides or {}), **v} for n, v in (variants or {}).items()},
-        }
-    variants = {"reference": None, "reference_fused": True}
-    if any(name in which for name in variants):
+        extra["overrides"] = {"jaxembed": overrides, **{n: {**overrides, **v} for n, v in (variants or {}).items()}}
+    if any(name in which for name in REFERENCES):
         from benchmarks import torch_reference as tr
 
         torch = _torch()
         inputs_t, targets_t = (torch.from_numpy(a.astype(np.int64)) for a in harness.train_batch(batch, length, vocab))
-        for name, fused in variants.items():
+        for name, (fused, compiled) in REFERENCES.items():
             if name not in which:
                 continue
             torch.manual_seed(config.seed)
-            model = tr.make_embedding_lm(vocab, length, features, config.model.init_stddev)
+            model = tr.make_embedding_lm(vocab, length, features, config.model.init_stddev, num_layers, num_heads)
             opt, scheduler = tr.make_optimizer(model, config.optim, config.train.steps, fused=fused)
+            loss_fn = tr.make_loss(model, compiled=compiled)
             impls[name] = functools.partial(
-                tr.train_step, model, opt, scheduler, inputs_t, targets_t, config.optim.grad_clip
+                tr.train_step, model, opt, scheduler, inputs_t, targets_t, config.optim.grad_clip, loss_fn
             )
+            if compiled:  # inductor compiles on the first call (tens of seconds): outside every timing
+                start = time.perf_counter()
+                impls[name]()
+                extra[f"{name}_compile_s"] = time.perf_counter() - start
+    layers = f" layers={num_layers} heads={num_heads}" if num_layers else ""
     return Case(
         "train",
-        f"B={batch} L={length} D={features} V={vocab:,}",
+        f"B={batch} L={length} D={features}{layers} V={vocab:,}",
         {"batch": batch, "length": length, "features": features, "vocab": vocab},
         impls,
         batch * length,
@@ -221,14 +233,27 @@ def train_case(
     )
 
 
+def _layer_overrides(num_layers: int, num_heads: int) -> dict:
+    return {"model.num_layers": num_layers, "model.num_heads": num_heads} if num_layers else {}
+
+
 # --- Equivalence: the reference computes what jaxembed computes ---------------------
 
 
-def equivalence(steps: int = 3, batch: int = 4, length: int = 8, features: int = 16, vocab: int = 300) -> dict:
+def equivalence(
+    steps: int = 3,
+    batch: int = 4,
+    length: int = 8,
+    features: int = 16,
+    vocab: int = 300,
+    num_layers: int = 0,
+    num_heads: int = 1,
+) -> dict:
     """Runs jaxembed's ``Trainer`` and the reference from the same parameters on the same batches.
 
     Returns the largest differences of the input embeddings, the losses and
     the trained tables after ``steps`` AdamW steps (all should be ~1e-6).
+    With ``num_layers``, the attention blocks' weights are copied too.
     Needs torch.
     """
     import jax
@@ -238,16 +263,19 @@ def equivalence(steps: int = 3, batch: int = 4, length: int = 8, features: int =
     from jaxembed.nn.embeddings import InputEmbedding
 
     torch.set_num_threads(harness.threads())
-    config = harness.make_config(batch, length, features, {"optim.warmup_steps": 1})
+    overrides = {"optim.warmup_steps": 1, **_layer_overrides(num_layers, num_heads)}
+    config = harness.make_config(batch, length, features, overrides)
     trainer = harness.make_trainer(config, vocab)
     state = trainer.init(jax.random.key(config.seed))
     embed_params = state.params["params"]["embed"]
     tok0 = np.array(embed_params["token"]["embedding"])[:vocab]
     pos0 = np.array(embed_params["position"]["embedding"])
-    model = tr.make_embedding_lm(vocab, length, features)
+    model = tr.make_embedding_lm(vocab, length, features, num_layers=num_layers, num_heads=num_heads)
     with torch.no_grad():
         model.token.weight.copy_(torch.from_numpy(tok0))
         model.position.weight.copy_(torch.from_numpy(pos0))
+        for i, block in enumerate(model.blocks):
+            _copy_block(block, state.params["params"][f"block_{i}"], features)
     opt, scheduler = tr.make_optimizer(model, config.optim, config.train.steps)
     rng = np.random.default_rng(0)
     loss_diff = 0.0
@@ -285,3 +313,25 @@ def equivalence(steps: int = 3, batch: int = 4, length: int = 8, features: int =
         "table_moved": float(np.abs(tok - tok0).max()),
         "input_embedding_max_abs_diff": float(np.abs(h_torch - h_jax).max()),
     }
+
+
+def _copy_block(block, params: dict, features: int) -> None:
+    """A jaxembed ``CausalSelfAttentionBlock``'s weights into the reference's ``Block`` (fused q/k/v)."""
+    import torch
+
+    def host(x):
+        return np.array(x, np.float32)  # a writable copy: torch.from_numpy warns on read-only arrays
+
+    attention = params["attention"]
+    # Flax kernels are [D, H, K] (query, key, value) and [H, K, D] (out): x @ W; torch's Linear is x @ W.T.
+    qkv = np.concatenate(
+        [host(attention[n]["kernel"]).reshape(features, features) for n in ("query", "key", "value")], 1
+    )
+    block.qkv.weight.copy_(torch.from_numpy(qkv.T.copy()))
+    block.qkv.bias.copy_(
+        torch.from_numpy(np.concatenate([host(attention[n]["bias"]).ravel() for n in ("query", "key", "value")]))
+    )
+    block.out.weight.copy_(torch.from_numpy(host(attention["out"]["kernel"]).reshape(features, features).T.copy()))
+    block.out.bias.copy_(torch.from_numpy(host(attention["out"]["bias"])))
+    block.norm.weight.copy_(torch.from_numpy(host(params["norm"]["scale"])))
+    block.norm.bias.copy_(torch.from_numpy(host(params["norm"]["bias"])))

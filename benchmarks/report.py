@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 #: Goals, as speedups of jaxembed over the reference on the same machine and run.
-GOALS = {"data": 10.0, "train": 5.0, "train_floor": 3.0}
+GOALS = {"data": 10.0, "train": 2.0, "train_floor": 3.0}
 
 
 def fmt(x, digits: int = 2) -> str:
@@ -87,6 +87,14 @@ def _header(results: dict) -> list[str]:
             f"{e['input_embedding_max_abs_diff']:.1e}.",
             "",
         ]
+    if "equivalence_attention" in results:
+        e = results["equivalence_attention"]
+        lines += [
+            f"With one attention layer of 4 heads (its weights copied too): losses {e['loss_max_abs_diff']:.1e}, "
+            f"token tables {e['token_table_max_abs_diff']:.1e}, position tables "
+            f"{e['position_table_max_abs_diff']:.1e} apart after {e['steps']} steps.",
+            "",
+        ]
     return lines
 
 
@@ -130,21 +138,26 @@ def _train(rows: list[dict]) -> list[str]:
     lines = [
         "### Train step (`Trainer.step`: tied model, AdamW + global-norm clipping)",
         "",
-        "| case | jaxembed | reference (AdamW default) | reference (AdamW fused) "
-        "| speedup vs default (goal ≥ 5x) | vs fused | floor (matmul + optimiser) | jaxembed / floor (goal ≤ 3x) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "PyTorch: AdamW as it defaults (the seed's users), fused AdamW, and the loss through `torch.compile` "
+        "with fused AdamW (what a PyTorch user after speed picks). Speedup = that time / jaxembed's.",
+        "",
+        "| case | jaxembed | PyTorch (AdamW default) | PyTorch (AdamW fused) | PyTorch (compiled + fused) "
+        "| vs default | vs fastest PyTorch (goal ≥ 2x) | floor (matmul + optimiser) | jaxembed / floor (goal ≤ 3x) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        t, speed = r["floor_terms"], r.get("speedup_vs_reference")
+        t, fastest = r["floor_terms"], r.get("speedup_vs_fastest_reference")
         lines.append(
             f"| {r['case']} | {fmt(r['jaxembed_s'] * 1e3, 1)} ms | "
             f"{fmt(r.get('reference_s', math.nan) * 1e3, 1)} ms | {fmt(r.get('reference_fused_s', math.nan) * 1e3, 1)} ms | "
-            f"{fmt(speed)}x {_goal(speed >= GOALS['train']) if speed else ''} | "
-            f"{fmt(r.get('speedup_vs_reference_fused'))}x | "
+            f"{fmt(r.get('reference_compiled_s', math.nan) * 1e3, 1)} ms | "
+            f"{fmt(r.get('speedup_vs_reference'))}x | "
+            f"{fmt(fastest)}x {_goal(fastest >= GOALS['train']) if fastest else ''} | "
             f"{fmt(r['floor_s'] * 1e3, 1)} ms ({fmt(t['compute_s'] * 1e3, 1)} + {fmt(t['memory_s'] * 1e3, 1)}) | "
             f"{fmt(r['jaxembed_x_floor'])}x {_goal(r['jaxembed_x_floor'] <= GOALS['train_floor'])} |"
         )
-    cpu_names = [n for n in ("jaxembed", "reference", "reference_fused") if any(f"{n}_sys_s" in r for r in rows)]
+    names = ("jaxembed", "reference", "reference_fused", "reference_compiled")
+    cpu_names = [n for n in names if any(f"{n}_sys_s" in r for r in rows)]
     if cpu_names:
         lines += [
             "",

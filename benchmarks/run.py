@@ -42,8 +42,9 @@ SECTIONS = ("data", "embed", "train", "sweep", "memory", "mesh", "corpus", "prot
 DATA_CASES = [(4, 4, 8), (256, 128, 8), (256, 1, 64), (1024, 512, 32)]
 #: (batch, length, features) of the InputEmbedding forward cases.
 EMBED_CASES = [(8, 4, 256), (8, 4, 768), (64, 1024, 256), (64, 1024, 768)]
-#: (batch, length) of the train-step cases, 256 wide, GPT-2 vocabulary.
-TRAIN_CASES = [(8, 4), (16, 64)]
+#: (batch, length, features, attention layers, heads) of the train-step cases, GPT-2 vocabulary: the
+#: seed's sizes (embeddings only), the tiny config (the main job's step) and a 256-wide step of 1,024 tokens.
+TRAIN_CASES = [(8, 4, 256, 0, 1), (16, 16, 32, 1, 4), (16, 64, 256, 1, 4)]
 SWEEP_VOCABS = [GPT2_VOCAB, O200K_VOCAB]
 SWEEP_LENGTHS = [4, 16, 64, 256]
 #: Smoke sizes: (batch, length, features, vocab) of the train case and the sweep's extra point.
@@ -89,12 +90,17 @@ def loss_variants(batch: int, length: int) -> dict[str, dict]:
 
 
 def train_section(settings: Settings, hw: dict, which: tuple[str, ...], ready: dict) -> list[dict]:
-    specs = [QUICK_TRAIN] if settings.quick else [(b, length, 256, GPT2_VOCAB) for b, length in TRAIN_CASES]
+    if settings.quick:
+        specs = [(*QUICK_TRAIN, 0, 1)]
+    else:
+        specs = [(b, length, d, GPT2_VOCAB, layers, heads) for b, length, d, layers, heads in TRAIN_CASES]
     rows = []
-    for b, length, d, v in specs:
-        step = _ready_step(ready, (b, length, d, v)) if "jaxembed" in which else None
+    for b, length, d, v, layers, heads in specs:
+        step = _ready_step(ready, (b, length, d, v)) if "jaxembed" in which and not layers else None
         variants = loss_variants(b, length) if "jaxembed" in which else None
-        case = cases.train_case(b, length, d, which=which, vocab=v, jax_step=step, variants=variants)
+        case = cases.train_case(
+            b, length, d, which=which, vocab=v, jax_step=step, variants=variants, num_layers=layers, num_heads=heads
+        )
         row = harness.run_case(case, settings, hw)
         if variants:
             row["loss_tile_tokens"] = {
@@ -256,6 +262,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # As `jaxembed train` does, before JAX starts: every step below, jaxembed's and PyTorch's alike,
+    # reuses its buffers instead of page-faulting fresh ones in (jaxembed.train.allocator).
+    from jaxembed.train.allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()
     sections = [s for s in SECTIONS if s in args.sections.split(",")]
     reference = not args.no_reference
     if reference and not harness.torch_available():
@@ -315,9 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     lap("hardware")
     if reference and not settings.quick:  # tests/test_benchmarks.py checks it separately
         results["equivalence"] = cases.equivalence()
-        print(f"reference check: {results['equivalence']}", flush=True)
+        results["equivalence_attention"] = cases.equivalence(num_layers=1, num_heads=4)
+        print(f"reference check: {results['equivalence']}, {results['equivalence_attention']}", flush=True)
         lap("equivalence")
-    fused = ("reference_fused",) if reference and not settings.quick else ()
+    fused = ("reference_fused", "reference_compiled") if reference and not settings.quick else ()
     if "data" in sections:
         results["data"] = data_section(settings, hw, which)
         lap("data")
@@ -343,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in sections:
         results["memory"] = {"xla": memory.xla_section(settings.quick), "plan": memory.plan_figures(settings.quick)}
         if not settings.quick:
-            rss = memory.start_rss(memory.rss_jobs(False, which + fused), background)
+            # Peak memory of the eager references only: inductor's compilation would dwarf a step's.
+            eager = tuple(name for name in fused if name != "reference_compiled")
+            rss = memory.start_rss(memory.rss_jobs(False, which + eager), background)
         results["memory"]["rss"] = memory.collect_rss(rss)
         lap("memory")
     if "mesh" in sections:

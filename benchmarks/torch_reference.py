@@ -12,9 +12,11 @@ PyTorch's defaults:
 * ``InputEmbedding``: ``torch.nn.Embedding`` token + positional tables,
   ``tok(ids) + pos(arange(L))`` (the seed's cells 88-92).
 * ``EmbeddingLM``: the same tied next-token model as
-  ``jaxembed.nn.model.EmbeddingLM``: ``logits = (tok(ids) + pos(arange(L))) @
-  tok.weight.T``; ``train_step`` does cross-entropy, global-norm gradient
-  clipping and ``torch.optim.AdamW`` on the same warmup + cosine schedule as
+  ``jaxembed.nn.model.EmbeddingLM``: ``logits = h @ tok.weight.T`` with
+  ``h = tok(ids) + pos(arange(L))``, then ``num_layers`` pre-LayerNorm causal
+  attention blocks; ``train_step`` does cross-entropy (eager, or through
+  ``torch.compile``: ``make_loss``), global-norm gradient clipping and
+  ``torch.optim.AdamW`` on the same warmup + cosine schedule as
   ``jaxembed.train.trainer.make_optimizer``.
 
 Importing this module needs torch (``pip install -e ".[bench]"``); the pure
@@ -129,9 +131,30 @@ def make_input_embedding(vocab_size: int, max_length: int, features: int):
     return InputEmbedding()
 
 
-def make_embedding_lm(vocab_size: int, max_length: int, features: int, init_stddev: float = 0.02):
-    """``jaxembed.nn.model.EmbeddingLM`` in PyTorch: input embeddings + tied head."""
+def make_embedding_lm(
+    vocab_size: int, max_length: int, features: int, init_stddev: float = 0.02, num_layers: int = 0, num_heads: int = 1
+):
+    """``jaxembed.nn.model.EmbeddingLM`` in PyTorch: input embeddings, causal attention blocks, tied head.
+
+    Each block is ``h + Attn(LN(h))`` as ``CausalSelfAttentionBlock``: LayerNorm (eps 1e-5), one
+    fused query/key/value ``Linear`` (nanoGPT's ``c_attn``, what a PyTorch user writes), causal
+    ``scaled_dot_product_attention`` and an output ``Linear``, all with biases; no MLP, no final norm.
+    """
     torch = _torch()
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(features, eps=1e-5)
+            self.qkv = torch.nn.Linear(features, 3 * features)
+            self.out = torch.nn.Linear(features, features)
+
+        def forward(self, h_BxLxD):
+            b, length, d = h_BxLxD.shape
+            qkv = self.qkv(self.norm(h_BxLxD)).view(b, length, 3, num_heads, d // num_heads)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each [B, H, L, K]
+            a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+            return h_BxLxD + self.out(a.transpose(1, 2).reshape(b, length, d))
 
     class EmbeddingLM(torch.nn.Module):
         def __init__(self):
@@ -140,12 +163,30 @@ def make_embedding_lm(vocab_size: int, max_length: int, features: int, init_stdd
             self.position = torch.nn.Embedding(max_length, features)
             torch.nn.init.normal_(self.token.weight, std=init_stddev)
             torch.nn.init.normal_(self.position.weight, std=init_stddev)
+            self.blocks = torch.nn.ModuleList(Block() for _ in range(num_layers))
 
         def forward(self, ids_BxL):
             h_BxLxD = self.token(ids_BxL) + self.position(torch.arange(ids_BxL.shape[-1]))
+            for block in self.blocks:
+                h_BxLxD = block(h_BxLxD)
             return h_BxLxD @ self.token.weight.T
 
     return EmbeddingLM()
+
+
+def make_loss(model, compiled: bool = False):
+    """``(inputs_BxL, targets_BxL) -> mean cross-entropy`` of ``model``; ``compiled``: through ``torch.compile``.
+
+    ``torch.compile`` (inductor, C++ on CPU) takes the forward and, through AOTAutograd, the
+    backward; the optimizer step stays outside (fused AdamW is already one kernel per tensor).
+    """
+    torch = _torch()
+
+    def loss_fn(inputs_BxL, targets_BxL):
+        logits_BxLxV = model(inputs_BxL)
+        return torch.nn.functional.cross_entropy(logits_BxLxV.flatten(0, 1), targets_BxL.flatten())
+
+    return torch.compile(loss_fn) if compiled else loss_fn
 
 
 def warmup_cosine(step: int, *, peak: float, warmup_steps: int, total_steps: int, end_fraction: float) -> float:
@@ -185,12 +226,14 @@ def make_optimizer(model, optim, total_steps: int, fused: bool | None = None):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, fraction)
 
 
-def train_step(model, opt, scheduler, inputs_BxL, targets_BxL, grad_clip: float):
-    """One AdamW step on next-token cross-entropy; returns ``(loss, grad_norm)`` tensors."""
+def train_step(model, opt, scheduler, inputs_BxL, targets_BxL, grad_clip: float, loss_fn=None):
+    """One AdamW step on next-token cross-entropy; returns ``(loss, grad_norm)`` tensors.
+
+    ``loss_fn`` is ``make_loss(model, ...)`` (default: the eager loss).
+    """
     torch = _torch()
     opt.zero_grad(set_to_none=True)
-    logits_BxLxV = model(inputs_BxL)
-    loss = torch.nn.functional.cross_entropy(logits_BxLxV.flatten(0, 1), targets_BxL.flatten())
+    loss = (loss_fn or make_loss(model))(inputs_BxL, targets_BxL)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     opt.step()

@@ -460,8 +460,8 @@ print(f"D={config.model.features}, L={config.data.max_length}, batch={config.dat
 # away, tokenizes the play, holds out its last 10% for validation, and runs a
 # `jax.jit`-compiled optax step (gradient of the loss, AdamW update, new parameters)
 # 300 times. `workdir=None` keeps everything in memory (no checkpoints). It returns the
-# final state, the logged metrics, and the parameters from before training. One to
-# two minutes on a 2-core CPU. `train.enable_compilation_cache()` keeps the compiled
+# final state, the logged metrics, and the parameters from before training. About 15 s
+# on a 2-core CPU, more the first time (compiling). `train.enable_compilation_cache()` keeps the compiled
 # programs on disk (in `~/.cache/jaxembed/xla`; `JAXEMBED_COMPILATION_CACHE=off` turns
 # it off), so running the cell again skips compiling.
 

@@ -388,11 +388,21 @@ def _version() -> str:
         return "(not installed)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (no usage block before them), exit status 2.
+
+    Sub-command parsers are made of the same class (``add_subparsers`` defaults to it).
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (--help for usage)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (sub-commands: train, neighbors, export, sample, tokenize, walkthrough, plan)."""
     from jaxembed.config import CONFIGS
 
-    parser = argparse.ArgumentParser(prog="jaxembed", description="Token and positional embeddings in JAX/Flax.")
+    parser = _Parser(prog="jaxembed", description="Token and positional embeddings in JAX/Flax.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 

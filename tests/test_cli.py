@@ -289,6 +289,24 @@ def test_unknown_config_key_suggests_the_closest_or_lists_fields(tmp_path, capsy
 
 
 @pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["train", "--workdir", "W", "--corpus", "shakespeare"], "argument --corpus: invalid choice: 'shakespeare'"),
+        (["walkthrough", "--corpus", "shakespeare"], "argument --corpus: invalid choice: 'shakespeare'"),
+        (["trian"], "argument command: invalid choice: 'trian'"),
+        (["neighbors", " thou"], "the following arguments are required: --workdir"),
+    ],
+)
+def test_argument_errors_are_one_line(args, expected, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert len(err.strip().splitlines()) == 1, err  # no usage block before it
+    assert expected in err and err.startswith("jaxembed")
+
+
+@pytest.mark.parametrize(
     "override, hint",
     [
         ("--config.train.steps=abc", "train.steps"),

@@ -234,8 +234,8 @@ def captions(numbers: dict, num_layers: int | None, length: int, pca_count: int)
         "baseline: the cosine of a random pair of candidates; after training each cosine is followed by how many "
         "standard deviations (σ) of that random-pair cosine it lies above the random-pair mean. A neighbour well "
         "above it shares contexts with the probe in the training text (e.g. pronouns next to pronouns). The "
-        "probes are the configured ones this text uses at least as often as a candidate, then its most frequent "
-        "content words. The picture shows at most the first "
+        f"probes are the configured ones seen at least {numbers.get('probe_min_count', 20)} times in the training "
+        "text, then its most frequent content words. The picture shows at most the first "
         f"{MAX_NEIGHBOR_ROWS} probes; report.md and report.json list them all."
     )
     pca_caption = (

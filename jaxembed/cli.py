@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -683,6 +684,9 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
                 from jaxembed.train.trainer import check_platforms
             if own_process:
                 tune_cpu_allocator()  # before JAX's CPU client starts its threads (check_platforms, the run)
+                # The modules' objects (about 200,000: jax, flax, orbax, grain) live as long as the
+                # process; no collection of the oldest generation need walk them again (0.3 s a run).
+                gc.freeze()
             # What a user can fix ends in one line: jaxembed's own errors, and OSError (a disk that is
             # full or a folder that is not writable: the environment, not a bug). Anything else is a
             # bug and keeps its traceback.
@@ -717,6 +721,9 @@ def console_main() -> None:
     code = main(own_process=True)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Every file is closed: spare the interpreter's exit its collections over objects it is about to
+    # drop (half a second after a run); nothing left holds a file or a lock to release.
+    gc.freeze()
     sys.exit(code)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import pathlib
 
 from run_files import jaxembed
@@ -22,12 +23,23 @@ def entries(cache: pathlib.Path) -> set[str]:
     return {p.name for p in cache.glob("*-cache")}
 
 
+def program_names(cache: pathlib.Path) -> collections.Counter:
+    # JAX names each entry "jit_<function>-<key>-cache".
+    return collections.Counter(name.split("-")[0].removeprefix("jit_") for name in entries(cache))
+
+
 def test_a_rerun_loads_every_program_from_the_cache(tmp_path, text_path, env):
     cache = tmp_path / "xla"
     env = {**env, "JAXEMBED_COMPILATION_CACHE": str(cache)}
     train(tmp_path / "first", text_path, env)
     written = entries(cache)
     assert len(written) >= 2, sorted(cache.iterdir())  # at least the train and eval steps
+    # Each program is traced, lowered and fetched anew by every run: a whole run makes a dozen, not one
+    # per eager operation (the schedule's, a copy per parameter, the shuffled table's gather: 35 before).
+    names = program_names(cache)
+    assert names["train_step"] == names["eval_step"] == names["schedule"] == 1, names
+    assert not {"copy", "cos", "gather", "stack"} & set(names), names
+    assert sum(names.values()) <= 12, names
     train(tmp_path / "second", text_path, env)
     assert entries(cache) == written  # the same programs: nothing compiled anew
 

@@ -333,7 +333,7 @@ def generate(
     for i in range(num_tokens):  # dispatch is asynchronous: the host waits once, at the end
         token, window_1xL, length = step(params, window_1xL, length, key, jnp.int32(i), temp)
         tokens.append(token)
-    return np.asarray(jnp.stack(tokens), dtype=np.int32)
+    return np.asarray(jax.device_get(tokens), dtype=np.int32)
 
 
 def sample_text(

@@ -88,9 +88,11 @@ def _data_gym_to_ranks(vocab_bpe: bytes, encoder_json: bytes) -> dict[bytes, int
     rank_to_byte = printable + [b for b in range(256) if b not in printable]
     gym_to_byte = {chr(b): b for b in printable}
     gym_to_byte.update({chr(256 + n): b for n, b in enumerate(rank_to_byte[len(printable) :])})
+    # Each character stands for one byte: as a latin-1 character it encodes to exactly that byte.
+    to_latin1 = str.maketrans({c: chr(b) for c, b in gym_to_byte.items()})
 
     def decode(token: str) -> bytes:
-        return bytes(gym_to_byte[c] for c in token)
+        return token.translate(to_latin1).encode("latin-1")
 
     ranks = {bytes([b]): rank for rank, b in enumerate(rank_to_byte)}
     merges = vocab_bpe.decode().split("\n")[1:-1]

@@ -199,8 +199,8 @@ class _Run:
             state = state.replace(params=pretrained.load(state.params, trainer.model))
             if workdir is None or not workdir.resuming:  # a resume's state comes from its checkpoint
                 log.info(pretrained.describe(trainer.model))
-        # The step donates its input state; keep the untrained tables for the report.
-        initial_params = jax.tree.map(jnp.copy, state.params)
+        # The step donates its input state; keep the untrained tables for the report (one program for the tree).
+        initial_params = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))(state.params)
         start_step = 0
         if workdir is not None:
             self.checkpointer = Checkpointer(workdir.checkpoints_dir, keep=config.train.keep_checkpoints)
@@ -237,17 +237,18 @@ class _Run:
             workdir.path if workdir else None, config.train.profile_steps, total_steps=config.train.steps
         )
         self.stack.callback(profiler.close)
+        learning_rates = _learning_rates(config)
         if start_step == 0:
             self.stop.begin("evaluating the untrained model")
             metrics.append(
                 {
                     "step": 0,
-                    "learning_rate": float(_learning_rates(config)[0]),
+                    "learning_rate": float(learning_rates[0]),
                     "val_loss": trainer.evaluate(state.params, self.eval_batches),
                 }
             )
         self.stop.begin(None)  # in the loop: a signal stops after the current step, with a checkpoint
-        state = self.loop(state, metrics, start_step, profiler)
+        state = self.loop(state, metrics, start_step, profiler, learning_rates)
         self.stop.phase = "evaluating the trained model"
         shuffled = None
         if trainer.model.position == "learned":
@@ -266,9 +267,8 @@ class _Run:
             state, metrics.rows, trainer.model, splits, path, config, initial_params, shuffled, start_step, by_length
         )
 
-    def loop(self, state, metrics: MetricsLog, start_step: int, profiler) -> TrainState:
+    def loop(self, state, metrics: MetricsLog, start_step: int, profiler, learning_rates: np.ndarray) -> TrainState:
         config, trainer, ckpt, iterator = self.config, self.trainer, self.checkpointer, self.iterator
-        learning_rates = _learning_rates(config)
         bar = _progress(start_step, config.train.steps, enabled=self.progress)
         tokens_per_step = config.data.batch_size * config.data.max_length
         window, window_start = [], time.perf_counter()
@@ -379,10 +379,11 @@ def _fetch_pretrained(
 def _learning_rates(config: ml_collections.ConfigDict) -> np.ndarray:
     """The learning rate of every step, ``[train.steps + 1]`` (index ``s``: the rate step ``s + 1`` uses).
 
-    One vectorised call of the schedule, instead of a few eager JAX operations per metrics row.
+    One compiled call of the schedule: called eagerly, its dozen operations would each be a
+    program of their own to trace and fetch from the compilation cache.
     """
     schedule = learning_rate_schedule(config.optim, config.train.steps)
-    return np.asarray(schedule(np.arange(config.train.steps + 1)))
+    return np.asarray(jax.jit(schedule)(np.arange(config.train.steps + 1)))
 
 
 def _announce(notices: dict, config: ml_collections.ConfigDict, step: int) -> None:
@@ -416,7 +417,8 @@ def positions_shuffled_loss(trainer: Trainer, params: Any, eval_batches: list, *
     """
     position_LxD = params["params"]["embed"]["position"]["embedding"]
     order_L = np.random.default_rng(seed).permutation(position_LxD.shape[0])
-    shuffled_LxD = jax.device_put(jnp.asarray(position_LxD)[order_L], position_LxD.sharding)
+    # One program (an eager gather is several), valid for a table spread over hosts.
+    shuffled_LxD = jax.jit(lambda table: table[order_L], out_shardings=position_LxD.sharding)(position_LxD)
     shuffled = jax.tree.map(lambda x: x, params)  # a new tree: the state's params stay untouched
     shuffled["params"]["embed"]["position"]["embedding"] = shuffled_LxD
     return trainer.evaluate(shuffled, eval_batches)

@@ -44,7 +44,8 @@ def _save(fig: Figure, path: str | os.PathLike, *, tight: bool = True) -> pathli
     if tight:
         fig.tight_layout()
     with atomic_open(path, "wb") as f:
-        fig.savefig(f, format="png", dpi=120)
+        # zlib level 1, not PIL's 6: the report's five pictures encode in half the time, 0-20% larger.
+        fig.savefig(f, format="png", dpi=120, pil_kwargs={"compress_level": 1})
     return pathlib.Path(path)
 
 

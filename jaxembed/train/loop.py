@@ -199,8 +199,10 @@ class _Run:
             state = state.replace(params=pretrained.load(state.params, trainer.model))
             if workdir is None or not workdir.resuming:  # a resume's state comes from its checkpoint
                 log.info(pretrained.describe(trainer.model))
-        # The step donates its input state; keep the untrained tables for the report (one program for the tree).
-        initial_params = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))(state.params)
+        # The step donates its input state; keep the untrained tables for the report: one program for the
+        # tree, placed as the trained params will be (the report samples from both with one compiled step).
+        shardings = jax.tree.map(lambda x: x.sharding, state.params)
+        initial_params = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree), out_shardings=shardings)(state.params)
         start_step = 0
         if workdir is not None:
             self.checkpointer = Checkpointer(workdir.checkpoints_dir, keep=config.train.keep_checkpoints)

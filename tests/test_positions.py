@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_attention import np_layer_norm
 
 from jaxembed import config as config_lib
 from jaxembed.errors import InvalidArgumentError
@@ -31,7 +32,6 @@ from jaxembed.nn.positions import (
 from jaxembed.train.loop import train_and_evaluate
 from jaxembed.train.trainer import make_optimizer
 from jaxembed.train.workdir import WorkdirError
-from tests.test_attention import np_layer_norm
 
 V, L, D, H, B = 13, 6, 8, 2, 3
 

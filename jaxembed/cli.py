@@ -685,7 +685,7 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
             if own_process:
                 tune_cpu_allocator()  # before JAX's CPU client starts its threads (check_platforms, the run)
                 # The modules' objects (about 200,000: jax, flax, orbax, grain) live as long as the
-                # process; no collection of the oldest generation need walk them again (0.3 s a run).
+                # process; no collection of the oldest generation need walk them again (0.15 s a run).
                 gc.freeze()
             # What a user can fix ends in one line: jaxembed's own errors, and OSError (a disk that is
             # full or a folder that is not writable: the environment, not a bug). Anything else is a

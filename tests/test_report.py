@@ -385,6 +385,27 @@ def test_uniform_guess_loss():
             report.uniform_guess_loss(bad)
 
 
+@pytest.mark.parametrize(
+    ("final", "best_step", "verdict_step", "says"),
+    [
+        (5.400, 300, None, "was still falling when the run ended"),
+        (5.470, 200, None, "The last evaluation is 0.070 nats above it: not yet overfitting"),
+        (5.470, 200, 250, "overfitting: validation loss rises while training loss falls"),
+    ],
+)
+def test_loss_caption_says_what_the_validation_curve_does(final, best_step, verdict_step, says):
+    from jaxembed.report import captions
+
+    numbers = {
+        "num_classes": 9, "uniform_guess_loss": math.log(9), "val_loss_best": 5.4, "val_loss_best_step": best_step,
+        "val_loss_final": final, "overfitting_from_step": verdict_step, "position_locality": None,
+    }  # fmt: skip
+    caption = captions.captions(numbers, num_layers=1, length=16, pca_count=100)[captions.LOSS]
+    assert says in caption
+    # A curve that ends above its best is never described as showing no sign of overfitting.
+    assert "no sign of overfitting" not in caption
+
+
 # A real short run: report.json against numpy on the exported tables.
 
 PROBES = (" Romeo", " thou", " the", " function")  # ' function' never occurs in Romeo and Juliet

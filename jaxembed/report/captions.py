@@ -223,11 +223,15 @@ def captions(numbers: dict, num_layers: int | None, length: int, pca_count: int)
             f". The shaded steps after it are overfitting: validation loss rises while training loss falls, so "
             f"the model memorises the training text from step {numbers['overfitting_from_step']} on."
         )
-    else:
+    elif numbers["val_loss_final"] is not None and numbers["val_loss_final"] > numbers["val_loss_best"]:
+        # A rise within the rule's margin is no verdict either way: "no sign" would contradict the curve.
         loss += (
-            "; the validation loss did not stay above it by more than the overfitting rule's margin (the "
-            "evaluation noise, see the summary) for the last evaluations, so there is no sign of overfitting."
+            f". The last evaluation is {numbers['val_loss_final'] - numbers['val_loss_best']:.3f} nats above it: "
+            "not yet overfitting by the report's rule, which needs the last few evaluations all above the best "
+            "by more than the evaluation noise (see the summary); a longer run would tell whether it keeps rising."
         )
+    elif numbers["val_loss_best"] is not None:
+        loss += "; it is the last evaluation, so validation loss was still falling when the run ended."
     neighbours = (
         "For each probe token, its closest tokens by cosine similarity after subtracting the candidates' mean "
         "vector, before training (random vectors: the neighbours are arbitrary) and after. The subtitle gives the "

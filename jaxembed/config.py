@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib.util
 import math
 import numbers
@@ -348,6 +349,11 @@ def load(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.Con
             close = difflib.get_close_matches(key, valid, n=1)
             if close:  # the likely fix alone; the full list would bury it
                 raise ConfigError(f"unrecognised argument {arg!r}. Did you mean --config.{close[0]}?")
+            if not arg.startswith("--config."):  # a mistyped option, not a config field: no field list
+                raise ConfigError(
+                    f"unrecognised argument {arg!r}: not an option of this command (see --help), and config "
+                    "overrides look like --config.FIELD=VALUE, e.g. --config.train.steps=100"
+                )
             raise ConfigError(
                 f"unrecognised argument {arg!r}. Config overrides look like --config.FIELD=VALUE; "
                 "valid fields: " + ", ".join(valid)
@@ -364,8 +370,27 @@ def load(name_or_path: str, overrides: Sequence[str] = ()) -> ml_collections.Con
     try:
         flag_values(argv)
     except flags.Error as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(_type_error(overrides, base) or str(e)) from None
     return flag_values.config
+
+
+# The numeric fields' types in words, for absl's errors that quote Python's int() or float().
+_TYPE_WORDS = {int: "an integer", float: "a number"}
+
+
+def _type_error(overrides: Sequence[str], base) -> str | None:
+    """The field, value and type allowed of the first numeric override that does not parse, if any."""
+    for arg in overrides:
+        key, _, value = arg.removeprefix("--config.").partition("=")
+        default = functools.reduce(lambda node, name: node[name], key.split("."), base)
+        kind = type(default)
+        if kind not in _TYPE_WORDS:
+            continue
+        try:
+            kind(value)
+        except ValueError:
+            return f"{key}={value!r} is not allowed: {key} takes {_TYPE_WORDS[kind]} (this config: {default!r})."
+    return None
 
 
 def _load_config_module(path: str):

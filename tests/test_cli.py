@@ -289,6 +289,29 @@ def test_unknown_config_key_suggests_the_closest_or_lists_fields(tmp_path, capsy
 
 
 @pytest.mark.parametrize(
+    "flag, expected",
+    [
+        ("--no-such-flag", "unrecognised argument '--no-such-flag': not an option of this command (see --help)"),
+        (
+            "--config.train.steps=abc",
+            "train.steps='abc' is not allowed: train.steps takes an integer (this config: 300)",
+        ),
+        ("--config.train.steps=2.5", "train.steps='2.5' is not allowed: train.steps takes an integer"),
+        (
+            "--config.optim.learning_rate=fast",
+            "optim.learning_rate='fast' is not allowed: optim.learning_rate takes a number",
+        ),
+    ],
+)
+def test_a_mistyped_option_or_value_is_named_in_words(tmp_path, capsys, flag, expected):
+    code, _, err = main_in_process(["train", "--workdir", tmp_path / "w", flag], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert expected in err
+    assert "valid fields" not in err and "int()" not in err and "float" not in err
+    assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize(
     "args, expected",
     [
         (["train", "--workdir", "W", "--corpus", "shakespeare"], "argument --corpus: invalid choice: 'shakespeare'"),

@@ -284,6 +284,8 @@ def _parse_python_in_a_loop(stop: threading.Event, failures: list[BaseException]
 def test_python_docs_first_calls_from_racing_threads_build_once(
     isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Four first calls at once, and another thread parsing all the while: one build, no SystemError
+    # escapes, and the text is the one built with no other thread about.
     import jaxembed.text.corpus as corpus_module
 
     reference = corpus_module.python_docs_text()
@@ -321,22 +323,6 @@ def test_python_docs_first_calls_from_racing_threads_build_once(
     assert results == [reference] * 4
     assert cached_path("python-docs").read_text(encoding="utf-8") == reference
     assert not [p.name for p in isolated_cache.iterdir() if p.name.endswith(".tmp")]
-
-
-def test_python_docs_built_alongside_a_parsing_thread(isolated_cache: Path) -> None:
-    # Alone in its thread, but with another thread parsing all the while: no SystemError escapes.
-    from jaxembed.text.corpus import python_docs_text
-
-    stop, foreign_failures = threading.Event(), []
-    parser = threading.Thread(target=_parse_python_in_a_loop, args=(stop, foreign_failures), daemon=True)
-    reference = python_docs_text()
-    parser.start()
-    try:
-        text = python_docs_text()  # some 20 s: each of its parses waits for the other thread's
-    finally:
-        stop.set()
-        parser.join(timeout=30)
-    assert text == reference and len(text) > 1_000_000
 
 
 def test_python_docs_two_processes_at_once_give_one_complete_file(isolated_cache: Path) -> None:

@@ -370,7 +370,7 @@ def test_weight_decay_shrinks_matrices_not_biases_or_norms(decay_embeddings):
     params = model.init(jax.random.key(0), np.zeros((1, 4), np.int32))
     tx = trainer.make_optimizer(config.optim, total_steps=10)
     grads = jax.tree.map(np.zeros_like, params)
-    updates, _ = tx.update(grads, tx.init(params), params)
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)  # one program, not one per eager op
     factor = -config.optim.learning_rate * config.optim.weight_decay
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     moved = {}

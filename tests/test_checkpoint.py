@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from run_files import corrupt
 
 from jaxembed.train.checkpoint import Checkpointer, CheckpointError
 
@@ -57,15 +58,6 @@ def assert_tree_equal(a, b):
 
 def step_dirs(directory: pathlib.Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
-
-
-def corrupt(step_dir: pathlib.Path) -> int:
-    """Truncates the array data files orbax wrote for the train state (a half-written step)."""
-    data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
-    assert data_files, f"no array data files found under {step_dir}/state: has orbax's layout changed?"
-    for p in data_files:
-        p.write_bytes(p.read_bytes()[: p.stat().st_size // 3])
-    return len(data_files)
 
 
 @pytest.fixture

@@ -303,6 +303,9 @@ def test_compare_page_holds_each_runs_numbers(compared):
     assert "loss_by_length.png" in page and (compared / "positions.png").exists()
     for name in POSITIONS:
         assert f"\n{name} " in page  # a row of the table per scheme
+        # A summary line per scheme, its name said once ("alibi: ALiBi: ..." said it twice).
+        (line,) = [x for x in page.splitlines() if x.lower().startswith(f"- {name}") and x.endswith("; 40 steps")]
+        assert not line.lower().startswith(f"- {name}: {name}"), line
     assert "none beyond" in (compared / "learned" / "report.md").read_text()  # why it stops at L
 
 

@@ -501,7 +501,7 @@ def test_report_drops_the_unseen_probe_and_captions_every_picture(short_run):
     text = (workdir / "report.md").read_text()
     assert "never in the training text" not in text
     (line,) = [line for line in text.splitlines() if line.startswith("- probes not shown:")]
-    assert "' function' (0x)" in line and "fewer than 20 times" in line
+    assert "' function' (never seen)" in line and "fewer than 20 times" in line
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)\n\n(\S[^\n]+)", text)
     assert sorted(name for name, _ in images) == sorted(
         ["loss.png", "neighbors.png", "pca.png", "positions.png", "positions_pca.png"]
@@ -641,7 +641,7 @@ def test_report_shows_only_probes_the_corpus_uses_and_sigmas_match_numpy(enc, tm
         probe_tokens=[" Romeo", " thou", " the"],
     )
     numbers = json.loads((tmp_path / "report.json").read_text())
-    # ' Romeo' (0x) and ' thou' (2x, under min_count 3) are dropped; ' the' stays; then the most frequent
+    # ' Romeo' (never seen) and ' thou' (seen twice, under min_count 3) are dropped; ' the' stays; then the most frequent
     # whole words, skipping the function words ' with', ' from', ' which'.
     shown = [e["token"] for e in numbers["neighbors"]]
     assert shown == ["' the'", "' file'", "' string'", "' value'", "' module'", "' object'"]
@@ -649,7 +649,7 @@ def test_report_shows_only_probes_the_corpus_uses_and_sigmas_match_numpy(enc, tm
     text = path.read_text()
     assert "never in the training text" not in text and "' Romeo' ->" not in text and "' thou' ->" not in text
     (dropped_line,) = [line for line in text.splitlines() if line.startswith("- probes not shown:")]
-    assert "' Romeo' (0x), ' thou' (2x)" in dropped_line
+    assert "' Romeo' (never seen), ' thou' (seen 2 times)" in dropped_line
 
     # An independent numpy computation: centred cosines over all ordered pairs of candidates.
     candidates = np.flatnonzero(counts_V >= 3)

@@ -31,7 +31,7 @@ BY_LENGTH = "Validation loss by evaluation length"
 POSITION_WORDS: dict[str, str] = {
     "learned": "a learned table, one trained vector per position (GPT-2's)",
     "sinusoidal": "a fixed sin/cos table added to the token vectors (Vaswani et al. 2017): computed, not trained",
-    "rope": "rotary: queries and keys turned by an angle proportional to their position (Su et al. 2021)",
+    "rope": "RoPE, rotary: queries and keys turned by an angle proportional to their position (Su et al. 2021)",
     "alibi": "ALiBi: a penalty on attention logits linear in the query-key distance (Press et al. 2022)",
     "none": "none: causal attention alone (Haviv et al. 2022)",
 }
@@ -126,6 +126,10 @@ def _margin_rule(numbers: dict) -> str:
     return f"the last {numbers['overfit_min_evals']} evaluations all more than {how} above the best"
 
 
+def _times(count: int) -> str:
+    return "never seen" if count == 0 else "seen once" if count == 1 else f"seen {count:,} times"
+
+
 def summary_lines(numbers: dict, length: int) -> list[str]:
     """The report's bullet points: losses, the held-out split, overfitting, dropped probes, positions, speed, ln K.
 
@@ -137,7 +141,7 @@ def summary_lines(numbers: dict, length: int) -> list[str]:
       ...            "position_locality_initial": 0.0, "median_tokens_per_sec": None, "num_classes": 9,
       ...            "uniform_guess_loss": 2.197, "validation_source": "the last 10% of the tokens of a.txt"}
       >>> print(summary_lines(numbers, length=16)[3])
-      no overfitting verdict: the last evaluation is 0.030 nats above the best, but the rule needs the last 3 evaluations all more than 0.020 nats (too few evaluations to estimate their noise) above the best, and 1 is
+      no overfitting verdict: the last evaluation is 0.030 nats above the best, but the rule needs the last 3 evaluations all more than 0.020 nats (too few evaluations to estimate their noise) above the best; 1 of the last 3 is
     """
     lines = [f"steps: {numbers['steps']}"]
     if numbers["val_loss_initial"] is not None:
@@ -159,12 +163,13 @@ def summary_lines(numbers: dict, length: int) -> list[str]:
         lines.append(
             f"no overfitting verdict: the last evaluation is "
             f"{numbers['val_loss_final'] - numbers['val_loss_best']:.3f} nats above the best, but the rule needs "
-            f"{_margin_rule(numbers)}, and {above} {'is' if above == 1 else 'are'}"
+            f"{_margin_rule(numbers)}; {above} of the last {numbers['overfit_min_evals']} "
+            f"{'is' if above == 1 else 'are'}"
             + ("" if above < numbers["overfit_min_evals"] else " (training loss did not fall meanwhile)")
         )
     dropped = numbers.get("probes_dropped") or []
     if dropped:
-        listed = ", ".join(f"{p['token']} ({p['count']}x)" for p in dropped)
+        listed = ", ".join(f"{p['token']} ({_times(p['count'])})" for p in dropped)
         lines.append(
             f"probes not shown: {listed}: seen fewer than {numbers.get('probe_min_count', 20)} times in this "
             "training text, too rarely for their rows to have learned neighbours; this corpus's frequent words "

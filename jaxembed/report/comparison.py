@@ -135,7 +135,7 @@ def write_comparison(out: pathlib.Path, schemes: dict[str, dict], tables: dict, 
             f"{name:<13}{cells}{_number(row['position_locality'], '+.3f'):>13}"
             f"{_number(row['positions_shuffled_gap'], '+.3f'):>14}"
         )
-    summary = [f"{name}: {captions.POSITION_WORDS[name]}; {row['steps']} steps" for name, row in schemes.items()]
+    summary = [f"{_scheme_words(name)}; {row['steps']} steps" for name, row in schemes.items()]
     return write_report(
         out / "compare.md",
         title="Position schemes side by side",
@@ -167,6 +167,12 @@ def write_comparison(out: pathlib.Path, schemes: dict[str, dict], tables: dict, 
             ),
         },
     )
+
+
+def _scheme_words(name: str) -> str:
+    words = captions.POSITION_WORDS[name]
+    # Words that already open with the scheme's name ("ALiBi: ...") would repeat it after "alibi: ".
+    return words if words.lower().startswith(name) else f"{name}: {words}"
 
 
 def _number(value: float | None, spec: str = ".3f") -> str:

@@ -202,6 +202,8 @@ def describe_validation(splits: Splits, val_fraction: float) -> str | None:
       >>> s = split_corpus(" Romeo" * 1000, val_fraction=0.1, source="r.txt")
       >>> describe_validation(s, 0.1)
       'the last 10% of the tokens of text r.txt (100 tokens)'
+      >>> describe_validation(split_corpus(" Romeo" * 1000, val_fraction=0.1, source="python-docs"), 0.1)
+      'the last 10% of the tokens of the python-docs corpus (100 tokens)'
     """
     fp = splits.corpus_fingerprint
     if not fp:
@@ -210,7 +212,13 @@ def describe_validation(splits: Splits, val_fraction: float) -> str | None:
     num_val = len(splits.val_ids)
     if fp.get("kind") != "tokens":
         source = fp.get("source")
-        what = "the text passed in" if source == "text argument" else f"text {source}"
+        what = (
+            "the text passed in"
+            if source == "text argument"
+            else f"the {source} corpus"
+            if source in corpus.CORPORA
+            else f"text {source}"
+        )
         return f"{share} of {what} ({num_val:,} tokens)"
     if "val_path" in fp:
         return f"the token directory {fp['val_path']} ({num_val:,} tokens), held out whole (--val-tokens)"

@@ -486,7 +486,7 @@ def test_report_uniform_line_is_ln_k_with_active_vocab(short_run):
     assert numbers["uniform_guess_loss"] == pytest.approx(math.log(k))
     assert numbers["val_loss_initial"] == pytest.approx(math.log(k), abs=0.1)  # an untrained model starts at ln K
     text = (workdir / "report.md").read_text()
-    assert f"uniform-guess loss ln({k}) = {math.log(k):.3f}" in text
+    assert f"uniform-guess loss ln({k:,}) = {math.log(k):.3f}" in text
 
 
 def test_report_drops_the_unseen_probe_and_captions_every_picture(short_run):

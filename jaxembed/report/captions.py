@@ -204,7 +204,7 @@ def summary_lines(numbers: dict, length: int) -> list[str]:
         lines.append(f"validation loss past the trained length {length}: {listed} (table below)")
     if numbers["median_tokens_per_sec"] is not None:
         lines.append(f"median throughput: {numbers['median_tokens_per_sec']:,.0f} tokens/s")
-    lines.append(f"uniform-guess loss ln({numbers['num_classes']}) = {numbers['uniform_guess_loss']:.3f}")
+    lines.append(f"uniform-guess loss ln({numbers['num_classes']:,}) = {numbers['uniform_guess_loss']:.3f}")
     return lines
 
 

@@ -288,6 +288,21 @@ def test_plot_writes_readable_png(plots, name):
     assert_no_temp_files(path.parent)
 
 
+def test_each_picture_is_drawn_once(enc, tmp_path, monkeypatch):
+    """savefig draws a figure twice while a layout engine (even tight_layout's placeholder) is set."""
+    from matplotlib.figure import Figure
+
+    draws = []
+    real_draw = Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda fig, renderer: draws.append(fig) or real_draw(fig, renderer))
+    rng = np.random.default_rng(3)
+    metrics = [{"step": s, "train_loss": 10 - s / 10, "val_loss": 10.5 - s / 10} for s in range(0, 50, 10)]
+    report.plot_loss_curves(metrics, tmp_path / "loss.png", vocab_size=enc.n_vocab)  # _save lays out
+    report.plot_pca(enc, rng.normal(size=(enc.n_vocab, 4)), list(range(50)), tmp_path / "pca.png")  # lays out itself
+    report.plot_position_similarity(rng.normal(size=(8, 4)), tmp_path / "pos.png")
+    assert len(draws) == 3 and len(set(map(id, draws))) == 3
+
+
 def test_plots_leave_matplotlib_state_alone(plots):
     _, before, after = plots
     assert after == before

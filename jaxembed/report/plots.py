@@ -43,6 +43,9 @@ def _save(fig: Figure, path: str | os.PathLike, *, tight: bool = True) -> pathli
     FigureCanvasAgg(fig)  # Attaches an Agg canvas to this figure only; no global backend.
     if tight:
         fig.tight_layout()
+    # tight_layout leaves a placeholder layout engine, and savefig lays out again with any engine
+    # set: one whole draw more per picture (a fifth of the report's time), the same pixels.
+    fig.set_layout_engine(None)
     with atomic_open(path, "wb") as f:
         # zlib level 1, not PIL's 6: the report's five pictures encode in half the time, 0-20% larger.
         fig.savefig(f, format="png", dpi=120, pil_kwargs={"compress_level": 1})

@@ -717,5 +717,13 @@ def test_report_of_a_token_folder_run_names_its_held_out_split(tmp_path, corpus_
         f"the last 10% of the tokens of the token directory {tmp_path / 'tok'} ({num_val:,} tokens), "
         f"i.e. the end of its last file in path order: {documents[-1]['path']}"
     )
-    assert f"- validation: {expected}\n" in path.read_text()
-    assert json.loads((path.parent / "report.json").read_text())["validation_source"] == expected
+    # Each evaluation scores train.eval_batches (1) batches of 4 x 8 tokens, however long the split is.
+    scored = 1 * 4 * 8
+    assert num_val > scored
+    assert (
+        f"- validation: {scored} tokens each evaluation (train.eval_batches x data.batch_size x data.max_length) "
+        f"from the held-out split, {expected}\n"
+    ) in path.read_text()
+    assert f"held-out validation text (the same {scored} tokens at each evaluation)" in path.read_text()
+    numbers = json.loads((path.parent / "report.json").read_text())
+    assert numbers["validation_source"] == expected and numbers["val_tokens_evaluated"] == scored

@@ -149,8 +149,15 @@ def summary_lines(numbers: dict, length: int) -> list[str]:
             f"validation loss: {numbers['val_loss_initial']:.3f} (step 0) -> {numbers['val_loss_final']:.3f} "
             f"(step {numbers['steps']}); best {numbers['val_loss_best']:.3f} at step {numbers['val_loss_best_step']}"
         )
-    if numbers.get("validation_source"):
-        lines.append(f"validation: {numbers['validation_source']}")
+    evaluated, source = numbers.get("val_tokens_evaluated"), numbers.get("validation_source")
+    if evaluated:
+        # The split can be far longer than what is scored: say both, and which settings decide the score's size.
+        lines.append(
+            f"validation: {evaluated:,} tokens each evaluation (train.eval_batches x data.batch_size x "
+            f"data.max_length) from the held-out split" + (f", {source}" if source else "")
+        )
+    elif source:
+        lines.append(f"validation: {source}")
     if numbers["overfitting_from_step"] is not None:
         lines.append(
             f"**overfitting from step {numbers['overfitting_from_step']}**: validation loss rose "
@@ -214,9 +221,11 @@ def captions(numbers: dict, num_layers: int | None, length: int, pca_count: int)
     ``num_layers == 0`` (embeddings only) explains why the positional table is uniform.
     """
     k = numbers["num_classes"]
+    evaluated = numbers.get("val_tokens_evaluated")
+    same = f" (the same {evaluated:,} tokens at each evaluation)" if evaluated else ""
     loss = (
         f"Cross-entropy of the next-token prediction (lower is better) against training step: blue is the "
-        f"training loss, orange the loss on held-out validation text. The dashed line, ln({k:,}) = "
+        f"training loss, orange the loss on held-out validation text{same}. The dashed line, ln({k:,}) = "
         f"{numbers['uniform_guess_loss']:.2f}, is a uniform guess over the {k:,} tokens the model can predict: an "
         "untrained model starts there, and anything below it has been learned. The star marks the lowest "
         "validation loss"

@@ -272,6 +272,7 @@ def training_report(
     val_loss_positions_shuffled: float | None = None,
     tensorboard_step: int | None = None,
     validation_source: str | None = None,
+    val_tokens_evaluated: int | None = None,
     position: str = "learned",
     context_length: int | None = None,
     val_loss_by_length: dict[int, float] | None = None,
@@ -299,6 +300,8 @@ def training_report(
       validation_source: where the held-out split came from, in words
         (``splits.describe_validation``): a summary line, and
         ``validation_source`` in ``report.json``.
+      val_tokens_evaluated: ``TrainResult.val_tokens_evaluated``, the held-out tokens each
+        validation loss is the mean over (said in the same summary line; ``report.json`` too).
       position: ``model.position``; rotary, ALiBi and none have no table
         (``pos_LxD=None``): the position pictures are left out and the report says why.
       context_length: the trained context ``L`` (default: ``len(pos_LxD)``).
@@ -352,6 +355,7 @@ def training_report(
     )
     numbers["num_layers"] = num_layers
     numbers["validation_source"] = validation_source
+    numbers["val_tokens_evaluated"] = val_tokens_evaluated
     raw, centred = numbers["random_pair_cosine"], numbers["random_pair_cosine_centred"]
     sigma_baseline = (centred["mean"], centred["std"]) if centred["mean"] is not None else (float("nan"), float("nan"))
     numbers["neighbors"] = [
@@ -596,4 +600,5 @@ def _training_report_of(
         if result.config.train.tensorboard and result.start_step < result.metrics[-1]["step"]
         else None,
         validation_source=describe_validation(result.splits, result.config.data.val_fraction),
+        val_tokens_evaluated=result.val_tokens_evaluated,
     )

@@ -72,6 +72,9 @@ class TrainResult:
     #: Held-out loss by evaluation length ``{L: loss, 2L: ..., 4L: ...}`` (``val_loss_by_length``);
     #: a learned table has only ``L``.
     val_loss_by_length: dict[int, float] | None = None
+    #: Held-out tokens each evaluation scores: ``train.eval_batches`` global batches of
+    #: ``data.batch_size x data.max_length`` (fewer where the held-out split is shorter).
+    val_tokens_evaluated: int | None = None
 
     def tables(self, initial: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``(token_VxD, position_LxD)`` as float32 numpy, padding rows dropped.
@@ -265,8 +268,19 @@ class _Run:
                 self.checkpointer.wait()
             raise Preempted(self.stop.signum, int(state.step), saved=self.checkpointer is not None)
         path = workdir.path if workdir else None
+        evaluated = sum(int(np.prod(inputs.shape)) for inputs, _ in self.eval_batches)
         return TrainResult(
-            state, metrics.rows, trainer.model, splits, path, config, initial_params, shuffled, start_step, by_length
+            state,
+            metrics.rows,
+            trainer.model,
+            splits,
+            path,
+            config,
+            initial_params=initial_params,
+            val_loss_positions_shuffled=shuffled,
+            start_step=start_step,
+            val_loss_by_length=by_length,
+            val_tokens_evaluated=evaluated,
         )
 
     def loop(self, state, metrics: MetricsLog, start_step: int, profiler, learning_rates: np.ndarray) -> TrainState:

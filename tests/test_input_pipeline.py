@@ -293,3 +293,26 @@ def test_cli_token_errors_are_one_line(text_dir, tmp_path, capsys):
     assert "tokenizer='gpt2-copy', but data.tokenizer='gpt2'" in err
     code, _, err = run_cli(["train", "--workdir", tmp_path / "W", "--val-tokens", other], capsys)
     assert code == 2 and "needs data.tokens" in err
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_a_script_that_ends_with_the_iterator_open_exits_cleanly(tmp_path, close):
+    # A researcher's script: the public pipeline, one batch, then the end of the script, with the
+    # iterator closed or not. Grain's prefetch thread (a daemon) was still placing batches when JAX's
+    # exit handler tore the backend down: SIGABRT, "terminate called after throwing ...".
+    import subprocess
+    import sys
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from jaxembed import data, train\n"
+        "from jaxembed.config import base_config\n"
+        "config = base_config()\n"
+        "config.data.max_length, config.data.stride, config.data.batch_size = 8, 8, 4\n"
+        "train_it, _, _ = data.get_datasets(config, train.make_mesh(), text='to be or not to be ' * 500)\n"
+        "inputs_BxL, targets_BxL = next(train_it)\n"
+        "print(inputs_BxL.shape)\n" + ("train_it.close()\n" if close else "")
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert (proc.returncode, proc.stdout) == (0, "(4, 8)\n"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]

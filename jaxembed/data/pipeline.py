@@ -29,6 +29,9 @@ Example:
 
 from __future__ import annotations
 
+import atexit
+import weakref
+
 import jax
 import ml_collections
 import numpy as np
@@ -108,7 +111,8 @@ def make_train_iterator(
 
     ``prefetch`` batches are gathered and placed on the devices by a Grain
     thread while the step runs; ``get_state()`` is the state after the last
-    batch handed out. Call ``close()`` when done.
+    batch handed out. Call ``close()`` when done (one still open when the interpreter exits is
+    closed then, before JAX shuts its backends down).
 
     Args:
       ids: the training token ids.
@@ -136,7 +140,36 @@ def make_train_iterator(
     )
     sharding = batch_sharding(mesh)
     on_device = loader.map(lambda batch: global_batch(batch, sharding))
-    return iter(grain.experimental.ThreadPrefetchIterDataset(on_device, prefetch_buffer_size=prefetch))
+    iterator = iter(grain.experimental.ThreadPrefetchIterDataset(on_device, prefetch_buffer_size=prefetch))
+    _LIVE_ITERATORS.add(iterator)
+    return iterator
+
+
+#: Every training iterator made here that is still referenced: ``_close_at_exit`` closes them.
+_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
+
+
+def _close_at_exit() -> None:
+    """Closes the training iterators a script left open, while the interpreter can still do so.
+
+    Grain's prefetch thread is a daemon that keeps placing batches on the devices: at the end of a
+    script that never called ``close()``, JAX's own exit handler took the backend away under it and
+    the process aborted (SIGABRT). atexit runs the last-registered handler first, and JAX registered
+    its handler when this module imported it, so this one runs before it.
+    """
+    for iterator in list(_LIVE_ITERATORS):
+        iterator.close()
+        # Grain's DatasetIterator.__del__ closes again when the interpreter clears a script's
+        # globals, by which time grain's own module globals are None: an "Exception ignored"
+        # traceback at exit. Closed already, there is nothing left for that second close to do.
+        iterator.close = _closed
+
+
+def _closed() -> None:
+    pass
+
+
+atexit.register(_close_at_exit)
 
 
 def make_eval_batches(

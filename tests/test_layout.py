@@ -112,3 +112,22 @@ def test_every_module_imports_alone(module):
     # A fresh interpreter per module: an import that only works after another module was imported fails here.
     proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_import_jaxembed_is_light_and_names_each_stage_on_first_use():
+    # A fresh interpreter: `import jaxembed` loads no JAX; `jaxembed.nn` then imports the stage itself.
+    code = (
+        "import sys, jaxembed\n"
+        "print(sorted(m for m in ('jax', 'flax', 'grain', 'matplotlib') if m in sys.modules))\n"
+        "print([getattr(jaxembed, s).__name__ for s in ('text', 'data', 'nn', 'train', 'report')])\n"
+        "print(jaxembed.nn.InputEmbedding.__name__, 'nn' in dir(jaxembed))\n"
+        "try:\n    jaxembed.no_such_stage\nexcept AttributeError as e:\n    print(e)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == [
+        "[]",
+        "['jaxembed.text', 'jaxembed.data', 'jaxembed.nn', 'jaxembed.train', 'jaxembed.report']",
+        "InputEmbedding True",
+        "module 'jaxembed' has no attribute 'no_such_stage'",
+    ]

@@ -261,6 +261,13 @@ def test_make_mesh_sizes_and_errors():
         trainer.make_mesh(-1, -1, devices)
     with pytest.raises(ValueError, match="3 does not divide"):
         trainer.make_mesh(-1, 3, devices)
+    # A config passed where its mesh sizes go: the field and the type, not a comparison deep inside.
+    from jaxembed.config import named_config
+
+    with pytest.raises(TypeError, match=r"^mesh.data must be an int .*got ConfigDict\.$"):
+        trainer.make_mesh(named_config("tiny"))
+    with pytest.raises(TypeError, match=r"mesh.model must be an int .*got float"):
+        trainer.make_mesh(1, 2.0, devices)
 
 
 def test_batch_must_split_over_the_data_axis(small_text, tmp_path):

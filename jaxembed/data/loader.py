@@ -236,7 +236,9 @@ def create_dataloader(
 
     Args:
       text_or_ids: text to tokenize, or token ids already made.
-      batch_size: windows per batch.
+      batch_size: windows per batch of this process (its shard): with ``shard_count`` processes a
+        global batch holds ``batch_size * shard_count`` windows (``data.pipeline.get_datasets``
+        divides the config's global ``data.batch_size`` among the processes for you).
       max_length: tokens per window (the context length L).
       stride: tokens between the starts of consecutive windows.
       shuffle: visit windows in a random order drawn from ``(seed, epoch)``.

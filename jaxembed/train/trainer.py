@@ -38,7 +38,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxembed.configs.default import AXIS_RULES
-from jaxembed.errors import InvalidArgumentError
+from jaxembed.errors import InvalidArgumentError, InvalidTypeError
 from jaxembed.nn.losses import auto_tile_tokens
 from jaxembed.nn.model import EmbeddingLM, make_model
 
@@ -190,6 +190,7 @@ def make_mesh(data_axis: int = -1, model_axis: int = 1, devices: Sequence[Any] |
     """A ``("data", "model")`` device mesh; ``-1`` takes all remaining devices.
 
     Raises:
+      TypeError: a size is not an int (e.g. a config passed instead of ``config.mesh.data``).
       ValueError: a size is 0 or below -1, both are -1, or the devices do not
         fit (the message names ``mesh.data`` / ``mesh.model``).
 
@@ -200,6 +201,10 @@ def make_mesh(data_axis: int = -1, model_axis: int = 1, devices: Sequence[Any] |
     devices = list(jax.devices() if devices is None else devices)
     sizes = [data_axis, model_axis]
     for name, size in zip(("data", "model"), sizes):
+        if isinstance(size, bool) or not isinstance(size, int | np.integer):
+            raise InvalidTypeError(
+                f"mesh.{name} must be an int (a number of devices, or -1: all remaining), got {type(size).__name__}."
+            )
         if size == 0 or size < -1:
             raise InvalidArgumentError(f"mesh.{name}={size} is not allowed; use a positive size or -1.")
     if sizes.count(-1) > 1:

@@ -551,7 +551,11 @@ display(Image(filename=neighbors_png, width=640))
 # dimensions, the best five of them always reach a centred cosine near 0.5. After 300
 # steps they have structure: `' thou'` sits next to `' art'`, `' hast'` and `'ilt'` (as in
 # "wilt"), `' Romeo'` next to other characters of the play, `' Nurse'` and `' Paris'`, and
-# `' love'` next to `' death'`. Why these? The output head reuses the token table, so to
+# `' love'` next to `' death'`, but only just: `' let'`, `' my'` and `' by'` come a hundredth
+# behind, so read `' love'`'s row as "a word of the dialogue", not as a theme of the play.
+# After so little training a word's closest neighbours are often just frequent words;
+# compare each neighbour's cosine with the next before reading meaning into one. Why
+# do neighbours form at all? The output head reuses the token table, so to
 # predict "art" after "thou" the model must make the dot product of their two vectors
 # large, which points them the same way. Tokens that follow each other, or follow the
 # same tokens, end up close.
@@ -743,14 +747,15 @@ for position in ("sinusoidal", "rope", "alibi", "none"):
     by_scheme[position] = train.train_and_evaluate(config, workdir=None, text=text, progress=False)
     print(f"{position:>10}: trained in {time.perf_counter() - start:.0f} s")
 config.model.position = "learned"
-print(f"{'scheme':>10}  " + "  ".join(f"loss @ {n:>2}" for n in (16, 32, 64)))
+L = config.data.max_length  # the trained length (16 unless Part 6's "Try this" changed it)
+print(f"{'scheme':>10}  " + "  ".join(f"loss @ {n:>2}" for n in (L, 2 * L, 4 * L)))
 for position, res in by_scheme.items():
     losses = res.val_loss_by_length
-    print(f"{position:>10}  " + "  ".join(f"{losses[n]:>9.3f}" if n in losses else f"{'-':>9}" for n in (16, 32, 64)))
+    print(f"{position:>10}  " + "  ".join(f"{losses[n]:>9.3f}" if n in losses else f"{'-':>9}" for n in (L, 2 * L, 4 * L)))
 
 # %%
 loss_by_length = {name: res.val_loss_by_length for name, res in by_scheme.items()}
-display(Image(filename=report.plot_loss_by_length(loss_by_length, fig_dir / "loss_by_length.png", trained_length=16), width=640))
+display(Image(filename=report.plot_loss_by_length(loss_by_length, fig_dir / "loss_by_length.png", trained_length=L), width=640))
 _, sinusoidal_LxD = by_scheme["sinusoidal"].tables()
 display(Image(filename=report.plot_position_maps({"learned (trained)": attention_pos_LxD, "sinusoidal (fixed)": sinusoidal_LxD}, fig_dir / "position_maps.png"), width=720))
 
@@ -803,7 +808,7 @@ so this part shows no GPT-2 pictures. With the table you would see:
     has after Part 6 but over 1,024 positions: each position is most like its
     neighbours, and the likeness fades gradually with distance;
   - its first principal components tracing a smooth curve through the positions in
-    order (the well-known "helix" of GPT-2's positions), where your 16 positions
+    order (the well-known "helix" of GPT-2's positions), where your {len(attention_pos_LxD)} positions
     trace a short path;
   - a locality well above 0, like yours.
 
@@ -832,7 +837,8 @@ if gpt2_wpe_LxD is None:
     print("GPT-2's table: not available here (see the note above), so no pictures.")
 else:
     print(f"GPT-2's table ({len(gpt2_wpe_LxD):,} positions): locality {analysis.position_locality(gpt2_wpe_LxD):+.3f}")
-    tables = {"GPT-2 small (trained, 1,024 x 768)": gpt2_wpe_LxD, "yours (Part 6, 16 x 32, 300 steps)": attention_pos_LxD}
+    yours = f"yours (Part 6, {attention_pos_LxD.shape[0]} x {attention_pos_LxD.shape[1]}, {config.train.steps} steps)"
+    tables = {"GPT-2 small (trained, 1,024 x 768)": gpt2_wpe_LxD, yours: attention_pos_LxD}
     display(Image(filename=report.plot_position_maps(tables, fig_dir / "gpt2_position_maps.png"), width=720))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))
     for ax, (name, pos_LxD) in zip(axes, tables.items()):

@@ -727,3 +727,31 @@ def test_report_of_a_token_folder_run_names_its_held_out_split(tmp_path, corpus_
     assert f"held-out validation text (the same {scored} tokens at each evaluation)" in path.read_text()
     numbers = json.loads((path.parent / "report.json").read_text())
     assert numbers["validation_source"] == expected and numbers["val_tokens_evaluated"] == scored
+
+
+@pytest.mark.parametrize("after", ["     \n        \n   x", " O Romeo, Romeo, wherefore"])
+def test_a_sample_of_mostly_spaces_is_explained_by_the_corpus(enc, tmp_path, after):
+    # The python-docs main job's trained model writes indentation: the report says why, from the counts.
+    rng = np.random.default_rng(5)
+    counts_V = np.zeros(enc.n_vocab, np.int64)
+    counts_V[[220, 198, 262, 14210]] = [30, 10, 45, 15]  # ' ', '\n', ' the', ' thou': 40 of 100 blank
+    table_VxD = rng.normal(size=(enc.n_vocab, 8)).astype(np.float32)
+    prompt = ":\n  "
+    samples = {"prompt": prompt, "before": prompt + " salad", "after": prompt + after, "settings": "s"}
+    path = report.training_report(
+        tmp_path,
+        enc=enc,
+        metrics=[{"step": 0, "val_loss": 10.8}, {"step": 10, "train_loss": 9.0, "val_loss": 9.5}],
+        before_VxD=table_VxD,
+        after_VxD=table_VxD,
+        pos_LxD=rng.normal(size=(4, 8)),
+        token_counts_V=counts_V,
+        probe_tokens=[" the"],
+        samples=samples,
+    )
+    text = path.read_text()
+    blank = sum(ch in " \n" for ch in after) / len(after)
+    if blank > 0.5:
+        assert f"(after training, {round(100 * blank)}% of the text is spaces and line breaks, as 40% of" in text
+    else:
+        assert "spaces and line breaks" not in text

@@ -371,6 +371,30 @@ def token_label(enc: tiktoken.Encoding, token_id: int) -> str:
     return repr(readable_bytes(enc.decode_single_token_bytes(int(token_id))))
 
 
+def blank_token_share(enc: tiktoken.Encoding, counts_V: np.ndarray) -> float:
+    r"""The share of the counted tokens that are only whitespace (spaces, tabs, line breaks).
+
+    Args:
+      enc: the tokenizer whose ids ``counts_V`` counts.
+      counts_V: how often each token id occurs (e.g. ``TrainResult.token_counts()``).
+
+    Returns:
+      A fraction in [0, 1]; 0.0 when nothing is counted.
+
+    Example:
+      >>> from jaxembed.text.tokenizer import get_encoding
+      >>> enc = get_encoding("gpt2")
+      >>> counts_V = np.zeros(enc.n_vocab, np.int64)
+      >>> counts_V[enc.encode(" the cat\n\n")] += 1  # ' the', ' cat', '\n\n'
+      >>> round(blank_token_share(enc, counts_V), 3)
+      0.333
+    """
+    seen = np.flatnonzero(counts_V)
+    blank = [i for i in seen if not enc.decode_single_token_bytes(int(i)).strip()]
+    total = int(counts_V.sum())
+    return int(counts_V[blank].sum()) / total if total else 0.0
+
+
 def resolve_tokens(enc: tiktoken.Encoding, words: Sequence[str]) -> list[int]:
     """Maps each word to its single GPT-2 token id.
 

@@ -37,6 +37,31 @@ POSITION_WORDS: dict[str, str] = {
 }
 
 
+def blank_sample_note(sampled: str, blank_token_share: float) -> str | None:
+    r"""A line under the report's text samples when the trained model wrote mostly spaces and line breaks.
+
+    ``sampled`` is the text the trained model added after the prompt; ``blank_token_share`` the share of
+    training tokens that are only whitespace (``analysis.blank_token_share``). ``None`` when at most
+    half of ``sampled`` is whitespace: the sample then speaks for itself.
+
+    Example:
+      >>> blank_sample_note("      \n  ok", 0.18)[:76]
+      '(after training, 82% of the text is spaces and line breaks, as 18% of the tr'
+      >>> blank_sample_note("O Romeo, Romeo", 0.18) is None
+      True
+    """
+    if not sampled:
+        return None
+    blank = sum(ch.isspace() for ch in sampled) / len(sampled)
+    if blank <= 0.5:
+        return None
+    return (
+        f"(after training, {blank:.0%} of the text is spaces and line breaks, as {blank_token_share:.0%} of the "
+        "training tokens are (indentation, line ends): the commonest tokens are what a young model predicts "
+        "first. A prompt of words, jaxembed sample --workdir W --prompt TEXT, shows what it writes after words.)"
+    )
+
+
 def by_length_table(by_length: dict, position: str, length: int) -> str:
     """The held-out loss at ``L``, ``2L`` and ``4L`` as a text table, with why a learned table stops at ``L``.
 

@@ -295,24 +295,37 @@ def test_cli_token_errors_are_one_line(text_dir, tmp_path, capsys):
     assert code == 2 and "needs data.tokens" in err
 
 
+GET_DATASETS = (
+    "from jaxembed import data, train\n"
+    "from jaxembed.config import base_config\n"
+    "config = base_config()\n"
+    "config.data.max_length, config.data.stride, config.data.batch_size = 8, 8, 4\n"
+    "train_it, _, _ = data.get_datasets(config, train.make_mesh(), text='to be or not to be ' * 500)\n"
+    "print(next(train_it)[0].shape)\n"
+)
+# Worker processes re-run the script (spawn): the loader is built under the main guard.
+WORKERS = (
+    "from jaxembed import data\n"
+    "if __name__ == '__main__':\n"
+    "    train_it = iter(data.create_dataloader('to be or not to be ' * 500, batch_size=4, max_length=8, "
+    "stride=8, num_workers=1))\n"
+    "    print(next(train_it)[0].shape)\n"
+)
+
+
 @pytest.mark.parametrize("close", [False, True])
-def test_a_script_that_ends_with_the_iterator_open_exits_cleanly(tmp_path, close):
+@pytest.mark.parametrize("script_text", [GET_DATASETS, WORKERS], ids=["get_datasets", "worker_processes"])
+def test_a_script_that_ends_with_the_iterator_open_exits_cleanly(tmp_path, close, script_text):
     # A researcher's script: the public pipeline, one batch, then the end of the script, with the
     # iterator closed or not. Grain's prefetch thread (a daemon) was still placing batches when JAX's
-    # exit handler tore the backend down: SIGABRT, "terminate called after throwing ...".
+    # exit handler tore the backend down: SIGABRT, "terminate called after throwing ...". And Grain's
+    # iterators printed "Exception ignored in DatasetIterator.__del__" as the interpreter cleared modules.
     import subprocess
     import sys
 
     script = tmp_path / "script.py"
-    script.write_text(
-        "from jaxembed import data, train\n"
-        "from jaxembed.config import base_config\n"
-        "config = base_config()\n"
-        "config.data.max_length, config.data.stride, config.data.batch_size = 8, 8, 4\n"
-        "train_it, _, _ = data.get_datasets(config, train.make_mesh(), text='to be or not to be ' * 500)\n"
-        "inputs_BxL, targets_BxL = next(train_it)\n"
-        "print(inputs_BxL.shape)\n" + ("train_it.close()\n" if close else "")
-    )
+    indent = "    " if "__main__" in script_text else ""
+    script.write_text(script_text + (f"{indent}train_it.close()\n" if close else ""))
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert (proc.returncode, proc.stdout) == (0, "(4, 8)\n"), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]

@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import numpy as np
 import tiktoken
 
-from jaxembed.data._grain import grain
+from jaxembed.data._grain import close_at_exit, grain
 from jaxembed.data.windows import (
     Batch,
     StridedWindows,
@@ -105,7 +105,7 @@ class Unbatch(grain.IterDataset):
         return self._length
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _UnbatchIterator(self._parent.__iter__(), self.batch_size, self.settings)
+        return close_at_exit(_UnbatchIterator(self._parent.__iter__(), self.batch_size, self.settings))
 
 
 class _UnbatchIterator(grain.DatasetIterator):

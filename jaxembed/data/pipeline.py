@@ -29,16 +29,13 @@ Example:
 
 from __future__ import annotations
 
-import atexit
-import weakref
-
 import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from jaxembed.data._grain import grain
+from jaxembed.data._grain import close_at_exit, grain
 from jaxembed.data.loader import create_dataloader
 from jaxembed.data.splits import (
     Splits,
@@ -140,36 +137,7 @@ def make_train_iterator(
     )
     sharding = batch_sharding(mesh)
     on_device = loader.map(lambda batch: global_batch(batch, sharding))
-    iterator = iter(grain.experimental.ThreadPrefetchIterDataset(on_device, prefetch_buffer_size=prefetch))
-    _LIVE_ITERATORS.add(iterator)
-    return iterator
-
-
-#: Every training iterator made here that is still referenced: ``_close_at_exit`` closes them.
-_LIVE_ITERATORS: weakref.WeakSet = weakref.WeakSet()
-
-
-def _close_at_exit() -> None:
-    """Closes the training iterators a script left open, while the interpreter can still do so.
-
-    Grain's prefetch thread is a daemon that keeps placing batches on the devices: at the end of a
-    script that never called ``close()``, JAX's own exit handler took the backend away under it and
-    the process aborted (SIGABRT). atexit runs the last-registered handler first, and JAX registered
-    its handler when this module imported it, so this one runs before it.
-    """
-    for iterator in list(_LIVE_ITERATORS):
-        iterator.close()
-        # Grain's DatasetIterator.__del__ closes again when the interpreter clears a script's
-        # globals, by which time grain's own module globals are None: an "Exception ignored"
-        # traceback at exit. Closed already, there is nothing left for that second close to do.
-        iterator.close = _closed
-
-
-def _closed() -> None:
-    pass
-
-
-atexit.register(_close_at_exit)
+    return close_at_exit(iter(grain.experimental.ThreadPrefetchIterDataset(on_device, prefetch_buffer_size=prefetch)))
 
 
 def make_eval_batches(

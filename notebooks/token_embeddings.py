@@ -837,7 +837,7 @@ if gpt2_wpe_LxD is None:
     print("GPT-2's table: not available here (see the note above), so no pictures.")
 else:
     print(f"GPT-2's table ({len(gpt2_wpe_LxD):,} positions): locality {analysis.position_locality(gpt2_wpe_LxD):+.3f}")
-    yours = f"yours (Part 6, {attention_pos_LxD.shape[0]} x {attention_pos_LxD.shape[1]}, {config.train.steps} steps)"
+    yours = f"yours (Part 6, {attention_pos_LxD.shape[0]} x {attention_pos_LxD.shape[1]}, 300 steps)"
     tables = {"GPT-2 small (trained, 1,024 x 768)": gpt2_wpe_LxD, yours: attention_pos_LxD}
     display(Image(filename=report.plot_position_maps(tables, fig_dir / "gpt2_position_maps.png"), width=720))
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.4))

@@ -60,9 +60,15 @@ def _close_all() -> None:
     # A daemon prefetch thread placing batches on the devices while JAX's own exit handler tore the
     # backend down aborted the process (SIGABRT). atexit runs the last-registered handler first, and
     # grain imported jax (which registered its handler) above, so this runs before JAX's.
-    for iterator in list(_LIVE):
-        iterator.close()
     sys.unraisablehook = _quiet_grain_teardown(sys.unraisablehook)
+    failed = []
+    for iterator in list(_LIVE):
+        try:
+            iterator.close()
+        except Exception as e:  # close the others first; then Python prints this one's traceback
+            failed.append(e)
+    if failed:
+        raise failed[0]
 
 
 def _quiet_grain_teardown(previous):

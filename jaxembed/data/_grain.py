@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import sys
 import weakref
@@ -52,14 +53,21 @@ def close_at_exit(iterator: grain.DatasetIterator) -> grain.DatasetIterator:
       >>> next(it)
       0
     """
+    _register_once()
     _LIVE.add(iterator)
     return iterator
 
 
+@functools.cache
+def _register_once() -> None:
+    import jax  # noqa: F401  (JAX registers its exit handler at import; atexit runs ours, registered after, first)
+
+    atexit.register(_close_all)
+
+
 def _close_all() -> None:
     # A daemon prefetch thread placing batches on the devices while JAX's own exit handler tore the
-    # backend down aborted the process (SIGABRT). atexit runs the last-registered handler first, and
-    # grain imported jax (which registered its handler) above, so this runs before JAX's.
+    # backend down aborted the process (SIGABRT): this runs before JAX's handler (_register_once).
     sys.unraisablehook = _quiet_grain_teardown(sys.unraisablehook)
     failed = []
     for iterator in list(_LIVE):
@@ -86,6 +94,3 @@ def _quiet_grain_teardown(previous):
         previous(unraisable)
 
     return hook
-
-
-atexit.register(_close_all)

@@ -176,6 +176,28 @@ def test_two_processes_match_one_process_with_four_devices(small_text, tmp_path)
     data_files = sorted(p.name for p in (tmp_path / "multi/checkpoints/8/data").glob("process_*"))
     assert data_files == ["process_0-of-2.json", "process_1-of-2.json"]
 
+    # Resumed by one process: refused in one line, every checkpoint and the metrics left as they were
+    # (the failed restore used to set all of them aside, and the next run started from step 0).
+    before = {
+        p: p.read_bytes()
+        for p in (tmp_path / "multi").rglob("*")
+        if p.is_file() and p.name not in ("train.log", ".lock")
+    }
+    resumed = run_cli(tmp_path / "multi", small_text, env_with_devices(4, tmp_path), "--config.train.steps=12")
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 2, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        f"jaxembed train: error: checkpoint step 8 in {tmp_path / 'multi' / 'checkpoints'} was written by 2 processes "
+        "(each saved its own place in the data) and this run has 1: resume with 2 processes, or start a new run "
+        "with another --workdir. Nothing was changed."
+    )
+    after = {
+        p: p.read_bytes()
+        for p in (tmp_path / "multi").rglob("*")
+        if p.is_file() and p.name not in ("train.log", ".lock")
+    }
+    assert after == before
+
 
 def test_a_dead_process_stops_the_other(small_text, tmp_path):
     procs = start_two_processes(

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import pathlib
+import re
 import sys
 import time
 import traceback
@@ -241,7 +242,9 @@ class Checkpointer:
           ``(state, step)``.
 
         Raises:
-          CheckpointError: checkpoints exist but none can be read, or ``step`` is not one of them.
+          CheckpointError: checkpoints exist but none can be read, ``step`` is not one of them, or
+            (with ``data_iterator``) the newest was written by another number of processes: then
+            nothing is set aside.
         """
         steps = self.steps()
         if not steps:
@@ -254,6 +257,8 @@ class Checkpointer:
                     + "."
                 )
             steps = [step]
+        if data_iterator is not None:
+            self._check_process_count(steps[-1])
         _quiet_failed_io_noise()
         failures = []
         for step in reversed(steps):
@@ -285,6 +290,26 @@ class Checkpointer:
                 "run with another --workdir, or delete the checkpoints to start over."
             )
         )
+
+    def _check_process_count(self, step: int) -> None:
+        """Refuses a step whose data iterator states come from another number of processes.
+
+        Each process saves its own Grain iterator state (``data/process_I-of-N.json``); with another
+        process count the restore fails like a damaged step would, and every checkpoint would be
+        set aside, so the check comes first and changes nothing.
+        """
+        saved = {
+            int(m.group(1))
+            for p in (self.directory / str(step) / "data").glob("process_*-of-*.json")
+            if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", p.name))
+        }
+        now = jax.process_count()
+        if len(saved) == 1 and (count := saved.pop()) != now:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} was written by {count} processes (each saved its own "
+                f"place in the data) and this run has {now}: resume with {count} processes, or start a new run with "
+                "another --workdir. Nothing was changed."
+            )
 
     def _set_aside(self, step: int, error: Exception) -> None:
         # Only the primary process renames; every process skips the step.

@@ -245,6 +245,19 @@ def test_all_checkpoints_unreadable_is_a_clear_error(finished_copy, text_path, e
     assert "step 30" in proc.stderr and "step 40" in proc.stderr
     names = checkpoint_names(finished_copy)
     assert len(names) == 2 and all(".unreadable-" in n for n in names)
+    # The same command again: nothing left to resume, and a fresh run would replace the run's files.
+    kept = {p: p.read_bytes() for p in finished_copy.rglob("*") if p.is_file() and p.name not in ("train.log", ".lock")}
+    again = jaxembed(train_args(finished_copy, text_path), env)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert again.stderr.strip() == (
+        f"jaxembed train: error: workdir {finished_copy}: every checkpoint of its run was set aside as unreadable "
+        f"({', '.join(sorted(names))} in checkpoints/), so there is nothing to resume, and a new run here would "
+        "replace its metrics and report. Start a new run with another --workdir, or delete checkpoints/ to start "
+        "over here. Nothing was changed."
+    )
+    assert {
+        p: p.read_bytes() for p in finished_copy.rglob("*") if p.is_file() and p.name not in ("train.log", ".lock")
+    } == kept
 
 
 # --- Divergence ------------------------------------------------------------

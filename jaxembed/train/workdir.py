@@ -90,10 +90,19 @@ class Workdir:
         """Checks, locks (if the folder exists) and compares settings; returns the changes to announce.
 
         Raises:
-          WorkdirError: the folder cannot be written, is in use, or holds a run with other settings.
+          WorkdirError: the folder cannot be written, is in use, holds a run with other settings, or
+            holds only checkpoints set aside as unreadable (a new run would replace its metrics).
         """
         check_workdir(self.path)
         self.resuming = self.has_checkpoints()
+        set_aside = sorted(p.name for p in self.checkpoints_dir.glob("*.unreadable-*")) if not self.resuming else []
+        if set_aside:
+            raise WorkdirError(
+                f"workdir {self.path}: every checkpoint of its run was set aside as unreadable "
+                f"({', '.join(set_aside)} in checkpoints/), so there is nothing to resume, and a new run here "
+                "would replace its metrics and report. Start a new run with another --workdir, or delete "
+                "checkpoints/ to start over here. Nothing was changed."
+            )
         self._locked = self.path.is_dir() and self._lock(stack)
         return check_resume(self.path, requested_config) if self.resuming else {}
 

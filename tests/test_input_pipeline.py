@@ -329,3 +329,13 @@ def test_a_script_that_ends_with_the_iterator_open_exits_cleanly(tmp_path, close
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert (proc.returncode, proc.stdout) == (0, "(4, 8)\n"), proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_a_held_out_split_shorter_than_one_window_names_the_settings_that_fix_it():
+    ids = np.arange(100, dtype=np.int32)  # 100 held-out tokens; a window of 200 needs 201
+    with pytest.raises(ValueError) as info:
+        pipeline.make_eval_batches(ids, make_mesh(), batch_size=4, max_length=200, num_batches=8)
+    assert str(info.value) == (
+        "the held-out slice has 100 tokens, too few for one validation batch of 4 x 200; lower data.max_length, "
+        "raise data.val_fraction or use a longer text."
+    )

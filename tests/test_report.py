@@ -721,8 +721,8 @@ def test_report_of_a_token_folder_run_names_its_held_out_split(tmp_path, corpus_
     scored = 1 * 4 * 8
     assert num_val > scored
     assert (
-        f"- validation: {scored} tokens each evaluation (train.eval_batches x data.batch_size x data.max_length) "
-        f"from the held-out split, {expected}\n"
+        f"- validation: {scored} tokens each evaluation (train.eval_batches batches of data.batch_size x "
+        f"data.max_length, fewer if the held-out split is shorter) from the held-out split, {expected}\n"
     ) in path.read_text()
     assert f"held-out validation text (the same {scored} tokens at each evaluation)" in path.read_text()
     numbers = json.loads((path.parent / "report.json").read_text())

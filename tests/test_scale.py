@@ -277,12 +277,17 @@ def test_make_mesh_sizes_and_errors():
     assert trainer.make_mesh(1, 1, devices).shape == {"data": 1, "model": 1}
     with pytest.raises(ValueError, match="mesh.model=0"):
         trainer.make_mesh(1, 0, devices)
-    with pytest.raises(ValueError, match="needs 8 devices, but 4"):
+    with pytest.raises(ValueError, match=r"^mesh.data=4 x mesh.model=2 needs 8 devices, but 4 are available\.$"):
         trainer.make_mesh(4, 2, devices)
+    with pytest.raises(ValueError, match=r"needs 2 devices, but 1 is available\.$"):
+        trainer.make_mesh(1, 2, devices[:1])
     with pytest.raises(ValueError, match="only one"):
         trainer.make_mesh(-1, -1, devices)
-    with pytest.raises(ValueError, match="3 does not divide"):
+    # The field whose size does not divide the devices is named (the other one, -1, takes the rest).
+    with pytest.raises(ValueError, match=r"^mesh.model=3 does not divide the 4 available device\(s\)"):
         trainer.make_mesh(-1, 3, devices)
+    with pytest.raises(ValueError, match=r"^mesh.data=3 does not divide the 4 available device\(s\)"):
+        trainer.make_mesh(3, -1, devices)
     # A config passed where its mesh sizes go: the field and the type, not a comparison deep inside.
     from jaxembed.config import named_config
 

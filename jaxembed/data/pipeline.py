@@ -156,7 +156,7 @@ def make_eval_batches(
         remedy = (
             f"lower data.batch_size to {fits:,} or less (or data.max_length)"
             if fits >= 1
-            else "raise data.val_fraction or use a longer text"
+            else "lower data.max_length, raise data.val_fraction or use a longer text"
         )
         raise InvalidArgumentError(
             f"the held-out slice has {len(ids):,} tokens, too few for one validation batch of "

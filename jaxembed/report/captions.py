@@ -178,8 +178,9 @@ def summary_lines(numbers: dict, length: int) -> list[str]:
     if evaluated:
         # The split can be far longer than what is scored: say both, and which settings decide the score's size.
         lines.append(
-            f"validation: {evaluated:,} tokens each evaluation (train.eval_batches x data.batch_size x "
-            f"data.max_length) from the held-out split" + (f", {source}" if source else "")
+            f"validation: {evaluated:,} tokens each evaluation (train.eval_batches batches of data.batch_size x "
+            f"data.max_length, fewer if the held-out split is shorter) from the held-out split"
+            + (f", {source}" if source else "")
         )
     elif source:
         lines.append(f"validation: {source}")

@@ -211,12 +211,16 @@ def make_mesh(data_axis: int = -1, model_axis: int = 1, devices: Sequence[Any] |
         raise InvalidArgumentError("only one of mesh.data and mesh.model may be -1.")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes and len(devices) % known:
-        raise InvalidArgumentError(f"mesh {sizes}: {known} does not divide the {len(devices)} available devices.")
+        fixed = "mesh.model" if sizes[0] == -1 else "mesh.data"
+        raise InvalidArgumentError(
+            f"{fixed}={known} does not divide the {len(devices)} available device(s) (the other axis, -1, takes "
+            "the rest): choose a divisor."
+        )
     sizes = [len(devices) // known if s == -1 else s for s in sizes]
     if math.prod(sizes) > len(devices):
         raise InvalidArgumentError(
-            f"mesh data={sizes[0]} x model={sizes[1]} needs {math.prod(sizes)} devices, "
-            f"but {len(devices)} are available."
+            f"mesh.data={sizes[0]} x mesh.model={sizes[1]} needs {math.prod(sizes)} devices, "
+            f"but {len(devices)} {'is' if len(devices) == 1 else 'are'} available."
         )
     # jax.devices() lists devices process by process, so `data` rows follow processes.
     return Mesh(np.asarray(devices[: math.prod(sizes)]).reshape(sizes), ("data", "model"))

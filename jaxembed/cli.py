@@ -704,9 +704,9 @@ def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
                 except user_errors as e:
                     print(f"{command}: error: {e}", file=sys.stderr)
                     return 2
-    except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) outside the training loop: imports, loading, the report
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM outside the training loop (or a second one inside it)
         print(f"{command}: interrupted; files already written are complete.", file=sys.stderr)
-        return 130
+        return 128 + (_interrupts.signum or signal.SIGINT)  # 143 for SIGTERM, as the README says
     finally:
         _interrupts.signum = None  # main() may be called again in the same process (tests)
 

@@ -481,6 +481,19 @@ def test_readers_warn_when_they_skip_a_damaged_checkpoint(finished_copy, env, tm
     assert snapshot(finished_copy / "checkpoints") == damaged  # readers rename nothing
 
 
+def test_sigterm_during_start_up_exits_143(text_path, env, tmp_path):
+    # 128 + the signal that stopped it, as the README says, also where SIGTERM becomes KeyboardInterrupt.
+    proc = start(train_args(tmp_path / "run", text_path, "--config.train.steps=5000"), env, tmp_path, "run")
+    try:
+        time.sleep(1.0)  # importing jax: the signal becomes a KeyboardInterrupt there
+        os.kill(proc.pid, signal.SIGTERM)
+        code, _, err = finish(proc)
+    finally:
+        proc.kill()
+    assert code == 128 + signal.SIGTERM, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("jaxembed train: "), err[-3000:]
+
+
 @pytest.mark.parametrize("delay", [1.0, 3.0, 5.0, 7.0])
 def test_ctrl_c_during_start_up_is_one_line_exit_130_and_no_debris(text_path, env, tmp_path, delay):
     # Wherever it lands (imports, data, compiling, the first evaluation, the first steps): one line

@@ -455,15 +455,13 @@ def training_report(
         # JSON quoting: always double quotes, newlines shown as \n (repr switches quote style).
         prompt, quoted = samples["prompt"], lambda s: json.dumps(s, ensure_ascii=False)
         after = samples["after"][len(prompt) :]
-        sections[f"Text from the model ({samples['settings']})"] = (
+        text = (
             f"prompt:          {quoted(prompt)}\n"
             f"before training: {quoted(prompt)} + {quoted(samples['before'][len(prompt) :])}\n"
             f"after training:  {quoted(prompt)} + {quoted(after)}"
         )
         note = captions.blank_sample_note(after, analysis.blank_token_share(enc, token_counts_V))
-        if note:
-            sections[f"Text from the model ({samples['settings']})"] += f"\n\n{note}"
-
+        sections[f"Text from the model ({samples['settings']})"] = text + (f"\n\n{note}" if note else "")
     if numbers["val_loss_by_length"]:
         sections[captions.BY_LENGTH] = captions.by_length_table(numbers["val_loss_by_length"], position, length)
     intro = (

@@ -40,6 +40,7 @@ import orbax.checkpoint as ocp
 
 from jaxembed.data._grain import grain
 from jaxembed.errors import JaxembedError
+from jaxembed.train.workdir import SET_ASIDE_MARK
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +287,7 @@ class Checkpointer:
             + (
                 ""
                 if read_only
-                else "\nThey were moved aside (renamed *.unreadable-*); start a new "
+                else f"\nThey were moved aside (renamed *{SET_ASIDE_MARK}*); start a new "
                 "run with another --workdir, or delete the checkpoints to start over."
             )
         )
@@ -320,7 +321,7 @@ class Checkpointer:
         )
         log.warning(message)
         if jax.process_index() == 0 and source.exists():
-            source.rename(self.directory / f"{step}.unreadable-{int(time.time())}")
+            source.rename(self.directory / f"{step}{SET_ASIDE_MARK}{int(time.time())}")
         self._manager.reload()
 
     def close(self) -> None:

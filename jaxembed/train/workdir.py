@@ -42,6 +42,8 @@ CHANGES_FILE = "config_changes.jsonl"
 LOG_FILE = "train.log"
 LOCK_FILE = ".lock"
 CHECKPOINTS_DIR = "checkpoints"
+#: In a step folder's new name once set aside as unreadable: ``STEP.unreadable-TIME`` (``Checkpointer``).
+SET_ASIDE_MARK = ".unreadable-"
 
 
 class WorkdirError(JaxembedError, RuntimeError):
@@ -95,7 +97,9 @@ class Workdir:
         """
         check_workdir(self.path)
         self.resuming = self.has_checkpoints()
-        set_aside = sorted(p.name for p in self.checkpoints_dir.glob("*.unreadable-*")) if not self.resuming else []
+        set_aside = (
+            sorted(p.name for p in self.checkpoints_dir.glob(f"*{SET_ASIDE_MARK}*")) if not self.resuming else []
+        )
         if set_aside:
             raise WorkdirError(
                 f"workdir {self.path}: every checkpoint of its run was set aside as unreadable "
